@@ -1,0 +1,52 @@
+# shardzip developer entry points. Everything runs inside ./.venv, created on first use.
+#
+# torch rule: `pip install torch==2.13.0` takes a CPU build from this machine's local disk, while an
+# open range could pull a multi-GB CUDA build. So torch is pinned here, installed only when the venv
+# cannot import it, before the package (whose range 2.13.0 satisfies) is installed editable.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+# Interpreter that creates the venv: python3.11 where it works, else python3 (override: make PYTHON=...).
+PYTHON ?= $(shell python3.11 -c '' >/dev/null 2>&1 && echo python3.11 || echo python3)
+# Only the folders that exist: git keeps no empty folder, so a fresh clone may lack one.
+LINT_PATHS := $(wildcard shardzip tests benchmarks tools)
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test lint bench clean distclean install
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -c "import torch" >/dev/null 2>&1 || $(PY) -m pip install "$(TORCH_PIN)"
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(PY) benchmarks/coder.py --quick
+
+test: $(STAMP)
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check $(LINT_PATHS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/coder.py
+
+# Build outputs and tool caches; keeps the venv (see distclean).
+clean:
+	rm -rf build dist .pytest_cache .ruff_cache .hypothesis *.egg-info
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,35 @@
+"""Entropy coding core: integer entropy models and an interleaved rANS message.
+
+Knows nothing of neural networks, Dask or zarr. Models turn parameters into integer CDFs
+(`shardzip.coding.models`); `Message` pushes and pops symbols under them.
+"""
+
+from shardzip.coding.message import Message, decode, default_lanes, encode, ideal_bits
+from shardzip.coding.models import (
+    EntropyModel,
+    bucket_centres,
+    bucket_edges,
+    categorical,
+    discretized_gaussian,
+    discretized_logistic,
+    gaussian_buckets,
+    mixture_discretized_logistic,
+    uniform,
+)
+
+__all__ = [
+    "EntropyModel",
+    "Message",
+    "bucket_centres",
+    "bucket_edges",
+    "categorical",
+    "decode",
+    "default_lanes",
+    "discretized_gaussian",
+    "discretized_logistic",
+    "encode",
+    "gaussian_buckets",
+    "ideal_bits",
+    "mixture_discretized_logistic",
+    "uniform",
+]

@@ -1,0 +1,294 @@
+"""Entropy models: integer CDFs built deterministically from quantized parameters.
+
+A model describes one distribution per symbol of a batch (its `shape`). Floating-point inputs
+are quantized once, with operations that round identically everywhere (scaling by powers of two,
+IEEE division, rounding); everything after that is integer arithmetic and table lookups
+(`shardzip.coding.tables`). Every symbol of the alphabet keeps a frequency of at least 1, so an
+outlier can always be coded.
+
+Constructors: `uniform`, `categorical`, `discretized_logistic`, `mixture_discretized_logistic`,
+`discretized_gaussian`, `gaussian_buckets` (BB-ANS latents: buckets of equal prior mass).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from shardzip.coding import kernels as K_
+from shardzip.coding.tables import EXP_FRAC, EXP_LEN, ONE, TABLE_BITS, Z_FRAC, signed_table, table
+from shardzip.errors import ModelParameterError, SymbolRangeError
+
+DEFAULT_PRECISION = 24
+MIN_PRECISION = 8
+MAX_PRECISION = 28
+MAX_ALPHABET = 1 << 16
+BUCKET_FRAC = 16  # fixed-point fraction bits of latent-space positions (Gaussian buckets)
+
+_SCALE_RANGE = {K_.LOC_FRAC: (2.0**-8, 2.0**17), BUCKET_FRAC: (2.0**-10, 2.0**6)}
+_LOC_LIMIT = {K_.LOC_FRAC: 2.0**17, BUCKET_FRAC: 2.0**6}
+
+
+@dataclass(frozen=True)
+class EntropyModel:
+    """One integer-CDF distribution per element of `shape` over the alphabet {0, ..., K-1}."""
+
+    kind: int
+    alphabet_size: int
+    precision: int
+    shape: tuple[int, ...]
+    params: tuple[torch.Tensor, ...] = ()
+    edges: torch.Tensor | None = None
+    table_name: str | None = None
+    loc_frac: int = K_.LOC_FRAC
+    guess_id: int = K_.GUESS_NONE
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def flat_params(self) -> list[torch.Tensor]:
+        """Parameters with the batch dimensions flattened to one leading dimension."""
+        return [p.reshape((self.numel,) + tuple(p.shape[len(self.shape):])) for p in self.params]
+
+    def table_tensor(self) -> torch.Tensor:
+        if self.table_name is None:
+            return torch.zeros(1, dtype=torch.int64, device=self.device)
+        return signed_table(self.table_name, self.device)
+
+    def guess_params(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Flat float64 (offset, scale) for the decoder's symbol guess, from the quantized params."""
+        if self.guess_id == K_.GUESS_NONE:
+            return None
+        loc_q, inv_q = self.flat_params()[:2]
+        offset = 0.5 if self.edges is None else 0.0
+        return loc_q.double() / (1 << self.loc_frac) + offset, (1 << K_.INV_SCALE_FRAC) / inv_q.double()
+
+    def edges_tensor(self) -> torch.Tensor:
+        if self.edges is None:
+            return torch.empty(0, dtype=torch.int64, device=self.device)
+        return self.edges
+
+    def cdf(self, k: torch.Tensor) -> torch.Tensor:
+        """c(k) for k of this model's shape (0 <= k <= K); c(0) = 0 and c(K) = 2**precision."""
+        k = torch.as_tensor(k, dtype=torch.int64, device=self.device).expand(self.shape).reshape(-1)
+        c = K_.cdf(self.kind, k, self.flat_params(), self.edges_tensor(), self.table_tensor(),
+                   self.alphabet_size, self.precision, self.loc_frac)
+        return c.reshape(self.shape)
+
+    def start_freq(self, symbols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat (start, frequency) of each symbol, after checking it lies in the alphabet."""
+        return self.start_freq_flat(check_symbols(symbols, self))
+
+    def start_freq_flat(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(start, frequency) of already checked flat int64 symbols."""
+        p, e, tab = self.flat_params(), self.edges_tensor(), self.table_tensor()
+        args = (self.alphabet_size, self.precision, self.loc_frac)
+        start = K_.cdf(self.kind, flat, p, e, tab, *args)
+        return start, K_.cdf(self.kind, flat + 1, p, e, tab, *args) - start
+
+    def log2_prob(self, symbols: torch.Tensor) -> torch.Tensor:
+        """Exact log2 probability of each symbol under the quantized model (float64)."""
+        _, freq = self.start_freq(symbols)
+        return (freq.double().log2() - self.precision).reshape(self.shape)
+
+    def probabilities(self) -> torch.Tensor:
+        """The full quantized pmf, shape + (K,), as float64 (for small alphabets and tests)."""
+        ks = torch.arange(self.alphabet_size + 1, device=self.device)
+        c = torch.stack([self.cdf(k) for k in ks], dim=-1)
+        return (c[..., 1:] - c[..., :-1]).double() / (1 << self.precision)
+
+
+def check_symbols(symbols: torch.Tensor, model: EntropyModel) -> torch.Tensor:
+    """Flat int64 symbols on the model's device; raises SymbolRangeError naming the first bad one."""
+    symbols = torch.as_tensor(symbols)
+    if symbols.is_floating_point() or symbols.is_complex() or symbols.dtype == torch.bool:
+        raise SymbolRangeError(f"symbols must be integers, got dtype {symbols.dtype}")
+    if tuple(symbols.shape) != model.shape:
+        raise SymbolRangeError(f"symbols have shape {tuple(symbols.shape)} but the model describes {model.shape}")
+    flat = symbols.reshape(-1).to(device=model.device, dtype=torch.int64)
+    bad = (flat < 0) | (flat >= model.alphabet_size)
+    if flat.numel() and bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise SymbolRangeError(
+            f"symbol {int(flat[i])} at flat index {i} is outside the alphabet 0..{model.alphabet_size - 1}"
+            " of its model; use a model with a larger alphabet"
+        )
+    return flat
+
+
+def _check_common(alphabet_size: int, precision: int) -> None:
+    if not MIN_PRECISION <= precision <= MAX_PRECISION:
+        raise ModelParameterError(f"precision {precision} bits is outside {MIN_PRECISION}..{MAX_PRECISION}")
+    if not 1 <= alphabet_size <= MAX_ALPHABET:
+        raise ModelParameterError(f"alphabet size {alphabet_size} is outside 1..{MAX_ALPHABET}")
+    if alphabet_size > (1 << precision) // 2:
+        raise ModelParameterError(
+            f"alphabet size {alphabet_size} needs precision of at least {alphabet_size.bit_length() + 1} bits"
+            f" (got {precision}) so that every symbol keeps non-zero mass"
+        )
+
+
+def _finite64(name: str, value: torch.Tensor | float, device: torch.device | None) -> torch.Tensor:
+    t = torch.as_tensor(value, device=device).to(torch.float64)
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ModelParameterError(f"{name} contains NaN or infinite values")
+    return t
+
+
+def uniform(alphabet_size: int, shape: tuple[int, ...] = (), precision: int = DEFAULT_PRECISION,
+            device: torch.device | str = "cpu") -> EntropyModel:
+    """Uniform distribution over {0, ..., K-1} (exact when K is a power of two)."""
+    _check_common(alphabet_size, precision)
+    return EntropyModel(K_.UNIFORM, alphabet_size, precision, tuple(shape), device=torch.device(device))
+
+
+def _cdf_from_weights(weights: torch.Tensor, precision: int) -> torch.Tensor:
+    """Integer CDF [..., K+1] from non-negative integer weights [..., K]: c(k) = W_k (M-K) // W_K + k."""
+    K = weights.shape[-1]
+    total_bits = int(weights.max()).bit_length() + K.bit_length() if weights.numel() else 1
+    shift = max(0, total_bits + precision - 62)
+    w = weights >> shift
+    w = torch.where(w.sum(-1, keepdim=True) == 0, torch.ones_like(w), w)
+    cum = torch.nn.functional.pad(torch.cumsum(w, -1), (1, 0))
+    ks = torch.arange(K + 1, device=w.device)
+    return (cum * ((1 << precision) - K)) // cum[..., -1:] + ks
+
+
+def categorical(probs: torch.Tensor | None = None, logits: torch.Tensor | None = None,
+                precision: int = DEFAULT_PRECISION) -> EntropyModel:
+    """Categorical over the last dimension of `probs` (unnormalized, >= 0) or `logits`.
+
+    Probabilities are quantized to 30-bit integers; logits to steps of 2**-10 and exponentiated
+    through an exact table, so that the CDF never depends on a device's exp().
+    """
+    if (probs is None) == (logits is None):
+        raise ModelParameterError("categorical needs exactly one of probs= or logits=")
+    source = probs if probs is not None else logits
+    values = _finite64("categorical probs" if probs is not None else "categorical logits", source, None)
+    if values.dim() < 1:
+        raise ModelParameterError("categorical parameters need a last dimension holding the alphabet")
+    K = values.shape[-1]
+    _check_common(K, precision)
+    if probs is not None:
+        if bool((values < 0).any()):
+            raise ModelParameterError("categorical probs must be non-negative")
+        peak = values.amax(-1, keepdim=True)
+        weights = torch.round(values / torch.where(peak > 0, peak, 1.0) * ONE).long()
+    else:
+        q = torch.round(values * (1 << EXP_FRAC)).long()
+        d = (q.amax(-1, keepdim=True) - q).clamp(max=EXP_LEN - 1)
+        weights = table("exp_neg", values.device)[d]
+    cdf_table = _cdf_from_weights(weights, precision)
+    return EntropyModel(K_.TABLE, K, precision, tuple(values.shape[:-1]), (cdf_table,), device=values.device)
+
+
+def _quantize_loc_scale(mean, scale, loc_frac: int) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = _finite64("mean", mean, None)
+    scale = _finite64("scale", scale, mean.device)
+    if scale.numel() and bool((scale <= 0).any()):
+        raise ModelParameterError("scale must be positive")
+    lo, hi = _SCALE_RANGE[loc_frac]
+    limit = _LOC_LIMIT[loc_frac]
+    mean, scale = torch.broadcast_tensors(mean.clamp(-limit, limit), scale.clamp(lo, hi))
+    loc_q = torch.round(mean * (1 << loc_frac)).long()
+    inv_q = torch.round((1 << K_.INV_SCALE_FRAC) / scale).long()
+    return loc_q, inv_q
+
+
+def _loc_scale_model(mean, scale, alphabet_size: int, precision: int, table_name: str, guess_id: int,
+                     edges: torch.Tensor | None = None, loc_frac: int = K_.LOC_FRAC) -> EntropyModel:
+    _check_common(alphabet_size, precision)
+    loc_q, inv_q = _quantize_loc_scale(mean, scale, loc_frac)
+    return EntropyModel(K_.LOCSCALE, alphabet_size, precision, tuple(loc_q.shape), (loc_q, inv_q),
+                        edges=edges, table_name=table_name, loc_frac=loc_frac, guess_id=guess_id,
+                        device=loc_q.device)
+
+
+def discretized_logistic(mean, scale, alphabet_size: int = 256, precision: int = DEFAULT_PRECISION) -> EntropyModel:
+    """Logistic(mean, scale) on bins [k - 1/2, k + 1/2), with open edge bins at 0 and K-1."""
+    return _loc_scale_model(mean, scale, alphabet_size, precision, "sigmoid", K_.GUESS_LOGISTIC)
+
+
+def discretized_gaussian(mean, scale, alphabet_size: int = 256, precision: int = DEFAULT_PRECISION) -> EntropyModel:
+    """Gaussian(mean, scale) on bins [k - 1/2, k + 1/2), with open edge bins at 0 and K-1."""
+    return _loc_scale_model(mean, scale, alphabet_size, precision, "normal_cdf", K_.GUESS_GAUSSIAN)
+
+
+def mixture_discretized_logistic(means, scales, weights=None, logit_weights=None, alphabet_size: int = 256,
+                                 precision: int = DEFAULT_PRECISION) -> EntropyModel:
+    """Mixture of J discretized logistics (components on the last dimension), PixelCNN++ / IDF style."""
+    _check_common(alphabet_size, precision)
+    loc_q, inv_q = _quantize_loc_scale(means, scales, K_.LOC_FRAC)
+    if (weights is None) == (logit_weights is None):
+        raise ModelParameterError("mixture needs exactly one of weights= or logit_weights=")
+    if weights is not None:
+        w = _finite64("mixture weights", weights, loc_q.device)
+        if bool((w < 0).any()):
+            raise ModelParameterError("mixture weights must be non-negative")
+        raw = torch.round(w / w.amax(-1, keepdim=True).clamp(min=1e-300) * (1 << 20)).long()
+    else:
+        lw = _finite64("mixture logit weights", logit_weights, loc_q.device)
+        q = torch.round(lw * (1 << EXP_FRAC)).long()
+        raw = table("exp_neg", loc_q.device)[(q.amax(-1, keepdim=True) - q).clamp(max=EXP_LEN - 1)] >> 10
+    loc_q, inv_q, raw = torch.broadcast_tensors(loc_q, inv_q, raw)
+    raw = torch.where(raw.sum(-1, keepdim=True) == 0, torch.ones_like(raw), raw)
+    cum = torch.nn.functional.pad(torch.cumsum(raw, -1), (1, 0))
+    cum = (cum << K_.MIX_BITS) // cum[..., -1:]
+    w_q = cum[..., 1:] - cum[..., :-1]
+    return EntropyModel(K_.MIXTURE, alphabet_size, precision, tuple(loc_q.shape[:-1]),
+                        (loc_q.contiguous(), inv_q.contiguous(), w_q), table_name="sigmoid", device=loc_q.device)
+
+
+def _bucket_positions(alphabet_size: int, numerators: torch.Tensor, device) -> torch.Tensor:
+    """Standard-normal quantiles at numerators / (2K), in 2**-BUCKET_FRAC units, from the exact table.
+
+    Integer-only: the quantile is the first table entry reaching ceil(q * ONE), mirrored for q < 1/2.
+    """
+    two_k = 2 * alphabet_size
+    upper = numerators >= alphabet_size
+    mirrored = torch.where(upper, numerators, two_k - numerators)
+    z = torch.searchsorted(table("normal_cdf", device), (mirrored * ONE + two_k - 1) // two_k)
+    return torch.where(upper, z, -z) << (BUCKET_FRAC - Z_FRAC)
+
+
+def bucket_edges(alphabet_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Edges of K buckets of equal N(0, 1) mass (fixed point, 2**-16 units; ends are open)."""
+    num = torch.arange(0, 2 * alphabet_size + 1, 2, device=device, dtype=torch.int64)
+    return _bucket_positions(alphabet_size, num, device)
+
+
+def bucket_centres(alphabet_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Latent value of each bucket (the N(0, 1) median of its mass), float32, identical everywhere."""
+    num = torch.arange(1, 2 * alphabet_size, 2, device=device, dtype=torch.int64)
+    return _bucket_positions(alphabet_size, num, device).to(torch.float32) / (1 << BUCKET_FRAC)
+
+
+def gaussian_buckets(mean, scale, alphabet_size: int = 256, precision: int = DEFAULT_PRECISION) -> EntropyModel:
+    """Gaussian(mean, scale) over K buckets of equal standard-normal mass (BB-ANS latents).
+
+    The prior over these buckets is `uniform(K)`; a posterior is this model with the encoder
+    network's mean and scale. Bucket k stands for the latent value `bucket_centres(K)[k]`.
+    """
+    device = torch.as_tensor(mean).device
+    edges = bucket_edges(alphabet_size, device)
+    return _loc_scale_model(mean, scale, alphabet_size, precision, "normal_cdf", K_.GUESS_GAUSSIAN_BUCKETS,
+                            edges=edges, loc_frac=BUCKET_FRAC)
+
+
+__all__ = [
+    "EntropyModel",
+    "bucket_centres",
+    "bucket_edges",
+    "categorical",
+    "check_symbols",
+    "discretized_gaussian",
+    "discretized_logistic",
+    "gaussian_buckets",
+    "mixture_discretized_logistic",
+    "uniform",
+    "TABLE_BITS",
+]

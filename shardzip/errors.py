@@ -1,0 +1,38 @@
+"""One exception hierarchy for everything shardzip raises on purpose.
+
+Every message names the thing that is wrong and what the user can do about it.
+"""
+
+from __future__ import annotations
+
+
+class ShardzipError(Exception):
+    """Base class of all errors shardzip raises deliberately."""
+
+
+class CodingError(ShardzipError):
+    """An entropy-coding operation could not be carried out."""
+
+
+class ModelParameterError(CodingError):
+    """Entropy-model parameters are out of range (alphabet, precision, scale, shapes)."""
+
+
+class SymbolRangeError(CodingError):
+    """A symbol lies outside the alphabet of the model it is coded with."""
+
+
+class MessageFormatError(CodingError):
+    """Serialized message bytes are truncated, corrupted or of an unknown version."""
+
+
+class MessageUnderflowError(CodingError):
+    """A pop needed more bits than the message holds (bits-back without enough initial bits)."""
+
+
+class DecodeMismatchError(CodingError):
+    """Decoding did not retrace encoding: wrong model, wrong order, or a corrupted message."""
+
+
+class NumericsError(ShardzipError):
+    """Deterministic numerics cannot be guaranteed (e.g. a lookup table failed its checksum)."""
