@@ -20,10 +20,10 @@ Model kinds (``kind`` argument) and their parameter lists ``p``:
 
 - UNIFORM: no parameters; ``c(k) = k * M // K``.
 - TABLE: ``p[0]`` is an explicit integer CDF, shape [..., K + 1] (categorical models).
-- LOCSCALE: ``p[0]`` location and ``p[1]`` inverse scale (fixed point), optional ``p[2]`` bin
-  edges [K + 1]; the CDF shape comes from ``tab`` (sigmoid or normal table).
+- LOCSCALE: ``p[0]`` location and ``p[1]`` inverse scale (fixed point); bin edges [K + 1] in
+  ``edges``; the CDF shape comes from ``tab`` (signed sigmoid or normal table).
 - MIXTURE: ``p[0]`` locations, ``p[1]`` inverse scales, ``p[2]`` weights summing to 2**MIX_BITS,
-  each [..., J]; regular integer bins.
+  each [..., J]; bin edges as for LOCSCALE.
 """
 
 from __future__ import annotations
@@ -51,37 +51,37 @@ def _locscale_value(edge: torch.Tensor, loc: torch.Tensor, inv_scale: torch.Tens
                     tab: torch.Tensor, loc_frac: int) -> torch.Tensor:
     """Table value (0..2**30) of the CDF at fixed-point `edge`, linearly interpolated.
 
-    `tab` is the signed table: index j stands for z = (j - 65536) / 2**12. z is computed with 12
-    more fraction bits than the table has, so wide distributions (16-bit data, scale ~1000, bins
-    a fraction of a table step wide) still get smooth, distinct bin masses.
+    `tab` is the signed table padded by one entry: index j stands for z = (j - 65536) / 2**12.
+    z is computed with 12 more fraction bits than the table has, so wide distributions (16-bit
+    data, bins a fraction of a table step wide) still get smooth, distinct bin masses. The
+    distance is clamped to 2**24 before multiplying (no int64 overflow); inverse scales are at
+    least 2**16 / 2**24 so that anything clamped lies beyond the table and saturates anyway.
     """
-    z = ((edge - loc) * inv_scale) >> (loc_frac + 28 - 24)
-    z = z.clamp(-(65536 << 12), 65536 << 12) + (65536 << 12)
+    d = (edge - loc).clamp(-(1 << 24), 1 << 24)
+    z = ((d * inv_scale) >> (loc_frac + 28 - 24)).clamp(-(65536 << 12), 65536 << 12) + (65536 << 12)
     j = z >> 12
     lo = tab[j]
-    hi = tab[(j + 1).clamp(max=131072)]
-    return lo + (((hi - lo) * (z & 4095)) >> 12)
+    return lo + (((tab[j + 1] - lo) * (z & 4095)) >> 12)
 
 
 def cdf(kind: int, k: torch.Tensor, p: list[torch.Tensor], edges: torch.Tensor, tab: torch.Tensor,
         K: int, n: int, loc_frac: int) -> torch.Tensor:
-    """Quantized CDF c(k) for 0 <= k <= K: c(0) = 0, c(K) = 2**n, c(k+1) - c(k) >= 1."""
+    """Quantized CDF c(k) for 0 <= k <= K: c(0) = 0, c(K) = 2**n, c(k+1) - c(k) >= 1.
+
+    Location-scale kinds read bin edges from `edges` [K + 1], whose first and last entries are
+    sentinels far outside any location: the open edge bins then fall out of the table's
+    saturation (value 0 below, 2**30 above) without a special case.
+    """
     M = 1 << n
     if kind == 0:
         return (k * M) // K
     if kind == 1:
         return torch.gather(p[0], -1, k.unsqueeze(-1)).squeeze(-1)
-    if edges.numel() > 0:
-        edge = edges[k.clamp(0, K)]
-    else:
-        edge = (k << loc_frac) - (1 << (loc_frac - 1))
+    edge = edges[k]
     if kind == 2:
         v = _locscale_value(edge, p[0], p[1], tab, loc_frac)
     else:  # MIXTURE: components along the last dimension
-        v = _locscale_value(edge.unsqueeze(-1), p[0], p[1], tab, loc_frac)
-        v = (v * p[2]).sum(-1) >> 16
-    # open edge bins: all mass below the first edge belongs to symbol 0, above the last to K-1
-    v = torch.where(k <= 0, 0, torch.where(k >= K, 1 << 30, v))
+        v = (_locscale_value(edge.unsqueeze(-1), p[0], p[1], tab, loc_frac) * p[2]).sum(-1) >> 16
     return ((v * (M - K)) >> 30) + k
 
 
@@ -98,7 +98,7 @@ def lookup(kind: int, slot: torch.Tensor, p: list[torch.Tensor], edges: torch.Te
     elif kind == 1:
         k = torch.searchsorted(p[0], slot.unsqueeze(-1), right=True).squeeze(-1) - 1
     elif guess.numel() > 0:
-        k = guess.clamp(0, K - 1)
+        k = guess
         both = cdf(kind, torch.stack([k, k + 1]), p, edges, tab, K, n, loc_frac)  # params broadcast
         lo_c = both[0]
         hi_c = both[1]
@@ -170,7 +170,7 @@ GUESS_GAUSSIAN_BUCKETS = 3
 
 
 def _guess(guess_id: int, slot: torch.Tensor, a: torch.Tensor, b: torch.Tensor, K: int, n: int) -> torch.Tensor:
-    """Floating-point estimate of the symbol for `slot` (speed only; lookup verifies exactly)."""
+    """Floating-point estimate of the symbol for `slot`, in [0, K-1] (speed only; lookup verifies)."""
     u = (slot.double() + 0.5) * (1.0 / (1 << n))  # in (0, 1): logit and erfinv stay finite
     if guess_id == 1:
         x = torch.logit(u).mul_(b).add_(a)
@@ -178,7 +178,7 @@ def _guess(guess_id: int, slot: torch.Tensor, a: torch.Tensor, b: torch.Tensor, 
         x = torch.erfinv(u.mul_(2).sub_(1)).mul_(b * 1.4142135623730951).add_(a)
         if guess_id == 3:
             x = torch.erf(x.mul_(0.7071067811865476)).add_(1).mul_(0.5 * K)
-    return x.clamp_(-1.0, K + 1.0).floor_().long()
+    return x.clamp_(0.0, K - 1.0).long()  # truncation is floor on [0, K-1]
 
 
 def pop_loop(x: torch.Tensor, words: torch.Tensor, top: int, kind: int, p: list[torch.Tensor],
@@ -222,13 +222,11 @@ def pop_loop(x: torch.Tensor, words: torch.Tensor, top: int, kind: int, p: list[
             m = (x < lower) & (warm_from <= ops_before - 1 - t)
         else:
             m = x < lower
-        cnt = torch.cumsum(m.long(), 0)
-        total = cnt[-1:]
-        idx = ptr - total + cnt - 1
-        word = words[idx.clamp(0, last_word)]
+        cnt = torch.cumsum(m, 0, dtype=torch.int64)
+        ptr = ptr - cnt[-1:]
+        word = words[(cnt + (ptr - 1)).clamp(0, last_word)]
         x = torch.where(m, (x << 32) | word, x)
-        ptr = ptr - total
-        bad += (ptr < 0).long()
+    bad += (ptr < 0).long()  # the pointer only decreases: one check covers every step
     return x, out, ptr, bad
 
 

@@ -39,15 +39,18 @@ TARGET_OVERHEAD = 0.0006  # default lane counts keep lane overhead near 0.06 % o
 MAX_DEFAULT_LANES = 4096
 _COLD = 1 << 62
 LOWER = 1 << K_.LOWER_BITS
+PAYLOAD_BITS = 62
+PAYLOAD_BASE = 1 << PAYLOAD_BITS
+BOOTSTRAPPED_LANE_BITS = 9  # measured overhead of a warm-started lane of `encode`, prefix lanes included
 
 
-def default_lanes(n_symbols: int, ideal_bits: float) -> int:
-    """The most lanes whose overhead stays near TARGET_OVERHEAD of `ideal_bits`.
+def default_lanes(n_symbols: int, ideal_bits: float, lane_bits: float = LANE_OVERHEAD_BITS) -> int:
+    """The most lanes whose overhead (`lane_bits` each) stays near TARGET_OVERHEAD of `ideal_bits`.
 
-    More lanes decode faster (each step works on all lanes at once) but every lane costs
-    ~LANE_OVERHEAD_BITS; callers that want throughput over size (a GPU) pass `lanes` explicitly.
+    More lanes decode faster (each step works on all lanes at once) but every lane costs bits;
+    callers that want throughput over size (a GPU) pass `lanes` explicitly.
     """
-    target = int(ideal_bits * TARGET_OVERHEAD / LANE_OVERHEAD_BITS)
+    target = int(ideal_bits * TARGET_OVERHEAD / lane_bits)
     return max(1, min(target, n_symbols, MAX_DEFAULT_LANES))
 
 
@@ -164,6 +167,24 @@ class Message:
                 raise DecodeMismatchError("the clean bits at the bottom of the message do not match their seed")
         self.check_empty()
 
+    @classmethod
+    def warm_started(cls, payload: torch.Tensor, device: torch.device | str = "cpu") -> Message:
+        """A message whose lanes start warm at 2**62 + payload (62 bits each, handed back by
+        `take_payload` once everything is popped): no cold start and no warm op per lane."""
+        msg = cls(payload.numel(), device)
+        msg.state = payload.to(device=msg.device, dtype=torch.int64) + PAYLOAD_BASE
+        msg.warm = torch.zeros_like(msg.state)
+        return msg
+
+    def take_payload(self) -> torch.Tensor:
+        """The 62-bit payloads of a fully decoded `warm_started` message."""
+        if self.ops != 0 or self._top != 0 or not bool((self.state >= PAYLOAD_BASE).all()):
+            raise DecodeMismatchError(
+                f"the message is not back at its initial states after decoding ({self.ops} steps and"
+                f" {self._top} words left): it was decoded with other models or shapes than it was encoded with"
+            )
+        return self.state - PAYLOAD_BASE
+
     def check_empty(self) -> None:
         """Raise unless everything pushed has been popped again (a full, consistent decode)."""
         if self.ops != 0 or self._top != 0 or not bool((self.state == 1).all()):
@@ -183,7 +204,7 @@ class Message:
             writer.write(length, 6)
             writer.write(x - (1 << (length - 1)), length - 1)
             if x >= LOWER:
-                writer.write_gamma(w)
+                writer.write_gamma(w + 1)
         tail = writer.getvalue()
         words = self._stack[: self._top].cpu().numpy().astype("<u4").tobytes()
         head = _HEADER.pack(MAGIC, VERSION, self.lanes, self.ops, self._top, len(tail))
@@ -220,7 +241,7 @@ class Message:
                 if not 1 <= length <= 63:
                     raise MessageFormatError(f"message corrupted: lane state of bit length {length}")
                 x = (1 << (length - 1)) + reader.read(length - 1)
-                w = reader.read_gamma() if x >= LOWER else -1
+                w = reader.read_gamma() - 1 if x >= LOWER else -1
                 if w > ops:
                     raise MessageFormatError("message corrupted: a lane turned warm after the last op")
                 state.append(x)
@@ -267,26 +288,107 @@ def _clean_symbols(lanes: int, words_per_lane: int, seed: int, device: torch.dev
     return torch.randint(0, 1 << 16, (2 * words_per_lane * lanes,), generator=gen).to(device)
 
 
+_CONTAINER = struct.Struct("<4sBBQ")
+CONTAINER_MAGIC = b"SZEN"
+PLAIN, BOOTSTRAPPED = 0, 1
+PREFIX_LANE_RATIO = 16  # the prefix message that seeds the lanes has 1/16 as many lanes
+MIN_BOOTSTRAP_LANES = 8
+
+
+def _payload_to_bytes(payload: torch.Tensor) -> bytes:
+    values = payload.cpu().numpy().astype(np.uint64)
+    shifts = np.arange(PAYLOAD_BITS - 1, -1, -1, dtype=np.uint64)
+    bits = ((values[:, None] >> shifts) & np.uint64(1)).astype(np.uint8).reshape(-1)
+    return np.packbits(bits).tobytes()[: len(bits) // 8]
+
+
+def _bytes_to_payload(data: bytes, lanes: int) -> torch.Tensor:
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+    bits = np.concatenate([bits, np.zeros(lanes * PAYLOAD_BITS - len(bits), np.uint8)]).reshape(lanes, PAYLOAD_BITS)
+    weights = np.uint64(1) << np.arange(PAYLOAD_BITS - 1, -1, -1, dtype=np.uint64)
+    return torch.from_numpy((bits.astype(np.uint64) * weights).sum(1).astype(np.int64))
+
+
 def encode(symbols: torch.Tensor, model: EntropyModel, lanes: int | None = None) -> bytes:
-    """Encode one batch of symbols into self-delimiting bytes (lanes chosen by `default_lanes`)."""
+    """Encode one batch of symbols into self-delimiting bytes.
+
+    With 8 or more lanes the lanes are bootstrapped: a small cold message (1/16 of the lanes)
+    codes a prefix of the symbols, and its bytes become the 62-bit initial states of the main
+    lanes, which the decoder gets back after decoding the rest. A lane then costs ~9 bits
+    instead of ~26, so `default_lanes` can use three times as many for the same overhead.
+
+    Layout: b"SZEN" | version u8 | mode u8 | prefix symbols u64 | crc32 u32 of those |
+    main message | the part of the prefix message that did not fit into the lanes.
+    """
     flat = check_symbols(symbols, model)
     start, freq = model.start_freq_flat(flat)
+    n = freq.numel()
+    info = model.precision - freq.double().log2()
+    total = float(info.sum()) if n else 0.0
     if lanes is None:
-        bits = float(model.precision * freq.numel() - freq.double().log2().sum()) if freq.numel() else 0.0
-        lanes = default_lanes(freq.numel(), bits)
-    msg = Message(lanes, model.device)
-    msg._push_coded(start, freq, model.precision)
-    return msg.to_bytes()
+        lanes = default_lanes(n, total, BOOTSTRAPPED_LANE_BITS)
+        if lanes < MIN_BOOTSTRAP_LANES:
+            lanes = default_lanes(n, total)
+    prefix = _prefix_length(info, lanes) if lanes >= MIN_BOOTSTRAP_LANES else n
+    if prefix >= n:
+        msg = Message(lanes, model.device)
+        msg._push_coded(start, freq, model.precision)
+        return _container(PLAIN, 0) + msg.to_bytes()
+    seed = Message(max(1, lanes // PREFIX_LANE_RATIO), model.device)
+    seed._push_coded(start[:prefix], freq[:prefix], model.precision)
+    seed_bytes = seed.to_bytes()
+    capacity = lanes * PAYLOAD_BITS // 8
+    main = Message.warm_started(_bytes_to_payload(seed_bytes[:capacity], lanes), model.device)
+    main._push_coded(start[prefix:], freq[prefix:], model.precision)
+    return _container(BOOTSTRAPPED, prefix) + main.to_bytes() + seed_bytes[capacity:]
+
+
+def _prefix_length(info: torch.Tensor, lanes: int) -> int:
+    """Symbols whose cold-coded message roughly fills the lanes' 62-bit initial states."""
+    seed_lanes = max(1, lanes // PREFIX_LANE_RATIO)
+    need = lanes * PAYLOAD_BITS - seed_lanes * LANE_OVERHEAD_BITS - 8 * (_HEADER.size + _CRC.size)
+    cumulative = torch.cumsum(info, 0)
+    return int(torch.searchsorted(cumulative, torch.tensor([float(max(need, 1))], dtype=cumulative.dtype))[0]) + 1
+
+
+def _container(mode: int, prefix: int) -> bytes:
+    head = _CONTAINER.pack(CONTAINER_MAGIC, VERSION, mode, prefix)
+    return head + _CRC.pack(zlib.crc32(head))
 
 
 def decode(data: bytes, model: EntropyModel) -> torch.Tensor:
     """Decode bytes made by `encode` with the same model; raises if anything does not match."""
-    msg, used = Message.from_bytes(data, model.device)
-    if used != len(data):
-        raise MessageFormatError(f"{len(data) - used} unexpected bytes after the message")
-    symbols = msg.pop(model)
-    msg.check_empty()
-    return symbols
+    view = memoryview(data)
+    size = _CONTAINER.size + _CRC.size
+    if len(view) < size:
+        raise MessageFormatError(f"encoded data truncated: {len(view)} bytes, the header alone needs {size}")
+    magic, version, mode, prefix = _CONTAINER.unpack_from(view)
+    if magic != CONTAINER_MAGIC:
+        raise MessageFormatError(f"not shardzip encoded data (magic {bytes(magic)!r}, expected {CONTAINER_MAGIC!r})")
+    if version != VERSION:
+        raise MessageFormatError(f"encoded-data version {version} is not supported (this shardzip reads {VERSION})")
+    if _CRC.unpack_from(view, _CONTAINER.size)[0] != zlib.crc32(view[: _CONTAINER.size]):
+        raise MessageFormatError("encoded data corrupted: its header CRC32 does not match")
+    n = model.numel
+    if mode not in (PLAIN, BOOTSTRAPPED) or (mode == BOOTSTRAPPED and not 0 < prefix < n):
+        raise MessageFormatError(f"encoded data has mode {mode} and prefix {prefix}, impossible for {n} symbols")
+    msg, used = Message.from_bytes(view[size:], model.device)
+    end = size + used
+    if mode == PLAIN:
+        symbols = msg.pop(model)
+        msg.check_empty()
+    else:
+        rest = msg.pop(model.slice(prefix, n))
+        capacity = msg.lanes * PAYLOAD_BITS // 8
+        seed_bytes = _payload_to_bytes(msg.take_payload())[:capacity] + bytes(view[end:])
+        seed, seed_used = Message.from_bytes(seed_bytes, model.device)
+        end += max(0, seed_used - capacity)
+        first = seed.pop(model.slice(0, prefix))
+        seed.check_empty()
+        symbols = torch.cat([first, rest])
+    if end != len(view):
+        raise MessageFormatError(f"{len(view) - end} unexpected bytes after the encoded data")
+    return symbols.reshape(model.shape)
 
 
 def ideal_bits(symbols: torch.Tensor, model: EntropyModel) -> float:

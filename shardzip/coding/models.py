@@ -13,7 +13,7 @@ Constructors: `uniform`, `categorical`, `discretized_logistic`, `mixture_discret
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -27,7 +27,10 @@ MAX_PRECISION = 28
 MAX_ALPHABET = 1 << 16
 BUCKET_FRAC = 16  # fixed-point fraction bits of latent-space positions (Gaussian buckets)
 
-_SCALE_RANGE = {K_.LOC_FRAC: (2.0**-8, 2.0**17), BUCKET_FRAC: (2.0**-10, 2.0**6)}
+# Scales are clamped so that inverse scales stay within [2**16, 2**36] (regular bins) and
+# [2**24, 2**38] (buckets): products with distances clamped to 2**24 fit int64 and saturate.
+_SCALE_RANGE = {K_.LOC_FRAC: (2.0**-8, 2.0**12), BUCKET_FRAC: (2.0**-10, 2.0**4)}
+EDGE_SENTINEL = 1 << 27  # beyond every clamped location by more than the 2**24 distance clamp
 _LOC_LIMIT = {K_.LOC_FRAC: 2.0**17, BUCKET_FRAC: 2.0**6}
 
 
@@ -54,6 +57,11 @@ class EntropyModel:
         """Parameters with the batch dimensions flattened to one leading dimension."""
         return [p.reshape((self.numel,) + tuple(p.shape[len(self.shape):])) for p in self.params]
 
+    def slice(self, start: int, stop: int) -> EntropyModel:
+        """The model of flat symbols start..stop-1 (a 1-D batch)."""
+        params = tuple(p[start:stop] for p in self.flat_params())
+        return replace(self, params=params, shape=(max(0, min(stop, self.numel) - start),))
+
     def table_tensor(self) -> torch.Tensor:
         if self.table_name is None:
             return torch.zeros(1, dtype=torch.int64, device=self.device)
@@ -68,13 +76,17 @@ class EntropyModel:
         return loc_q.double() / (1 << self.loc_frac) + offset, (1 << K_.INV_SCALE_FRAC) / inv_q.double()
 
     def edges_tensor(self) -> torch.Tensor:
-        if self.edges is None:
-            return torch.empty(0, dtype=torch.int64, device=self.device)
-        return self.edges
+        if self.edges is not None:
+            return self.edges
+        if self.kind in (K_.LOCSCALE, K_.MIXTURE):
+            return regular_edges(self.alphabet_size, self.loc_frac, self.device)
+        return torch.empty(0, dtype=torch.int64, device=self.device)
 
     def cdf(self, k: torch.Tensor) -> torch.Tensor:
         """c(k) for k of this model's shape (0 <= k <= K); c(0) = 0 and c(K) = 2**precision."""
         k = torch.as_tensor(k, dtype=torch.int64, device=self.device).expand(self.shape).reshape(-1)
+        if k.numel() and bool(((k < 0) | (k > self.alphabet_size)).any()):
+            raise SymbolRangeError(f"cdf is defined for 0 <= k <= {self.alphabet_size}")
         c = K_.cdf(self.kind, k, self.flat_params(), self.edges_tensor(), self.table_tensor(),
                    self.alphabet_size, self.precision, self.loc_frac)
         return c.reshape(self.shape)
@@ -102,6 +114,20 @@ class EntropyModel:
         return (c[..., 1:] - c[..., :-1]).double() / (1 << self.precision)
 
 
+_EDGE_CACHE: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def regular_edges(alphabet_size: int, loc_frac: int, device: torch.device) -> torch.Tensor:
+    """Fixed-point edges k - 1/2 of unit bins, with sentinels for the open first and last bins."""
+    key = (alphabet_size, loc_frac, str(device))
+    edges = _EDGE_CACHE.get(key)
+    if edges is None:
+        edges = (torch.arange(alphabet_size + 1, device=device) << loc_frac) - (1 << (loc_frac - 1))
+        edges[0], edges[-1] = -EDGE_SENTINEL, EDGE_SENTINEL
+        _EDGE_CACHE[key] = edges
+    return edges
+
+
 def check_symbols(symbols: torch.Tensor, model: EntropyModel) -> torch.Tensor:
     """Flat int64 symbols on the model's device; raises SymbolRangeError naming the first bad one."""
     symbols = torch.as_tensor(symbols)
@@ -120,15 +146,18 @@ def check_symbols(symbols: torch.Tensor, model: EntropyModel) -> torch.Tensor:
     return flat
 
 
-def _check_common(alphabet_size: int, precision: int) -> None:
+def _check_common(alphabet_size: int, precision: int, shaped: bool = True) -> None:
+    """Validate alphabet and precision; `shaped` models keep at least half the mass for their shape."""
     if not MIN_PRECISION <= precision <= MAX_PRECISION:
         raise ModelParameterError(f"precision {precision} bits is outside {MIN_PRECISION}..{MAX_PRECISION}")
     if not 1 <= alphabet_size <= MAX_ALPHABET:
         raise ModelParameterError(f"alphabet size {alphabet_size} is outside 1..{MAX_ALPHABET}")
-    if alphabet_size > (1 << precision) // 2:
+    limit = (1 << precision) // 2 if shaped else 1 << precision
+    if alphabet_size > limit:
+        need = (alphabet_size - 1).bit_length() + (1 if shaped else 0)
         raise ModelParameterError(
-            f"alphabet size {alphabet_size} needs precision of at least {alphabet_size.bit_length() + 1} bits"
-            f" (got {precision}) so that every symbol keeps non-zero mass"
+            f"alphabet size {alphabet_size} needs a precision of at least {need} bits (got {precision})"
+            " so that every symbol keeps non-zero mass"
         )
 
 
@@ -142,7 +171,7 @@ def _finite64(name: str, value: torch.Tensor | float, device: torch.device | Non
 def uniform(alphabet_size: int, shape: tuple[int, ...] = (), precision: int = DEFAULT_PRECISION,
             device: torch.device | str = "cpu") -> EntropyModel:
     """Uniform distribution over {0, ..., K-1} (exact when K is a power of two)."""
-    _check_common(alphabet_size, precision)
+    _check_common(alphabet_size, precision, shaped=False)
     return EntropyModel(K_.UNIFORM, alphabet_size, precision, tuple(shape), device=torch.device(device))
 
 
@@ -256,9 +285,11 @@ def _bucket_positions(alphabet_size: int, numerators: torch.Tensor, device) -> t
 
 
 def bucket_edges(alphabet_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Edges of K buckets of equal N(0, 1) mass (fixed point, 2**-16 units; ends are open)."""
+    """Edges of K buckets of equal N(0, 1) mass (fixed point, 2**-16 units; ends are open sentinels)."""
     num = torch.arange(0, 2 * alphabet_size + 1, 2, device=device, dtype=torch.int64)
-    return _bucket_positions(alphabet_size, num, device)
+    edges = _bucket_positions(alphabet_size, num, device)
+    edges[0], edges[-1] = -EDGE_SENTINEL, EDGE_SENTINEL
+    return edges
 
 
 def bucket_centres(alphabet_size: int, device: torch.device | str = "cpu") -> torch.Tensor:

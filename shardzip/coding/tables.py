@@ -81,12 +81,12 @@ def signed_table(name: str, device: torch.device | str = "cpu") -> torch.Tensor:
     """A CDF table mirrored to cover negative z: entry j is the CDF at (j - (Z_LEN - 1)) / 2**Z_FRAC.
 
     Built exactly from the half table (cdf(-z) = ONE - cdf(z)), so one gather replaces
-    abs/compare/select in the kernels.
+    abs/compare/select in the kernels; one extra ONE at the end lets interpolation read j + 1.
     """
     key = (name + ":signed", str(torch.device(device)))
     cached = _DEVICE_CACHE.get(key)
     if cached is None:
         half = table(name, device)
-        cached = torch.cat([ONE - half.flip(0)[:-1], half]).contiguous()
+        cached = torch.cat([ONE - half.flip(0)[:-1], half, half[-1:]]).contiguous()
         _DEVICE_CACHE[key] = cached
     return cached
