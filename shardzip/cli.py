@@ -8,7 +8,6 @@ stderr and exit code 1 instead of a traceback.
 from __future__ import annotations
 
 import argparse
-import inspect
 import runpy
 import sys
 from collections.abc import Sequence
@@ -21,18 +20,8 @@ from shardzip.errors import ShardzipError
 BENCH_CODER = Path(__file__).resolve().parents[1] / "benchmarks" / "coder.py"
 
 
-def _exit_code(exc: SystemExit) -> int:
-    """The integer exit status a SystemExit stands for (argparse, sys.exit in a script)."""
-    if exc.code is None:
-        return 0
-    if isinstance(exc.code, int):
-        return exc.code
-    print(exc.code, file=sys.stderr)
-    return 1
-
-
 def _bench_coder(args: argparse.Namespace) -> int:
-    """Run benchmarks/coder.py's main() with the remaining arguments."""
+    """Run benchmarks/coder.py's main(argv) with the remaining arguments."""
     if not BENCH_CODER.is_file():
         print(
             f"shardzip: error: {BENCH_CODER} not found; bench-coder runs from a source checkout of "
@@ -41,24 +30,7 @@ def _bench_coder(args: argparse.Namespace) -> int:
         )
         return 2
     namespace = runpy.run_path(str(BENCH_CODER), run_name="shardzip_bench_coder")
-    bench_main = namespace.get("main")
-    if not callable(bench_main):
-        print(f"shardzip: error: {BENCH_CODER} defines no main() function", file=sys.stderr)
-        return 2
-    argv = list(args.extra_args)
-    try:
-        if inspect.signature(bench_main).parameters:
-            result = bench_main(argv)
-        else:  # a main() that reads sys.argv itself
-            saved = sys.argv
-            sys.argv = [str(BENCH_CODER), *argv]
-            try:
-                result = bench_main()
-            finally:
-                sys.argv = saved
-    except SystemExit as exc:
-        return _exit_code(exc)
-    return result if isinstance(result, int) else 0
+    return int(namespace["main"](list(args.extra_args)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra and not getattr(args, "passes_extra_args", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --version, --help and usage errors
-        return _exit_code(exc)
+        return exc.code if isinstance(exc.code, int) else 0
     args.extra_args = extra[1:] if extra[:1] == ["--"] else extra
     try:
         return args.handler(args)

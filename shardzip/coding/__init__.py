@@ -4,7 +4,7 @@ Knows nothing of neural networks, Dask or zarr. Models turn parameters into inte
 (`shardzip.coding.models`); `Message` pushes and pops symbols under them.
 """
 
-from shardzip.coding.message import Message, decode, default_lanes, encode, ideal_bits
+from shardzip.coding.message import Message, decode, default_lanes, describe, encode, ideal_bits
 from shardzip.coding.models import (
     EntropyModel,
     bucket_centres,
@@ -25,6 +25,7 @@ __all__ = [
     "categorical",
     "decode",
     "default_lanes",
+    "describe",
     "discretized_gaussian",
     "discretized_logistic",
     "encode",

@@ -12,14 +12,17 @@ rANS conventions (one lane = one independent rANS state, int64):
 
 - state bound ``LOWER = 2**31``; words are 32 bits; a warm lane's state lies in [2**31, 2**63).
 - probability precision ``n`` bits (``M = 2**n``), 8 <= n <= 28; a symbol owns [c, c + f) of M.
-- lanes start at state 1 ("cold"): the first symbols grow the state without emitting words,
-  so no initial bits are wasted. A lane becomes warm at the op count ``w`` where its state first
-  reaches LOWER; pops refill from the word stack only at ops >= w. ``w = -1`` marks a cold lane.
+- cold lanes start at state 1: the first symbols grow the state without emitting words, so no
+  31 bits of initial state are spent. A lane becomes warm at the op count ``w`` where its state
+  first reaches LOWER; pops refill from the word stack only at ops >= w (``warm_from``).
+  Always-warm lanes (``warm_from`` very negative) start at or above LOWER and refill whenever
+  the state drops below it, as in textbook rANS.
 
 Model kinds (``kind`` argument) and their parameter lists ``p``:
 
 - UNIFORM: no parameters; ``c(k) = k * M // K``.
-- TABLE: ``p[0]`` is an explicit integer CDF, shape [..., K + 1] (categorical models).
+- TABLE: ``p[0]`` holds cumulative integer weights [N, K + 1] (0 first, total last) of
+  categorical models; ``c(k) = W_k (M - K) // W_K + k``, normalized only where it is read.
 - LOCSCALE: ``p[0]`` location and ``p[1]`` inverse scale (fixed point); bin edges [K + 1] in
   ``edges``; the CDF shape comes from ``tab`` (signed sigmoid or normal table).
 - MIXTURE: ``p[0]`` locations, ``p[1]`` inverse scales, ``p[2]`` weights summing to 2**MIX_BITS,
@@ -76,7 +79,8 @@ def cdf(kind: int, k: torch.Tensor, p: list[torch.Tensor], edges: torch.Tensor, 
     if kind == 0:
         return (k * M) // K
     if kind == 1:
-        return torch.gather(p[0], -1, k.unsqueeze(-1)).squeeze(-1)
+        cum = torch.gather(p[0], -1, k.unsqueeze(-1)).squeeze(-1)
+        return (cum * (M - K)) // p[0][:, -1] + k
     edge = edges[k]
     if kind == 2:
         v = _locscale_value(edge, p[0], p[1], tab, loc_frac)
@@ -95,8 +99,11 @@ def lookup(kind: int, slot: torch.Tensor, p: list[torch.Tensor], edges: torch.Te
     """
     if kind == 0:
         k = ((slot + 1) * K - 1) >> n
-    elif kind == 1:
-        k = torch.searchsorted(p[0], slot.unsqueeze(-1), right=True).squeeze(-1) - 1
+    elif kind == 1:  # normalize this step's rows only, then search them
+        rows = (p[0] * ((1 << n) - K)) // p[0][:, -1:] + torch.arange(K + 1, device=slot.device)
+        k = torch.searchsorted(rows, slot.unsqueeze(-1), right=True) - 1
+        start = torch.gather(rows, -1, k).squeeze(-1)
+        return k.squeeze(-1), start, torch.gather(rows, -1, k + 1).squeeze(-1) - start
     elif guess.numel() > 0:
         k = guess
         both = cdf(kind, torch.stack([k, k + 1]), p, edges, tab, K, n, loc_frac)  # params broadcast
@@ -169,9 +176,7 @@ GUESS_GAUSSIAN = 2
 GUESS_GAUSSIAN_BUCKETS = 3
 
 
-def _guess(guess_id: int, slot: torch.Tensor, a: torch.Tensor, b: torch.Tensor, K: int, n: int) -> torch.Tensor:
-    """Floating-point estimate of the symbol for `slot`, in [0, K-1] (speed only; lookup verifies)."""
-    u = (slot.double() + 0.5) * (1.0 / (1 << n))  # in (0, 1): logit and erfinv stay finite
+def _guess_from_u(guess_id: int, u: torch.Tensor, a: torch.Tensor, b: torch.Tensor, K: int) -> torch.Tensor:
     if guess_id == 1:
         x = torch.logit(u).mul_(b).add_(a)
     else:
@@ -181,17 +186,43 @@ def _guess(guess_id: int, slot: torch.Tensor, a: torch.Tensor, b: torch.Tensor, 
     return x.clamp_(0.0, K - 1.0).long()  # truncation is floor on [0, K-1]
 
 
+def _guess(guess_id: int, slot: torch.Tensor, a: torch.Tensor, b: torch.Tensor, K: int, n: int) -> torch.Tensor:
+    """Floating-point estimate of the symbol for `slot`, in [0, K-1] (speed only; lookup verifies).
+
+    c(k) = shape(k) * (M - K) + k: for large alphabets the "+ k" term moves the slot by up to K,
+    so one Newton step solves k = x((slot - k) / (M - K)) from the first estimate, x being the
+    inverse of the shape (robust in the tails, where the "+ k" term dominates).
+    """
+    M = 1 << n
+    u = (slot.double() + 0.5) * (1.0 / M)  # in (0, 1): logit and erfinv stay finite
+    k = _guess_from_u(guess_id, u, a, b, K)
+    if K > 1024 and guess_id != 3:
+        kd = k.double()
+        u = (slot.double() - kd).add_(0.5).mul_(1.0 / (M - K)).clamp_(1e-15, 1.0 - 1e-15)
+        if guess_id == 1:
+            x = torch.logit(u).mul_(b).add_(a)
+            slope = b / (u * (1.0 - u))
+        else:
+            y = torch.erfinv(u.mul(2.0).sub_(1.0))
+            x = (y * 1.4142135623730951).mul_(b).add_(a)
+            slope = (y * y).exp_().mul_(b * 2.5066282746310002)
+        kd = kd - (kd - x) / slope.mul_(1.0 / (M - K)).add_(1.0)
+        k = kd.nan_to_num_(0.0).clamp_(0.0, K - 1.0).long()
+    return k
+
+
 def pop_loop(x: torch.Tensor, words: torch.Tensor, top: int, kind: int, p: list[torch.Tensor],
              edges: torch.Tensor, tab: torch.Tensor, K: int, n: int, loc_frac: int, guess_id: int,
              guess_a: torch.Tensor, guess_b: torch.Tensor, warm_from: torch.Tensor, ops_before: int,
-             steps: int, pad_from: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+             steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pop `steps` rows of symbols (parameters `p` of shape [steps, L, ...]): inverse of `push_loop`.
 
-    `words[:top]` is the stack; `warm_from` is each lane's warm op (huge for cold lanes); lanes
-    >= `pad_from` of the last row hold the padding symbol (start 0, frequency M - 1).
-    Returns the states, the symbols [steps, L], the new stack top (1-element tensor) and a count
-    of impossible events (a padding slot out of range, a stack underflow): non-zero means the
-    message is corrupt or is being decoded with other models than it was encoded with.
+    `words[:top]` is the stack; `warm_from` is each lane's warm op (huge for cold lanes, very
+    negative for always-warm ones). Returns the states, the symbols [steps, L], the new stack top
+    (1-element tensor, negative if the stack ran out) and a count of impossible events: a cold
+    lane popped to state 0 or to a state only a refill could explain. Non-zero means the pops
+    asked for more bits than the lanes hold (bits-back without clean bits), or the message is
+    corrupt or decoded with other models than it was encoded with.
     """
     Lw = x.shape[0]
     M = 1 << n
@@ -199,7 +230,6 @@ def pop_loop(x: torch.Tensor, words: torch.Tensor, top: int, kind: int, p: list[
     out = torch.empty([steps, Lw], dtype=torch.int64, device=x.device)
     ptr = torch.full([1], top, dtype=torch.int64, device=x.device)
     bad = torch.zeros([1], dtype=torch.int64, device=x.device)
-    lane = torch.arange(Lw, device=x.device)
     check_warm = bool((warm_from > ops_before - steps).any())
     last_word = max(top - 1, 0)
     for t in range(steps):
@@ -210,16 +240,12 @@ def pop_loop(x: torch.Tensor, words: torch.Tensor, top: int, kind: int, p: list[
         else:
             guess = torch.empty([0], dtype=torch.int64, device=x.device)
         k, start, freq = lookup(kind, slot, pt, edges, tab, K, n, loc_frac, guess)
-        if t == steps - 1 and pad_from < Lw:
-            is_pad = lane >= pad_from
-            bad += (is_pad & (slot >= M - 1)).sum()
-            k = torch.where(is_pad, torch.zeros_like(k), k)
-            start = torch.where(is_pad, torch.zeros_like(start), start)
-            freq = torch.where(is_pad, torch.full_like(freq, M - 1), freq)
         out[t] = k
         x = freq * (x >> n) + slot - start
         if check_warm:
-            m = (x < lower) & (warm_from <= ops_before - 1 - t)
+            eligible = warm_from <= ops_before - 1 - t
+            m = (x < lower) & eligible
+            bad += ((x == 0) | ((x >= lower) & ~eligible)).sum()
         else:
             m = x < lower
         cnt = torch.cumsum(m, 0, dtype=torch.int64)

@@ -2,23 +2,28 @@
 
 `push(symbols, model)` encodes, `pop(model)` decodes the most recently pushed batch (LIFO), so
 bits-back coding is a pop under the posterior before a push. A batch of N symbols is laid out
-over the message's L lanes in ceil(N / L) steps, symbol i in lane i % L of step i // L; a
-partial last step is filled with a padding symbol that costs ~1e-7 bits.
+over the message's L lanes in ceil(N / L) steps, symbol i in lane i % L of step i // L; the lanes
+beyond a partial last step sit that step out.
 
-Lanes start cold at state 1 rather than at the usual 2**31, so no lane is charged 31 bits of
-initial state; a lane still costs ~26 bits in all (rANS codes its first symbols imprecisely while
-the state is small, and its serialized tail holds a 6-bit length and the Elias-gamma coded op at
-which it turned warm). `default_lanes` sizes the lane count to keep this near 0.06 %.
+Two kinds of lanes:
+
+- cold (`Message(lanes)`): lanes start at state 1 rather than the usual 2**31, so no lane pays 31
+  bits of initial state; a lane still costs ~26 bits (rANS codes its first symbols imprecisely
+  while the state is small; the serialized tail holds a 6-bit length and the Elias-gamma coded
+  op at which the lane turned warm, below which pops never refill). Pops must undo pushes: one
+  that reaches below a lane's bits raises MessageUnderflowError.
+- always warm (`Message.with_clean_bits`, `Message.warm_started`): lanes start at 2**62 plus 62
+  bits of payload (seeded clean bits, or another message's bytes), refill whenever the state
+  drops below 2**31, and so invert any sequence of pushes and pops: what bits-back needs.
 
 Serialized layout (little endian), version 1::
 
-    b"SZAN" | version u8 | precision-free header: lanes u32 | ops u64 | words u64 | tail bytes u32
-    | tail (bit-packed per lane) | words (u32 each) | crc32 u32 of everything before it
+    b"SZAN" | version u8 | flags u8 (1: always warm) | lanes u32 | ops i64 | words u64
+    | tail bytes u32 | tail (bit-packed per lane) | words (u32 each) | crc32 u32 of all before
 """
 
 from __future__ import annotations
 
-import math
 import struct
 import zlib
 
@@ -27,17 +32,20 @@ import torch
 
 from shardzip.coding import kernels as K_
 from shardzip.coding.bitio import BitReader, BitWriter
-from shardzip.coding.models import EntropyModel, check_symbols, uniform
+from shardzip.coding.models import EntropyModel, check_symbols
 from shardzip.errors import DecodeMismatchError, MessageFormatError, MessageUnderflowError, ModelParameterError
 
 MAGIC = b"SZAN"
 VERSION = 1
-_HEADER = struct.Struct("<4sBIQQI")
+_HEADER = struct.Struct("<4sBBIqQI")
+ALWAYS_WARM = 1
+MAX_OPS = 1 << 62
 _CRC = struct.Struct("<I")
 LANE_OVERHEAD_BITS = 26  # measured: a lane's cold start and serialized tail cost ~26 bits
 TARGET_OVERHEAD = 0.0006  # default lane counts keep lane overhead near 0.06 % of the payload
 MAX_DEFAULT_LANES = 4096
 _COLD = 1 << 62
+_ALWAYS = -(1 << 62)
 LOWER = 1 << K_.LOWER_BITS
 PAYLOAD_BITS = 62
 PAYLOAD_BASE = 1 << PAYLOAD_BITS
@@ -62,6 +70,7 @@ class Message:
             raise ModelParameterError(f"lane count {lanes} is outside 1..{1 << 24}")
         self.lanes = lanes
         self.device = torch.device(device)
+        self.always_warm = False
         self.state = torch.ones(lanes, dtype=torch.int64, device=self.device)
         self.warm = torch.full((lanes,), -1, dtype=torch.int64, device=self.device)
         self.ops = 0
@@ -72,28 +81,37 @@ class Message:
     def push(self, symbols: torch.Tensor, model: EntropyModel) -> None:
         """Encode `symbols` (shape = model.shape) on top of the message."""
         self._check_device(model)
-        flat = check_symbols(symbols, model)
-        start, freq = model.start_freq_flat(flat)
+        start, freq = model.start_freq(symbols)
         self._push_coded(start, freq, model.precision)
 
     def _push_coded(self, start: torch.Tensor, freq: torch.Tensor, precision: int) -> None:
         n = start.numel()
         if n == 0:
             return
-        steps = -(-n // self.lanes)
-        pad = steps * self.lanes - n
-        if pad:
-            start = torch.cat([start, start.new_zeros(pad)])
-            freq = torch.cat([freq, freq.new_full((pad,), (1 << precision) - 1)])
-        track = bool((self.warm < 0).any())
-        x, words, cold = K_.scripted.push_loop(self.state, start.view(steps, self.lanes),
-                                               freq.view(steps, self.lanes), precision, track)
+        lanes = self.lanes
+        full, rest = divmod(n, lanes)
+        track = not self.always_warm and bool((self.warm < 0).any())
+        x, cold, words = self.state, torch.zeros_like(self.state), []
+        if rest:  # the partial last row goes first (LIFO: it is popped last); lanes >= rest sit it out
+            tail = slice(full * lanes, n)
+            xr, wr, cr = K_.scripted.push_loop(x[:rest], start[tail].view(1, rest), freq[tail].view(1, rest),
+                                               precision, track)
+            if track:
+                cold = torch.cat([cr, (x[rest:] < LOWER).long()])
+            x = torch.cat([xr, x[rest:]])
+            words.append(wr)
+        if full:
+            body = slice(0, full * lanes)
+            x, wf, cf = K_.scripted.push_loop(x, start[body].view(full, lanes), freq[body].view(full, lanes),
+                                              precision, track)
+            cold = cold + cf
+            words.append(wf)
         if track:
             turned = (self.warm < 0) & (x >= LOWER)
             self.warm = torch.where(turned, self.ops + cold, self.warm)
         self.state = x
-        self.ops += steps
-        self._append(words)
+        self.ops += full + (1 if rest else 0)
+        self._append(torch.cat(words) if len(words) > 1 else words[0])
 
     def _check_device(self, model: EntropyModel) -> None:
         if model.device != self.device:
@@ -105,35 +123,50 @@ class Message:
         n = model.numel
         if n == 0:
             return torch.zeros(model.shape, dtype=torch.int64, device=self.device)
-        steps = -(-n // self.lanes)
-        if steps > self.ops:
+        lanes = self.lanes
+        full, rest = divmod(n, lanes)
+        steps = full + (1 if rest else 0)
+        if not self.always_warm and steps > self.ops:
             raise MessageUnderflowError(
                 f"popping {n} symbols needs {steps} steps but the message holds only {self.ops};"
                 " for bits-back coding start the message with clean bits (Message.with_clean_bits)"
             )
-        pad_from = n - (steps - 1) * self.lanes
-        layout = _Layout(n, steps, self.lanes)
-        params = [layout(p) for p in model.flat_params()]
+        params = model.flat_params()
         guess = model.guess_params()
-        ga, gb = (layout(guess[0]), layout(guess[1])) if guess is not None else (_EMPTY2, _EMPTY2)
-        warm_from = torch.where(self.warm >= 0, self.warm, _COLD)
+        warm_from = torch.full_like(self.warm, _ALWAYS) if self.always_warm else \
+            torch.where(self.warm >= 0, self.warm, _COLD)
         stack = self._stack if self._top > 0 else self._stack[:1]
-        x, out, ptr, bad = K_.scripted.pop_loop(
-            self.state, stack, self._top, model.kind, params, model.edges_tensor(), model.table_tensor(),
-            model.alphabet_size, model.precision, model.loc_frac, model.guess_id, ga.to(self.device),
-            gb.to(self.device), warm_from, self.ops, steps, pad_from)
-        top = int(ptr[0])
-        bad = int(bad[0])
+        common = (model.kind, model.edges_tensor(), model.table_tensor(), model.alphabet_size, model.precision,
+                  model.loc_frac, model.guess_id)
+        x, top, bad, outs = self.state, self._top, 0, []
+        for rows, width, lo in ((full, lanes, 0), (1 if rest else 0, rest, full * lanes)):
+            if rows == 0:
+                continue
+            span = slice(lo, lo + rows * width)
+
+            def rowed(t: torch.Tensor, span=span, rows=rows, width=width) -> torch.Tensor:
+                return t[span].reshape((rows, width) + tuple(t.shape[1:]))
+
+            ga, gb = (rowed(guess[0]), rowed(guess[1])) if guess is not None else (_EMPTY2, _EMPTY2)
+            kind, edges, tab, K, prec, loc_frac, guess_id = common
+            xs, out, ptr, flags = K_.scripted.pop_loop(
+                x[:width], stack, top, kind, [rowed(p) for p in params], edges, tab, K, prec, loc_frac, guess_id,
+                ga.to(self.device), gb.to(self.device), warm_from[:width], self.ops - (0 if lo == 0 else full), rows)
+            x = xs if width == lanes else torch.cat([xs, x[width:]])
+            top, bad = int(ptr[0]), bad + int(flags[0])
+            outs.append(out.reshape(-1))
         if bad or top < 0:
-            raise DecodeMismatchError(
-                "decoding met an impossible symbol or ran out of words: the message is corrupt or is"
-                " being decoded with other models, shapes or order than it was encoded with"
+            raise MessageUnderflowError(
+                "a pop needed more bits than the message holds: for bits-back start the message with enough clean"
+                " bits (Message.with_clean_bits); otherwise the message is corrupt or decoded with other models,"
+                " shapes or order than it was encoded with"
             )
         self.state = x
         self._top = top
         self.ops -= steps
-        self.warm = torch.where(self.warm > self.ops, -1, self.warm)
-        return out.reshape(-1)[:n].reshape(model.shape)
+        if not self.always_warm:
+            self.warm = torch.where(self.warm > self.ops, -1, self.warm)
+        return torch.cat(outs).reshape(model.shape)
 
     def _append(self, words: torch.Tensor) -> None:
         need = self._top + words.numel()
@@ -146,32 +179,10 @@ class Message:
 
     # ------------------------------------------------------------ bits-back
     @classmethod
-    def with_clean_bits(cls, lanes: int, words_per_lane: int, seed: int = 0,
-                        device: torch.device | str = "cpu") -> Message:
-        """A message pre-filled with seeded pseudo-random bits for bits-back pops to consume.
-
-        They cost 32 * words_per_lane * lanes bits of the final message; the decoder pops them
-        last and `check_clean_bits` confirms they came back unchanged.
-        """
-        msg = cls(lanes, device)
-        if words_per_lane > 0:
-            symbols = _clean_symbols(lanes, words_per_lane, seed, msg.device)
-            msg.push(symbols, _clean_model(lanes, words_per_lane, msg.device))
-        return msg
-
-    def check_clean_bits(self, words_per_lane: int, seed: int = 0) -> None:
-        """Pop the seeded bits at the bottom of a fully decoded bits-back message and verify them."""
-        if words_per_lane > 0:
-            got = self.pop(_clean_model(self.lanes, words_per_lane, self.device))
-            if not torch.equal(got, _clean_symbols(self.lanes, words_per_lane, seed, self.device)):
-                raise DecodeMismatchError("the clean bits at the bottom of the message do not match their seed")
-        self.check_empty()
-
-    @classmethod
     def warm_started(cls, payload: torch.Tensor, device: torch.device | str = "cpu") -> Message:
-        """A message whose lanes start warm at 2**62 + payload (62 bits each, handed back by
-        `take_payload` once everything is popped): no cold start and no warm op per lane."""
+        """An always-warm message whose lanes start at 2**62 + payload (62 bits each)."""
         msg = cls(payload.numel(), device)
+        msg.always_warm = True
         msg.state = payload.to(device=msg.device, dtype=torch.int64) + PAYLOAD_BASE
         msg.warm = torch.zeros_like(msg.state)
         return msg
@@ -185,9 +196,36 @@ class Message:
             )
         return self.state - PAYLOAD_BASE
 
+    @classmethod
+    def with_clean_bits(cls, lanes: int, words_per_lane: int = 2, seed: int = 0,
+                        device: torch.device | str = "cpu") -> Message:
+        """An always-warm message over seeded pseudo-random bits, for bits-back pops to consume.
+
+        Each lane starts at 2**62 plus 62 seeded bits over `words_per_lane` seeded 32-bit words:
+        (62 + 32 * words_per_lane) * lanes bits that the first pops draw on before anything is
+        pushed. They are part of the final message (its cost of starting bits-back), and the
+        decoder's `check_clean_bits` confirms they came back unchanged.
+        """
+        payload, words = _clean_bits(lanes, words_per_lane, seed)
+        msg = cls.warm_started(payload, device)
+        msg._append(words.to(msg.device))
+        return msg
+
+    def check_clean_bits(self, words_per_lane: int = 2, seed: int = 0) -> None:
+        """After decoding everything, confirm the message is back at its seeded clean bits."""
+        payload, words = _clean_bits(self.lanes, words_per_lane, seed)
+        ok = (self.always_warm and self.ops == 0 and self._top == words.numel()
+              and torch.equal(self.state.cpu(), payload + PAYLOAD_BASE)
+              and torch.equal(self._stack[: self._top].cpu(), words))
+        if not ok:
+            raise DecodeMismatchError(
+                "the message is not back at its seeded clean bits: it was decoded with other models, shapes"
+                " or order than it was encoded with, or with another seed"
+            )
+
     def check_empty(self) -> None:
         """Raise unless everything pushed has been popped again (a full, consistent decode)."""
-        if self.ops != 0 or self._top != 0 or not bool((self.state == 1).all()):
+        if self.always_warm or self.ops != 0 or self._top != 0 or not bool((self.state == 1).all()):
             raise DecodeMismatchError(
                 f"the message is not empty after decoding ({self.ops} steps and {self._top} words left):"
                 " it was decoded with other models or shapes than it was encoded with"
@@ -203,11 +241,12 @@ class Message:
             length = x.bit_length()
             writer.write(length, 6)
             writer.write(x - (1 << (length - 1)), length - 1)
-            if x >= LOWER:
+            if x >= LOWER and not self.always_warm:
                 writer.write_gamma(w + 1)
         tail = writer.getvalue()
         words = self._stack[: self._top].cpu().numpy().astype("<u4").tobytes()
-        head = _HEADER.pack(MAGIC, VERSION, self.lanes, self.ops, self._top, len(tail))
+        flags = ALWAYS_WARM if self.always_warm else 0
+        head = _HEADER.pack(MAGIC, VERSION, flags, self.lanes, self.ops, self._top, len(tail))
         body = head + tail + words
         return body + _CRC.pack(zlib.crc32(body))
 
@@ -217,7 +256,7 @@ class Message:
         data = memoryview(data)
         if len(data) < _HEADER.size:
             raise MessageFormatError(f"message truncated: {len(data)} bytes, the header alone needs {_HEADER.size}")
-        magic, version, lanes, ops, n_words, tail_len = _HEADER.unpack_from(data)
+        magic, version, flags, lanes, ops, n_words, tail_len = _HEADER.unpack_from(data)
         if magic != MAGIC:
             raise MessageFormatError(f"not a shardzip rANS message (magic {bytes(magic)!r}, expected {MAGIC!r})")
         if version != VERSION:
@@ -231,8 +270,10 @@ class Message:
         (crc,) = _CRC.unpack_from(data, total - _CRC.size)
         if zlib.crc32(body) != crc:
             raise MessageFormatError("message corrupted: its CRC32 does not match its bytes")
-        if lanes < 1:
-            raise MessageFormatError("message declares zero lanes")
+        always_warm = bool(flags & ALWAYS_WARM)
+        ops_ok = -MAX_OPS < ops < MAX_OPS and (ops >= 0 or always_warm)
+        if flags & ~ALWAYS_WARM or not 1 <= lanes <= 1 << 24 or not ops_ok:
+            raise MessageFormatError(f"message header is impossible (flags {flags}, {lanes} lanes, {ops} ops)")
         reader = BitReader(bytes(data[_HEADER.size: _HEADER.size + tail_len]))
         state, warm = [], []
         try:
@@ -241,14 +282,20 @@ class Message:
                 if not 1 <= length <= 63:
                     raise MessageFormatError(f"message corrupted: lane state of bit length {length}")
                 x = (1 << (length - 1)) + reader.read(length - 1)
-                w = reader.read_gamma() - 1 if x >= LOWER else -1
-                if w > ops:
-                    raise MessageFormatError("message corrupted: a lane turned warm after the last op")
+                if always_warm:
+                    if x < LOWER:
+                        raise MessageFormatError("message corrupted: an always-warm lane below 2**31")
+                    w = 0
+                else:
+                    w = reader.read_gamma() - 1 if x >= LOWER else -1
+                    if w > ops:
+                        raise MessageFormatError("message corrupted: a lane turned warm after the last op")
                 state.append(x)
                 warm.append(w)
         except EOFError as exc:
             raise MessageFormatError("message corrupted: lane tail shorter than its lane count") from exc
         msg = cls(lanes, device)
+        msg.always_warm = always_warm
         msg.state = torch.tensor(state, dtype=torch.int64, device=msg.device)
         msg.warm = torch.tensor(warm, dtype=torch.int64, device=msg.device)
         msg.ops = ops
@@ -263,32 +310,19 @@ class Message:
         return 8 * len(self.to_bytes())
 
 
-class _Layout:
-    """Arranges flat per-symbol tensors [N, ...] as [steps, lanes, ...], padding by repetition."""
-
-    def __init__(self, n: int, steps: int, lanes: int) -> None:
-        self.n, self.steps, self.lanes = n, steps, lanes
-        self.pad = steps * lanes - n
-
-    def __call__(self, t: torch.Tensor) -> torch.Tensor:
-        if self.pad:
-            t = torch.cat([t, t[-1:].expand((self.pad,) + tuple(t.shape[1:]))])
-        return t.reshape((self.steps, self.lanes) + tuple(t.shape[1:]))
-
-
 _EMPTY2 = torch.empty(0, 0, dtype=torch.float64)
 
 
-def _clean_model(lanes: int, words_per_lane: int, device: torch.device) -> EntropyModel:
-    return uniform(1 << 16, (2 * words_per_lane * lanes,), precision=16, device=device)
-
-
-def _clean_symbols(lanes: int, words_per_lane: int, seed: int, device: torch.device) -> torch.Tensor:
+def _clean_bits(lanes: int, words_per_lane: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded 62-bit lane payloads and 32-bit words (CPU generator: the same on every machine)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 1 << 16, (2 * words_per_lane * lanes,), generator=gen).to(device)
+    hi = torch.randint(0, 1 << 31, (lanes,), generator=gen)
+    lo = torch.randint(0, 1 << 31, (lanes,), generator=gen)
+    words = torch.randint(0, 1 << 32, (words_per_lane * lanes,), generator=gen)
+    return (hi << 31) | lo, words
 
 
-_CONTAINER = struct.Struct("<4sBBQ")
+_CONTAINER = struct.Struct("<4sBBQQI")
 CONTAINER_MAGIC = b"SZEN"
 PLAIN, BOOTSTRAPPED = 0, 1
 PREFIX_LANE_RATIO = 16  # the prefix message that seeds the lanes has 1/16 as many lanes
@@ -309,16 +343,21 @@ def _bytes_to_payload(data: bytes, lanes: int) -> torch.Tensor:
     return torch.from_numpy((bits.astype(np.uint64) * weights).sum(1).astype(np.int64))
 
 
+def symbols_crc(flat: torch.Tensor) -> int:
+    """CRC32 of symbols as little-endian int64: what decode verifies its output against."""
+    return zlib.crc32(flat.reshape(-1).to(torch.int64).cpu().numpy().astype("<i8").tobytes())
+
+
 def encode(symbols: torch.Tensor, model: EntropyModel, lanes: int | None = None) -> bytes:
-    """Encode one batch of symbols into self-delimiting bytes.
+    """Encode one batch of symbols into self-delimiting bytes that `decode` checks end to end.
 
     With 8 or more lanes the lanes are bootstrapped: a small cold message (1/16 of the lanes)
     codes a prefix of the symbols, and its bytes become the 62-bit initial states of the main
     lanes, which the decoder gets back after decoding the rest. A lane then costs ~9 bits
     instead of ~26, so `default_lanes` can use three times as many for the same overhead.
 
-    Layout: b"SZEN" | version u8 | mode u8 | prefix symbols u64 | crc32 u32 of those |
-    main message | the part of the prefix message that did not fit into the lanes.
+    Layout: b"SZEN" | version u8 | mode u8 | symbols u64 | prefix symbols u64 | crc32 of the
+    symbols u32 | crc32 u32 of the header | main message | the rest of the prefix message.
     """
     flat = check_symbols(symbols, model)
     start, freq = model.start_freq_flat(flat)
@@ -330,17 +369,18 @@ def encode(symbols: torch.Tensor, model: EntropyModel, lanes: int | None = None)
         if lanes < MIN_BOOTSTRAP_LANES:
             lanes = default_lanes(n, total)
     prefix = _prefix_length(info, lanes) if lanes >= MIN_BOOTSTRAP_LANES else n
+    head = _container(n, symbols_crc(flat))
     if prefix >= n:
         msg = Message(lanes, model.device)
         msg._push_coded(start, freq, model.precision)
-        return _container(PLAIN, 0) + msg.to_bytes()
+        return head(PLAIN, 0) + msg.to_bytes()
     seed = Message(max(1, lanes // PREFIX_LANE_RATIO), model.device)
     seed._push_coded(start[:prefix], freq[:prefix], model.precision)
     seed_bytes = seed.to_bytes()
     capacity = lanes * PAYLOAD_BITS // 8
     main = Message.warm_started(_bytes_to_payload(seed_bytes[:capacity], lanes), model.device)
     main._push_coded(start[prefix:], freq[prefix:], model.precision)
-    return _container(BOOTSTRAPPED, prefix) + main.to_bytes() + seed_bytes[capacity:]
+    return head(BOOTSTRAPPED, prefix) + main.to_bytes() + seed_bytes[capacity:]
 
 
 def _prefix_length(info: torch.Tensor, lanes: int) -> int:
@@ -351,43 +391,74 @@ def _prefix_length(info: torch.Tensor, lanes: int) -> int:
     return int(torch.searchsorted(cumulative, torch.tensor([float(max(need, 1))], dtype=cumulative.dtype))[0]) + 1
 
 
-def _container(mode: int, prefix: int) -> bytes:
-    head = _CONTAINER.pack(CONTAINER_MAGIC, VERSION, mode, prefix)
-    return head + _CRC.pack(zlib.crc32(head))
+def _container(count: int, crc: int):
+    def head(mode: int, prefix: int) -> bytes:
+        fields = _CONTAINER.pack(CONTAINER_MAGIC, VERSION, mode, count, prefix, crc)
+        return fields + _CRC.pack(zlib.crc32(fields))
+    return head
 
 
-def decode(data: bytes, model: EntropyModel) -> torch.Tensor:
-    """Decode bytes made by `encode` with the same model; raises if anything does not match."""
-    view = memoryview(data)
+def _read_container(view: memoryview) -> tuple[int, int, int, int]:
+    """Mode, symbol count, prefix length and symbol CRC of `encode`'s output, header checked."""
     size = _CONTAINER.size + _CRC.size
     if len(view) < size:
         raise MessageFormatError(f"encoded data truncated: {len(view)} bytes, the header alone needs {size}")
-    magic, version, mode, prefix = _CONTAINER.unpack_from(view)
+    magic, version, mode, count, prefix, crc = _CONTAINER.unpack_from(view)
     if magic != CONTAINER_MAGIC:
         raise MessageFormatError(f"not shardzip encoded data (magic {bytes(magic)!r}, expected {CONTAINER_MAGIC!r})")
     if version != VERSION:
         raise MessageFormatError(f"encoded-data version {version} is not supported (this shardzip reads {VERSION})")
     if _CRC.unpack_from(view, _CONTAINER.size)[0] != zlib.crc32(view[: _CONTAINER.size]):
         raise MessageFormatError("encoded data corrupted: its header CRC32 does not match")
+    if mode not in (PLAIN, BOOTSTRAPPED) or (mode == BOOTSTRAPPED and not 0 < prefix < count):
+        raise MessageFormatError(f"encoded data has an impossible header (mode {mode}, prefix {prefix} of {count})")
+    return mode, count, prefix, crc
+
+
+def describe(data: bytes) -> dict[str, int | str]:
+    """What `encode` produced: mode, symbols, lanes, prefix symbols and sizes (for reports and `info`)."""
+    view = memoryview(data)
+    mode, count, prefix, _ = _read_container(view)
+    msg, _ = Message.from_bytes(view[_CONTAINER.size + _CRC.size:])
+    return {"mode": "bootstrapped" if mode == BOOTSTRAPPED else "plain", "symbols": count, "lanes": msg.lanes,
+            "prefix_symbols": prefix, "steps": msg.ops, "words": msg._top, "bytes": len(view)}
+
+
+def decode(data: bytes, model: EntropyModel) -> torch.Tensor:
+    """Decode bytes made by `encode` with the same model.
+
+    Raises MessageFormatError for damaged or truncated bytes and DecodeMismatchError when the
+    model does not reproduce the encoder's (wrong model, shape or precision): decoded symbols are
+    checked against the CRC32 the encoder stored, so wrong data is never returned silently.
+    """
+    view = memoryview(data)
+    mode, count, prefix, crc = _read_container(view)
     n = model.numel
-    if mode not in (PLAIN, BOOTSTRAPPED) or (mode == BOOTSTRAPPED and not 0 < prefix < n):
-        raise MessageFormatError(f"encoded data has mode {mode} and prefix {prefix}, impossible for {n} symbols")
+    if count != n:
+        raise DecodeMismatchError(f"the data holds {count} symbols but the model describes {n} (shape {model.shape})")
+    size = _CONTAINER.size + _CRC.size
     msg, used = Message.from_bytes(view[size:], model.device)
     end = size + used
-    if mode == PLAIN:
-        symbols = msg.pop(model)
-        msg.check_empty()
-    else:
-        rest = msg.pop(model.slice(prefix, n))
-        capacity = msg.lanes * PAYLOAD_BITS // 8
-        seed_bytes = _payload_to_bytes(msg.take_payload())[:capacity] + bytes(view[end:])
-        seed, seed_used = Message.from_bytes(seed_bytes, model.device)
-        end += max(0, seed_used - capacity)
-        first = seed.pop(model.slice(0, prefix))
-        seed.check_empty()
-        symbols = torch.cat([first, rest])
+    try:
+        if mode == PLAIN:
+            symbols = msg.pop(model)
+            msg.check_empty()
+        else:
+            rest = msg.pop(model.slice(prefix, n))
+            capacity = msg.lanes * PAYLOAD_BITS // 8
+            seed_bytes = _payload_to_bytes(msg.take_payload())[:capacity] + bytes(view[end:])
+            seed, seed_used = Message.from_bytes(seed_bytes, model.device)
+            end += max(0, seed_used - capacity)
+            first = seed.pop(model.slice(0, prefix))
+            seed.check_empty()
+            symbols = torch.cat([first, rest])
+    except (MessageUnderflowError, MessageFormatError) as exc:
+        # these arise from what the model decoded (lane states, the prefix message rebuilt from them)
+        raise DecodeMismatchError(f"decoding with this model does not retrace the encoder: {exc}") from exc
     if end != len(view):
         raise MessageFormatError(f"{len(view) - end} unexpected bytes after the encoded data")
+    if symbols_crc(symbols) != crc:
+        raise DecodeMismatchError("decoded symbols fail their CRC32: the model differs from the encoder's")
     return symbols.reshape(model.shape)
 
 
@@ -396,4 +467,4 @@ def ideal_bits(symbols: torch.Tensor, model: EntropyModel) -> float:
     return float(-model.log2_prob(symbols).sum())
 
 
-__all__ = ["Message", "decode", "default_lanes", "encode", "ideal_bits", "math"]
+__all__ = ["Message", "decode", "default_lanes", "describe", "encode", "ideal_bits"]

@@ -22,6 +22,13 @@ from shardzip.coding.tables import EXP_FRAC, EXP_LEN, ONE, TABLE_BITS, Z_FRAC, s
 from shardzip.errors import ModelParameterError, SymbolRangeError
 
 DEFAULT_PRECISION = 24
+LARGE_ALPHABET = 4096  # above this, models default to LARGE_PRECISION
+
+
+def default_precision(alphabet_size: int) -> int:
+    """24 bits, or 28 for alphabets over 4096 symbols (16-bit data): each symbol's floor of one
+    slot then holds 16 times less mass, and the decoder's first guess is right far more often."""
+    return DEFAULT_PRECISION if alphabet_size <= LARGE_ALPHABET else MAX_PRECISION
 MIN_PRECISION = 8
 MAX_PRECISION = 28
 MAX_ALPHABET = 1 << 16
@@ -150,8 +157,11 @@ def _check_common(alphabet_size: int, precision: int, shaped: bool = True) -> No
     """Validate alphabet and precision; `shaped` models keep at least half the mass for their shape."""
     if not MIN_PRECISION <= precision <= MAX_PRECISION:
         raise ModelParameterError(f"precision {precision} bits is outside {MIN_PRECISION}..{MAX_PRECISION}")
-    if not 1 <= alphabet_size <= MAX_ALPHABET:
-        raise ModelParameterError(f"alphabet size {alphabet_size} is outside 1..{MAX_ALPHABET}")
+    if not 2 <= alphabet_size <= MAX_ALPHABET:
+        raise ModelParameterError(
+            f"alphabet size {alphabet_size} is outside 2..{MAX_ALPHABET} (a one-symbol alphabet carries no"
+            " information: store the constant instead of coding it)"
+        )
     limit = (1 << precision) // 2 if shaped else 1 << precision
     if alphabet_size > limit:
         need = (alphabet_size - 1).bit_length() + (1 if shaped else 0)
@@ -168,51 +178,56 @@ def _finite64(name: str, value: torch.Tensor | float, device: torch.device | Non
     return t
 
 
-def uniform(alphabet_size: int, shape: tuple[int, ...] = (), precision: int = DEFAULT_PRECISION,
+def uniform(alphabet_size: int, shape: tuple[int, ...] = (), precision: int | None = None,
             device: torch.device | str = "cpu") -> EntropyModel:
     """Uniform distribution over {0, ..., K-1} (exact when K is a power of two)."""
+    precision = precision or default_precision(alphabet_size)
     _check_common(alphabet_size, precision, shaped=False)
     return EntropyModel(K_.UNIFORM, alphabet_size, precision, tuple(shape), device=torch.device(device))
 
 
-def _cdf_from_weights(weights: torch.Tensor, precision: int) -> torch.Tensor:
-    """Integer CDF [..., K+1] from non-negative integer weights [..., K]: c(k) = W_k (M-K) // W_K + k."""
-    K = weights.shape[-1]
-    total_bits = int(weights.max()).bit_length() + K.bit_length() if weights.numel() else 1
-    shift = max(0, total_bits + precision - 62)
-    w = weights >> shift
-    w = torch.where(w.sum(-1, keepdim=True) == 0, torch.ones_like(w), w)
-    cum = torch.nn.functional.pad(torch.cumsum(w, -1), (1, 0))
-    ks = torch.arange(K + 1, device=w.device)
-    return (cum * ((1 << precision) - K)) // cum[..., -1:] + ks
+_CHUNK_ENTRIES = 1 << 20  # categorical tables are quantized this many entries at a time (cache-sized)
 
 
 def categorical(probs: torch.Tensor | None = None, logits: torch.Tensor | None = None,
-                precision: int = DEFAULT_PRECISION) -> EntropyModel:
+                precision: int | None = None) -> EntropyModel:
     """Categorical over the last dimension of `probs` (unnormalized, >= 0) or `logits`.
 
-    Probabilities are quantized to 30-bit integers; logits to steps of 2**-10 and exponentiated
-    through an exact table, so that the CDF never depends on a device's exp().
+    Probabilities are quantized to 30-bit integers relative to each row's peak; logits to steps
+    of 2**-10 and exponentiated through an exact table, so the CDF never depends on a device's
+    exp(). The model keeps cumulative integer weights; the coder normalizes only what it reads.
     """
     if (probs is None) == (logits is None):
         raise ModelParameterError("categorical needs exactly one of probs= or logits=")
-    source = probs if probs is not None else logits
-    values = _finite64("categorical probs" if probs is not None else "categorical logits", source, None)
-    if values.dim() < 1:
+    source = torch.as_tensor(probs if probs is not None else logits)
+    if source.dim() < 1:
         raise ModelParameterError("categorical parameters need a last dimension holding the alphabet")
-    K = values.shape[-1]
+    K = source.shape[-1]
+    precision = precision or default_precision(K)
     _check_common(K, precision)
-    if probs is not None:
-        if bool((values < 0).any()):
-            raise ModelParameterError("categorical probs must be non-negative")
-        peak = values.amax(-1, keepdim=True)
-        weights = torch.round(values / torch.where(peak > 0, peak, 1.0) * ONE).long()
-    else:
-        q = torch.round(values * (1 << EXP_FRAC)).long()
-        d = (q.amax(-1, keepdim=True) - q).clamp(max=EXP_LEN - 1)
-        weights = table("exp_neg", values.device)[d]
-    cdf_table = _cdf_from_weights(weights, precision)
-    return EntropyModel(K_.TABLE, K, precision, tuple(values.shape[:-1]), (cdf_table,), device=values.device)
+    rows = source.reshape(-1, K)
+    cum = torch.empty((rows.shape[0], K + 1), dtype=torch.int64, device=rows.device)
+    cum[:, 0] = 0
+    shift = max(0, TABLE_BITS + (K - 1).bit_length() + precision - 62)
+    step = max(1, _CHUNK_ENTRIES // K)
+    for lo in range(0, rows.shape[0], step):
+        chunk = rows[lo:lo + step].to(torch.float64)
+        if not bool(torch.isfinite(chunk).all()):
+            raise ModelParameterError(f"categorical {'probs' if probs is not None else 'logits'} contain NaN or inf")
+        if probs is not None:
+            if bool((chunk < 0).any()):
+                raise ModelParameterError("categorical probs must be non-negative")
+            peak = chunk.amax(-1, keepdim=True)
+            weights = (chunk * (ONE / torch.where(peak > 0, peak, 1.0))).round_().long()
+        else:
+            q = (chunk * (1 << EXP_FRAC)).round_().long()
+            weights = table("exp_neg", rows.device)[(q.amax(-1, keepdim=True) - q).clamp_(max=EXP_LEN - 1)]
+        torch.cumsum(weights >> shift if shift else weights, -1, out=cum[lo:lo + step, 1:])
+    empty = cum[:, -1] == 0
+    if bool(empty.any()):  # no mass at all: uniform
+        cum[empty] = torch.arange(K + 1, device=cum.device)
+    return EntropyModel(K_.TABLE, K, precision, tuple(source.shape[:-1]), (cum.reshape(source.shape[:-1] + (K + 1,)),),
+                        device=cum.device)
 
 
 def _quantize_loc_scale(mean, scale, loc_frac: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,8 +243,9 @@ def _quantize_loc_scale(mean, scale, loc_frac: int) -> tuple[torch.Tensor, torch
     return loc_q, inv_q
 
 
-def _loc_scale_model(mean, scale, alphabet_size: int, precision: int, table_name: str, guess_id: int,
+def _loc_scale_model(mean, scale, alphabet_size: int, precision: int | None, table_name: str, guess_id: int,
                      edges: torch.Tensor | None = None, loc_frac: int = K_.LOC_FRAC) -> EntropyModel:
+    precision = precision or default_precision(alphabet_size)
     _check_common(alphabet_size, precision)
     loc_q, inv_q = _quantize_loc_scale(mean, scale, loc_frac)
     return EntropyModel(K_.LOCSCALE, alphabet_size, precision, tuple(loc_q.shape), (loc_q, inv_q),
@@ -237,19 +253,20 @@ def _loc_scale_model(mean, scale, alphabet_size: int, precision: int, table_name
                         device=loc_q.device)
 
 
-def discretized_logistic(mean, scale, alphabet_size: int = 256, precision: int = DEFAULT_PRECISION) -> EntropyModel:
+def discretized_logistic(mean, scale, alphabet_size: int = 256, precision: int | None = None) -> EntropyModel:
     """Logistic(mean, scale) on bins [k - 1/2, k + 1/2), with open edge bins at 0 and K-1."""
     return _loc_scale_model(mean, scale, alphabet_size, precision, "sigmoid", K_.GUESS_LOGISTIC)
 
 
-def discretized_gaussian(mean, scale, alphabet_size: int = 256, precision: int = DEFAULT_PRECISION) -> EntropyModel:
+def discretized_gaussian(mean, scale, alphabet_size: int = 256, precision: int | None = None) -> EntropyModel:
     """Gaussian(mean, scale) on bins [k - 1/2, k + 1/2), with open edge bins at 0 and K-1."""
     return _loc_scale_model(mean, scale, alphabet_size, precision, "normal_cdf", K_.GUESS_GAUSSIAN)
 
 
 def mixture_discretized_logistic(means, scales, weights=None, logit_weights=None, alphabet_size: int = 256,
-                                 precision: int = DEFAULT_PRECISION) -> EntropyModel:
+                                 precision: int | None = None) -> EntropyModel:
     """Mixture of J discretized logistics (components on the last dimension), PixelCNN++ / IDF style."""
+    precision = precision or default_precision(alphabet_size)
     _check_common(alphabet_size, precision)
     loc_q, inv_q = _quantize_loc_scale(means, scales, K_.LOC_FRAC)
     if (weights is None) == (logit_weights is None):
@@ -298,7 +315,7 @@ def bucket_centres(alphabet_size: int, device: torch.device | str = "cpu") -> to
     return _bucket_positions(alphabet_size, num, device).to(torch.float32) / (1 << BUCKET_FRAC)
 
 
-def gaussian_buckets(mean, scale, alphabet_size: int = 256, precision: int = DEFAULT_PRECISION) -> EntropyModel:
+def gaussian_buckets(mean, scale, alphabet_size: int = 256, precision: int | None = None) -> EntropyModel:
     """Gaussian(mean, scale) over K buckets of equal standard-normal mass (BB-ANS latents).
 
     The prior over these buckets is `uniform(K)`; a posterior is this model with the encoder

@@ -1,0 +1,214 @@
+"""Shared helpers for the entropy-coding tests: random models of every kind, exact sampling.
+
+Test modules import the helpers below (`from conftest import ...`); pytest puts this folder on
+sys.path. Every model is built from a seed, so a failing hypothesis example can be rebuilt
+exactly, on CPU or CUDA, from the numbers hypothesis prints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from shardzip.coding import (
+    bucket_edges,
+    categorical,
+    discretized_gaussian,
+    discretized_logistic,
+    gaussian_buckets,
+    kernels,
+    mixture_discretized_logistic,
+    uniform,
+)
+
+# Modest example counts: the suite must stay well under ~90 s on 2 CPU cores.
+settings.register_profile(
+    "shardzip",
+    deadline=None,
+    max_examples=25,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.load_profile("shardzip")
+# SHARDZIP_EXAMPLES_SCALE=20 pytest tests  runs every property test with 20 times as many examples
+EXAMPLES_SCALE = float(os.environ.get("SHARDZIP_EXAMPLES_SCALE", "1"))
+
+
+def examples(n: int, derandomize: bool = False) -> settings:
+    """Hypothesis settings with `n` examples (times SHARDZIP_EXAMPLES_SCALE).
+
+    `derandomize=True` draws the same examples on every run: for properties that hold with high
+    probability rather than always, where a rare counterexample must not make the suite flaky.
+    """
+    return settings(max_examples=max(1, round(n * EXAMPLES_SCALE)), derandomize=derandomize,
+                    database=None if derandomize else settings.default.database)
+
+
+KINDS = (
+    "uniform",
+    "categorical",
+    "categorical_logits",
+    "logistic",
+    "gaussian",
+    "mixture",
+    "mixture_logits",
+    "buckets",
+)
+# kinds whose parameters are a table over the alphabet ([..., K]): keep numel * K small
+TABLE_KINDS = ("categorical", "categorical_logits")
+MAX_TABLE_ENTRIES = 200_000
+
+
+def min_precision(alphabet_size: int) -> int:
+    """Smallest precision the models accept for this alphabet (K <= 2**precision / 2, precision >= 8)."""
+    return max(8, (alphabet_size - 1).bit_length() + 1)
+
+
+def _log_uniform(shape, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
+    u = torch.rand(shape, generator=gen, dtype=torch.float64)
+    return torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+
+
+def build_model(kind: str, shape: tuple[int, ...], alphabet_size: int, precision: int, seed: int,
+                device: torch.device | str = "cpu"):
+    """A random model of `kind`; parameters are drawn on the CPU from `seed`, then moved to `device`.
+
+    Parameters deliberately include extremes: locations outside the alphabet, scales below and
+    above the supported range (they are clamped), zero probabilities and zero mixture weights.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    K = alphabet_size
+    shape = tuple(shape)
+
+    def to(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device)
+
+    if kind == "uniform":
+        return uniform(K, shape, precision=precision, device=device)
+    if kind == "categorical":
+        probs = torch.rand(shape + (K,), generator=gen, dtype=torch.float64) ** 4
+        probs = torch.where(torch.rand(probs.shape, generator=gen) < 0.2, 0.0, probs)
+        return categorical(probs=to(probs), precision=precision)
+    if kind == "categorical_logits":
+        logits = torch.randn(shape + (K,), generator=gen, dtype=torch.float64) * 6
+        return categorical(logits=to(logits), precision=precision)
+    if kind in ("logistic", "gaussian"):
+        mean = torch.rand(shape, generator=gen, dtype=torch.float64) * (K + 40) - 20
+        scale = _log_uniform(shape, 2.0**-10, 4.0 * K, gen)
+        make = discretized_logistic if kind == "logistic" else discretized_gaussian
+        return make(to(mean), to(scale), alphabet_size=K, precision=precision)
+    if kind in ("mixture", "mixture_logits"):
+        J = int(torch.randint(1, 6, (), generator=gen))
+        means = torch.rand(shape + (J,), generator=gen, dtype=torch.float64) * (K + 40) - 20
+        scales = _log_uniform(shape + (J,), 2.0**-10, 4.0 * K, gen)
+        if kind == "mixture":
+            weights = torch.rand(shape + (J,), generator=gen, dtype=torch.float64)
+            weights = torch.where(torch.rand(weights.shape, generator=gen) < 0.3, 0.0, weights)
+            return mixture_discretized_logistic(to(means), to(scales), weights=to(weights),
+                                                alphabet_size=K, precision=precision)
+        logit_weights = torch.randn(shape + (J,), generator=gen, dtype=torch.float64) * 4
+        return mixture_discretized_logistic(to(means), to(scales), logit_weights=to(logit_weights),
+                                            alphabet_size=K, precision=precision)
+    if kind == "buckets":
+        mean = torch.randn(shape, generator=gen, dtype=torch.float64) * 1.5
+        scale = _log_uniform(shape, 2.0**-11, 8.0, gen)
+        return gaussian_buckets(to(mean), to(scale), alphabet_size=K, precision=precision)
+    raise ValueError(kind)
+
+
+def sample(model, seed: int, outliers: float = 0.05) -> torch.Tensor:
+    """Symbols drawn exactly from the quantized model (inverse CDF by bisection), on the model's device.
+
+    A fraction `outliers` is replaced by uniformly random symbols, so that low-probability symbols
+    (frequency 1 in the tails) are coded too.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    shape, K = model.shape, model.alphabet_size
+    u = torch.randint(0, 1 << model.precision, shape, generator=gen)
+    lo = torch.zeros(shape, dtype=torch.int64)
+    hi = torch.full(shape, K, dtype=torch.int64)
+    while bool((hi - lo > 1).any()):
+        mid = (lo + hi) // 2
+        go_up = model.cdf(mid.to(model.device)).cpu() <= u
+        lo = torch.where(go_up, mid, lo)
+        hi = torch.where(go_up, hi, mid)
+    wild = torch.rand(shape, generator=gen) < outliers
+    symbols = torch.where(wild, torch.randint(0, K, shape, generator=gen), lo)
+    return symbols.to(model.device)
+
+
+def full_cdf(model) -> torch.Tensor:
+    """The integer CDF at every k = 0..K, shape model.shape + (K + 1,) (small alphabets only)."""
+    return torch.stack([model.cdf(torch.tensor(k)) for k in range(model.alphabet_size + 1)], dim=-1)
+
+
+@st.composite
+def coding_cases(draw, kinds=KINDS, max_numel: int = 600, max_alphabet: int = 1 << 16):
+    """(kind, shape, alphabet size, precision, seed) covering every kind, shape and precision edge."""
+    kind = draw(st.sampled_from(kinds))
+    K = draw(st.one_of(
+        st.integers(2, 300),
+        st.sampled_from([2, 3, 4, 255, 256, 257, 1000, 1024, 4096, 65535, 65536]),
+    ).filter(lambda k: k <= max_alphabet))
+    ndim = draw(st.integers(0, 3))
+    dims = draw(st.lists(st.integers(0, 12), min_size=ndim, max_size=ndim))
+    if ndim == 1 and draw(st.booleans()):
+        dims = [draw(st.integers(0, max_numel))]
+    shape = tuple(dims)
+    numel = math.prod(shape)
+    if kind in TABLE_KINDS and numel * K > MAX_TABLE_ENTRIES:
+        K = max(2, MAX_TABLE_ENTRIES // max(numel, 1))
+    precision = draw(st.integers(min_precision(K), 28))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return kind, shape, K, precision, seed
+
+
+@st.composite
+def lane_counts(draw, numel: int):
+    """Lane counts 1..300, biased towards the interesting ones: 1, numel, numel +- 1, > numel."""
+    special = [1, 2, 3, max(numel, 1), numel + 1, max(numel - 1, 1), 300]
+    return draw(st.one_of(st.sampled_from(special), st.integers(1, 300)))
+
+
+class coder_mode:  # noqa: N801 - used like a function: `with coder_mode(scripted=False): ...`
+    """Context manager switching between the TorchScript and the eager coding loops."""
+
+    def __init__(self, scripted: bool) -> None:
+        self.scripted = scripted
+
+    def __enter__(self):
+        self.before = kernels.scripted.enabled
+        kernels.scripted.enabled = self.scripted
+        return self
+
+    def __exit__(self, *exc) -> None:
+        kernels.scripted.enabled = self.before
+
+
+def encode_header_bits() -> int:
+    """Fixed cost of encode(): the size of an encoded empty batch (headers, CRCs, one empty lane)."""
+    from shardzip.coding import encode
+
+    return 8 * len(encode(torch.zeros(0, dtype=torch.int64), uniform(2, (0,)), lanes=1))
+
+
+def bucket_edges_float(K: int) -> torch.Tensor:
+    """The bucket edges as float64 latent values (edges are fixed point with 16 fraction bits)."""
+    return bucket_edges(K).double() / 2**16
+
+
+def same_coded_intervals(a, b, symbols: torch.Tensor) -> bool:
+    """Whether models `a` and `b` give every one of `symbols` the same integer interval [c, c + f).
+
+    A model that differs from the encoder's only where nothing was coded (or that quantizes to the
+    same integer model) decodes correctly, and must: only the intervals decide what decoding does.
+    """
+    if (a.alphabet_size, a.precision, a.shape) != (b.alphabet_size, b.precision, b.shape):
+        return False
+    start_a, freq_a = a.start_freq(symbols)
+    start_b, freq_b = b.start_freq(symbols)
+    return torch.equal(start_a, start_b) and torch.equal(freq_a, freq_b)
