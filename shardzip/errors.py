@@ -36,3 +36,23 @@ class DecodeMismatchError(CodingError):
 
 class NumericsError(ShardzipError):
     """Deterministic numerics cannot be guaranteed (e.g. a lookup table failed its checksum)."""
+
+
+class FormatError(ShardzipError):
+    """A compressed store, shard or chunk is malformed, incomplete or of an unknown version."""
+
+
+class ChunkChecksumError(FormatError):
+    """A decoded chunk's bytes do not match the checksum stored with it."""
+
+
+class SourceError(ShardzipError):
+    """The source dataset is missing, unreadable or holds something that cannot be compressed as asked."""
+
+
+class DestinationError(ShardzipError):
+    """The destination exists, is incomplete or belongs to another job."""
+
+
+class ClusterError(ShardzipError):
+    """The Dask scheduler cannot be reached or has no worker that can run the job."""

@@ -1,0 +1,122 @@
+"""The validated catalog (catalog.yaml): the datasets shardzip knows and the models it ships.
+
+A dataset names a zarr store (made by `shardzip import ...`) and the arrays in it; a model names
+its family, hyper-parameters, checkpoint (path and sha256), the data it was trained on, the
+command that trained it and the validation bpd it reached. Paths are relative to the catalog file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shardzip.errors import ShardzipError
+
+REPO_CATALOG = Path(__file__).resolve().parents[1] / "catalog.yaml"
+
+
+class CatalogError(ShardzipError):
+    """catalog.yaml is missing, invalid, or does not name what was asked for."""
+
+
+class CheckpointError(ShardzipError):
+    """A checkpoint file is missing or does not match the sha256 the catalog records."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DatasetEntry(_Strict):
+    description: str
+    store: str  # zarr store, relative to the catalog
+    kind: str = Field(pattern="^(stack|images)$")  # stack: one [N, C, H, W] array; images: one array per image
+    splits: dict[str, str]  # split name -> array (stack) or group (images) inside the store
+    importer: str  # the shardzip command that builds the store
+    source: str
+    licence: str
+
+
+class TrainingEntry(_Strict):
+    dataset: str  # "name/split"
+    validation: str  # "name/split"
+    steps: int = Field(gt=0)
+    batch: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    crop: int | None = None
+    seed: int = 0
+    command: str
+
+
+class ModelEntry(_Strict):
+    family: str
+    description: str
+    hparams: dict[str, Any]
+    checkpoint: str  # relative to the catalog
+    sha256: str | None = None
+    training: TrainingEntry
+    validation_bpd: float | None = None
+    test: str  # "name/split" the benchmark reports on
+
+
+class Catalog(_Strict):
+    datasets: dict[str, DatasetEntry]
+    models: dict[str, ModelEntry]
+    root: Path = Path(".")
+
+    def dataset(self, name: str) -> DatasetEntry:
+        if name not in self.datasets:
+            raise CatalogError(f"dataset {name!r} is not in the catalog; known: {', '.join(sorted(self.datasets))}")
+        return self.datasets[name]
+
+    def model(self, name: str) -> ModelEntry:
+        if name not in self.models:
+            raise CatalogError(f"model {name!r} is not in the catalog; known: {', '.join(sorted(self.models))}")
+        return self.models[name]
+
+    def path(self, relative: str) -> Path:
+        return (self.root / relative).resolve()
+
+    def split(self, ref: str) -> tuple[DatasetEntry, Path, str]:
+        """'name/split' -> (entry, store path, array or group inside the store)."""
+        name, _, split = ref.partition("/")
+        entry = self.dataset(name)
+        if split not in entry.splits:
+            raise CatalogError(f"dataset {name!r} has no split {split!r}; it has {', '.join(entry.splits)}")
+        return entry, self.path(entry.store), entry.splits[split]
+
+
+def catalog_path(path: str | os.PathLike | None = None) -> Path:
+    """The catalog to use: `path`, else $SHARDZIP_CATALOG, else the source checkout's catalog.yaml."""
+    return Path(path or os.environ.get("SHARDZIP_CATALOG") or REPO_CATALOG)
+
+
+def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
+    """Read and validate a catalog file."""
+    p = catalog_path(path)
+    if not p.is_file():
+        raise CatalogError(f"catalog {p} not found; pass --catalog or set SHARDZIP_CATALOG")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+        return Catalog(**raw, root=p.parent.resolve())
+    except (yaml.YAMLError, ValidationError, TypeError) as exc:
+        raise CatalogError(f"catalog {p} is invalid: {exc}") from exc
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def entry_yaml(name: str, entry: ModelEntry) -> str:
+    """The catalog text of one model entry (what `shardzip train` prints when it finishes)."""
+    data = {name: entry.model_dump(exclude_none=True)}
+    return yaml.safe_dump({"models": data}, sort_keys=False)

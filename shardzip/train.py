@@ -1,0 +1,156 @@
+"""`shardzip train`: train a catalog model on its catalog dataset, with checkpoints and resume.
+
+Reproducible: the seed fixes initialisation and the batch order (a torch.Generator of its own);
+a resumed run continues the same sequence. Every `checkpoint_every` steps the full state (model,
+optimizer, generator, step) is written atomically to `<run dir>/last.pt`; `--resume` picks it up.
+At the end the weights alone are written to the catalog's checkpoint path, validated on the
+validation split, and the catalog entry (with sha256 and validation bpd) is printed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shardzip.catalog import Catalog, CatalogError, ModelEntry, entry_yaml, sha256_file
+from shardzip.importers.datasets import read_split
+from shardzip.models import LosslessModel, build_model, save_weights
+
+
+@dataclass
+class Batches:
+    """Random training batches: whole items of a stack, or random crops of a set of images."""
+
+    stack: torch.Tensor | None
+    images: list[torch.Tensor]
+    batch: int
+    crop: int | None
+    generator: torch.Generator
+
+    def next(self) -> torch.Tensor:
+        g = self.generator
+        if self.stack is not None:
+            idx = torch.randint(0, self.stack.shape[0], (self.batch,), generator=g)
+            return self.stack[idx].long()
+        c = self.crop
+        out = []
+        for _ in range(self.batch):
+            img = self.images[int(torch.randint(0, len(self.images), (1,), generator=g))]
+            i = int(torch.randint(0, img.shape[1] - c + 1, (1,), generator=g))
+            j = int(torch.randint(0, img.shape[2] - c + 1, (1,), generator=g))
+            patch = img[:, i:i + c, j:j + c]
+            if int(torch.randint(0, 2, (1,), generator=g)):
+                patch = patch.flip(-1)
+            out.append(patch)
+        return torch.stack(out).long()
+
+
+def load_split(catalog: Catalog, ref: str) -> torch.Tensor | list[torch.Tensor]:
+    """A catalog split as a [N, C, H, W] tensor (stack) or a list of [C, H, W] tensors (images)."""
+    entry, store, name = catalog.split(ref)
+    data = read_split(store, name, entry.kind)
+    if isinstance(data, dict):
+        return [torch.from_numpy(np.ascontiguousarray(v)) for v in data.values()]
+    return torch.from_numpy(data)
+
+
+def evaluate_bpd(model: LosslessModel, data: torch.Tensor | list[torch.Tensor], batch: int = 500) -> float:
+    """NLL bits per dimension of `data` under `model` (whole images; stacks in batches)."""
+    model.eval()
+    bits, dims = 0.0, 0
+    with torch.no_grad():
+        if isinstance(data, list):
+            for img in data:
+                bits += float(model.nll_bits(img[None].long()).sum())
+                dims += img.numel()
+        else:
+            for i in range(0, data.shape[0], batch):
+                x = data[i:i + batch].long()
+                bits += float(model.nll_bits(x).sum())
+                dims += x.numel()
+    model.train()
+    return bits / dims
+
+
+def train(name: str, catalog: Catalog, run_dir: Path, steps: int | None = None, resume: bool = False,
+          device: str = "cpu", checkpoint_every: int = 500, log_every: int = 50, progress: bool = True,
+          write_checkpoint: bool = True, stop_after: int | None = None) -> ModelEntry | None:
+    """Train catalog model `name`; returns its updated catalog entry (sha256, validation bpd).
+
+    `stop_after` ends the run early, as an interruption would (after that step's checkpoint if one
+    falls due), and returns None: the run is then continued with `resume=True`.
+    """
+    entry = catalog.model(name)
+    cfg = entry.training
+    steps = steps or cfg.steps
+    torch.manual_seed(cfg.seed)
+    model = build_model(entry.family, entry.hparams).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 *
+                                              (1 + math.cos(math.pi * min(s, steps) / steps)))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    data = load_split(catalog, cfg.dataset)
+    if isinstance(data, list) and not cfg.crop:
+        raise CatalogError(f"model {name!r}: training on a set of images needs training.crop in the catalog")
+    batches = Batches(data if not isinstance(data, list) else None, data if isinstance(data, list) else [],
+                      cfg.batch, cfg.crop, gen)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = run_dir / "last.pt"
+    step = 0
+    if resume and last.is_file():
+        state = torch.load(last, map_location=device, weights_only=False)
+        if state["name"] != name:
+            raise CatalogError(f"{last} belongs to model {state['name']!r}, not {name!r}; use another --run-dir")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # VAEs draw their posterior samples from it
+        step = state["step"]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=step, desc=f"train {name}", unit="step")
+    model.train()
+    started, running = time.time(), None
+    while step < steps:
+        x = batches.next().to(device)
+        loss = model.loss(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
+        opt.step()
+        sched.step()
+        step += 1
+        value = float(loss.detach())
+        running = value if running is None else 0.98 * running + 0.02 * value
+        if bar is not None:
+            bar.update(1)
+            if step % log_every == 0:
+                bar.set_postfix(bpd=f"{running:.3f}")
+        if step % checkpoint_every == 0 or step == steps:
+            tmp = run_dir / "last.pt.tmp"
+            torch.save({"name": name, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                        "torch_rng": torch.get_rng_state(), "step": step}, tmp)
+            tmp.replace(last)
+        if stop_after is not None and step >= stop_after:
+            if bar is not None:
+                bar.close()
+            return None
+    if bar is not None:
+        bar.close()
+    model = model.cpu()
+    validation = evaluate_bpd(model, load_split(catalog, cfg.validation))
+    target = catalog.path(entry.checkpoint) if write_checkpoint else run_dir / "weights.pt"
+    save_weights(model, target, {"trained_steps": step, "seconds": round(time.time() - started, 1)})
+    return entry.model_copy(update={"sha256": sha256_file(target), "validation_bpd": round(validation, 4)})
+
+
+__all__ = ["Batches", "evaluate_bpd", "load_split", "train", "entry_yaml"]

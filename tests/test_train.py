@@ -1,0 +1,86 @@
+"""`shardzip train`: reproducible from its seed, resumable, and honest about its checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from shardzip.catalog import CatalogError, CheckpointError, load_catalog, sha256_file
+from shardzip.cli import main
+from shardzip.importers.datasets import write_stack
+from shardzip.models import load_catalog_model, load_weights
+from shardzip.train import train
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    x = np.load(DATA / "mnist_test_64.npy")
+    write_stack(tmp_path / "tiny.zarr", {"train": x[:48], "test": x[48:]}, {"source": "MNIST test, first 64"})
+    raw = {
+        "datasets": {"tiny": {"description": "64 MNIST test digits", "store": "tiny.zarr", "kind": "stack",
+                              "splits": {"train": "train", "test": "test"}, "importer": "tests", "source": "MNIST",
+                              "licence": "CC BY-SA 3.0"}},
+        "models": {"tiny-idf": {"family": "idf", "description": "tiny",
+                                "hparams": {"hidden": 8, "blocks": 1, "couplings": 1, "prior_hidden": 8},
+                                "checkpoint": "weights/tiny.pt",
+                                "training": {"dataset": "tiny/train", "validation": "tiny/test", "steps": 4,
+                                             "batch": 8, "lr": 0.001, "seed": 3, "command": "shardzip train tiny-idf"},
+                                "test": "tiny/test"}},
+    }
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_catalog(path)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(catalog, tmp_path):
+    whole = train("tiny-idf", catalog, tmp_path / "run-a", progress=False, write_checkpoint=False)
+    assert train("tiny-idf", catalog, tmp_path / "run-b", progress=False, write_checkpoint=False,
+                 checkpoint_every=1, stop_after=2) is None
+    resumed = train("tiny-idf", catalog, tmp_path / "run-b", progress=False, write_checkpoint=False, resume=True)
+    a, b = _weights(tmp_path / "run-a" / "weights.pt"), _weights(tmp_path / "run-b" / "weights.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert whole.validation_bpd == resumed.validation_bpd
+    assert whole.sha256 == sha256_file(tmp_path / "run-a" / "weights.pt")
+
+
+def test_shipped_checkpoint_is_recorded_and_checked(catalog, tmp_path):
+    entry = train("tiny-idf", catalog, tmp_path / "run", progress=False)
+    path = catalog.path(entry.checkpoint)
+    assert entry.sha256 == sha256_file(path)
+    assert 0 < entry.validation_bpd < 16
+    model = load_weights(path, entry.sha256)
+    assert model.hparams["hidden"] == 8
+    path.write_bytes(path.read_bytes() + b"x")
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_weights(path, entry.sha256)
+    with pytest.raises(CheckpointError, match="no recorded sha256"):
+        load_catalog_model("tiny-idf", catalog)  # the catalog file itself was not updated
+
+
+def test_cli_train_prints_the_catalog_entry(catalog, tmp_path, capsys):
+    code = main(["train", "tiny-idf", "--catalog", str(tmp_path / "catalog.yaml"), "--quiet",
+                 "--run-dir", str(tmp_path / "run"), "--no-ship"])
+    assert code == 0
+    out = capsys.readouterr().out
+    printed = yaml.safe_load(out.split("catalog entry:\n", 1)[1])
+    assert printed["models"]["tiny-idf"]["sha256"] == sha256_file(tmp_path / "run" / "weights.pt")
+
+
+def test_unknown_model_and_bad_catalog_are_clear(catalog, tmp_path, capsys):
+    with pytest.raises(CatalogError, match="tiny-idf"):
+        catalog.model("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("datasets: {}\nmodels: {m: {family: idf}}\n")
+    assert main(["train", "m", "--catalog", str(bad)]) == 1
+    assert "invalid" in capsys.readouterr().err
