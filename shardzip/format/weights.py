@@ -1,0 +1,113 @@
+"""Model weights by sha256, and the numerics profile a store was coded under.
+
+A compressed store names its model by the sha256 of the checkpoint file and carries that file
+under `_shardzip/weights/<sha256>.pt`. Decoding finds the file, in order, in directories
+registered in this process (`register_weights_dir`, done by `shardzip.open_zarr` and by the
+pipeline for a store's own weights), in shardzip's shipped weights, and in the user cache
+(`$SHARDZIP_CACHE`, default `~/.cache/shardzip/weights`). Models are loaded once per process and
+device (`ModelCache`); the Dask worker plugin holds one such cache per worker.
+
+The numerics profile (device kind, dtype, torch version) is stored with every coded array: a
+different profile at decode time may change the floats that build the CDFs, so it is refused for
+device kind and dtype, and warned about for library versions (the per-chunk CRC32 still catches
+any actual difference).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from shardzip.catalog import sha256_file
+from shardzip.errors import FormatError, NumericsError
+
+SHIPPED = Path(__file__).resolve().parents[1] / "weights"
+_dirs: list[Path] = []
+_lock = threading.Lock()
+
+
+class NumericsWarning(UserWarning):
+    """Decoding under another library version than encoding (checked bit-exactly by CRC32)."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SHARDZIP_CACHE", Path.home() / ".cache" / "shardzip")) / "weights"
+
+
+def register_weights_dir(path: str | os.PathLike) -> None:
+    """Search `path` (a directory of `<sha256>.pt` files or of named checkpoints) for weights first."""
+    p = Path(path)
+    with _lock:
+        if p not in _dirs:
+            _dirs.insert(0, p)
+
+
+@cache
+def _shipped_by_sha() -> dict[str, Path]:
+    return {sha256_file(p): p for p in sorted(SHIPPED.glob("*.pt"))}
+
+
+def find_weights(sha256: str) -> Path:
+    """The local checkpoint file whose content has `sha256`."""
+    for d in list(_dirs) + [cache_dir()]:
+        p = d / f"{sha256}.pt"
+        if p.is_file():
+            return p
+    shipped = _shipped_by_sha().get(sha256)
+    if shipped is not None:
+        return shipped
+    raise FormatError(
+        f"model weights sha256 {sha256[:16]}... not found: open the store with shardzip.open_zarr(URL) or run "
+        f"`shardzip decompress`, which fetch the weights stored in it (_shardzip/weights/), or copy that file "
+        f"to {cache_dir()}")
+
+
+def numerics_profile(device: torch.device | str = "cpu") -> dict[str, str]:
+    """What decoding must reproduce: device kind, float dtype, torch version."""
+    return {"device": torch.device(device).type, "dtype": "float32", "torch": torch.__version__.split("+")[0]}
+
+
+def decode_device(profile: dict[str, str]) -> torch.device:
+    """The device to decode a store coded under `profile` on; refuses a different device kind."""
+    kind = profile.get("device", "cpu")
+    if profile.get("dtype", "float32") != "float32":
+        raise NumericsError(f"store was coded with dtype {profile['dtype']}; this shardzip decodes float32 only")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise NumericsError("this store was coded on a CUDA device and must be decoded on one (probabilities "
+                            "computed on a CPU may differ in the last bit); run on a machine with a GPU")
+    if kind not in ("cpu", "cuda"):
+        raise NumericsError(f"unknown device kind {kind!r} in the store's numerics profile")
+    here = numerics_profile(kind)
+    if here["torch"] != profile.get("torch"):
+        warnings.warn(f"store coded with torch {profile.get('torch')}, decoding with torch {here['torch']}: "
+                      "each chunk is still verified by CRC32", NumericsWarning, stacklevel=3)
+    return torch.device(kind)
+
+
+class ModelCache:
+    """Models by (sha256, device), each loaded once; thread-safe."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, str], torch.nn.Module] = {}
+        self._lock = threading.Lock()
+        self.loads = 0
+
+    def get(self, sha256: str, device: torch.device | str = "cpu"):
+        from shardzip.models import load_weights
+
+        key = (sha256, str(device))
+        with self._lock:
+            model = self._models.get(key)
+            if model is None:
+                model = load_weights(find_weights(sha256), sha256, device)
+                self._models[key] = model
+                self.loads += 1
+            return model
+
+
+PROCESS_CACHE = ModelCache()

@@ -1,0 +1,427 @@
+"""Client side of `shardzip compress / decompress / verify / info`: plan, submit, follow, commit.
+
+One Dask task per output shard. The client writes only metadata (job.json first, then the zarr
+metadata and the model's weights), submits the tasks, follows them with a progress bar, and
+finally writes the manifest: the commit point. Tasks that raise are retried; a worker that dies
+has its tasks rescheduled by Dask. `resume` keeps every shard whose record exists (and was
+verified, when verification is asked for) and whose object still has the recorded size.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import sys
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from shardzip import __version__
+from shardzip.errors import DestinationError, FormatError, ShardzipError, SourceError
+from shardzip.format.chunk import ZSTD_LEVEL
+from shardzip.format.codec import ShardzipCodec
+from shardzip.format.store import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    JOB,
+    MANIFEST,
+    Location,
+    fetch_weights,
+    read_manifest,
+    weights_key,
+)
+from shardzip.format.weights import numerics_profile
+from shardzip.pipeline.plan import (
+    CHUNK_BYTES,
+    SHARD_CHUNKS,
+    ArrayPlan,
+    open_source,
+    plan_array,
+    resolve_source,
+    source_arrays,
+    source_groups,
+)
+
+TASK_RETRIES = 3
+
+
+class ShardTaskError(ShardzipError):
+    """A shard task failed on every attempt."""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _load_model(name: str, catalog=None):
+    from shardzip.catalog import CatalogError, load_catalog
+    from shardzip.models import load_catalog_model
+
+    cat = catalog or load_catalog()
+    if name not in cat.models:
+        raise CatalogError(f"unknown model {name!r}; the catalog ships: {', '.join(sorted(cat.models))}")
+    entry = cat.model(name)
+    return load_catalog_model(name, cat), entry, cat.path(entry.checkpoint)
+
+
+def _array_spec(plan: ArrayPlan, job: dict) -> dict:
+    return {"array": plan.path, "src": job["src"], "src_options": job["storage_options"], "src_path": plan.path,
+            "dst": job["dst"], "dst_options": job["storage_options"], "shape": list(plan.shape), "dtype": plan.dtype,
+            "chunks": list(plan.chunks), "shards": list(plan.shards), "layout": plan.layout, "model": plan.model,
+            "zstd_level": job["zstd_level"]}
+
+
+def _create_layout(dst: Location, src_root, plans: list[ArrayPlan], job: dict) -> None:
+    """zarr v3 metadata of every group and array of the destination (no chunk data)."""
+    import zarr
+
+    store = dst.zarr_store()
+    groups = job["groups"]
+    root = zarr.open_group(store=store, mode="a", zarr_format=3)  # "w" would delete job.json and the weights
+    root.attrs.update({**groups.get("", {}), "shardzip": {"job_id": job["job_id"], "status": "incomplete",
+                                                           "manifest": MANIFEST}})
+    for path, attrs in groups.items():
+        if path:
+            zarr.open_group(store=store, path=path, mode="a", zarr_format=3).attrs.update(attrs)
+    for plan in plans:
+        codec = ShardzipCodec(model=plan.model, family=job["model"]["family"] if plan.model else None,
+                              layout=plan.layout if plan.model else None, profile=job["profile"],
+                              zstd_level=job["zstd_level"])
+        zarr.create_array(store=store, name=plan.path or None, shape=plan.shape, dtype=np.dtype(plan.dtype),
+                          chunks=plan.chunks, shards=plan.shards, serializer=codec, compressors=None, filters=None,
+                          fill_value=plan.fill_value, attributes=plan.attributes,
+                          dimension_names=plan.dimension_names, zarr_format=3, overwrite=True)
+
+
+def _committed(dst: Location, plans: list[ArrayPlan], need_verified: bool) -> dict[tuple[str, tuple], dict]:
+    """Records of shards already written (and verified if asked) whose objects still have their size."""
+    done = {}
+    for key in dst.find("_shardzip/records"):
+        rec = dst.read_json(key)
+        if not rec or (need_verified and not rec.get("verified")):
+            continue
+        if dst.size(rec["key"]) == rec["bytes"]:
+            done[(rec["array"], tuple(rec["shard"]))] = rec
+    valid = {(p.path, idx) for p in plans for idx in np.ndindex(*p.shard_grid)}
+    return {k: v for k, v in done.items() if k in valid}
+
+
+class _Progress:
+    """tqdm bar over shards with MB/s (source bytes), ETA and the running bits per dimension."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, what: str) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="shard", desc=what, disable=not enabled,
+                        file=sys.stderr, dynamic_ncols=True)
+        self.t0, self.raw, self.bits, self.dims = time.perf_counter(), 0, 0, 0
+
+    def update(self, rec: dict) -> None:
+        self.raw += rec.get("raw_bytes", 0)
+        self.bits += rec.get("coded_bits", 0)
+        self.dims += rec.get("dims", 0)
+        post = {"MB/s": f"{self.raw / 1e6 / max(1e-9, time.perf_counter() - self.t0):.2f}"}
+        if self.dims and self.bits:
+            post["bpd"] = f"{self.bits / self.dims:.3f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_tasks(client, fn, specs: list[dict], resources: dict | None, progress: _Progress, what: str) -> list[dict]:
+    from distributed import as_completed
+
+    if not specs:
+        return []
+    keys = [f"shardzip-{what}-{s['array'] or 'root'}-{'.'.join(map(str, s['shard']))}-{uuid.uuid4().hex[:6]}"
+            for s in specs]
+    futures = client.map(fn, specs, key=keys, retries=TASK_RETRIES, pure=False, resources=resources)
+    by_key = dict(zip(keys, specs, strict=True))
+    out = []
+    try:
+        for fut in as_completed(futures):
+            spec = by_key[fut.key]
+            try:
+                rec = fut.result()
+            except ShardzipError as exc:
+                raise type(exc)(f"array {spec['array'] or '/'} shard {tuple(spec['shard'])}: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - anything a worker raised after all retries
+                raise ShardTaskError(f"array {spec['array'] or '/'} shard {tuple(spec['shard'])} failed after "
+                                     f"{TASK_RETRIES} retries: {type(exc).__name__}: {exc}") from exc
+            progress.update(rec)
+            out.append(rec)
+    finally:
+        for fut in futures:
+            fut.cancel()
+    return out
+
+
+def _checksum(records: list[dict]) -> str:
+    h = hashlib.sha256()
+    for rec in sorted(records, key=lambda r: tuple(r["shard"])):
+        h.update(f"{tuple(rec['shard'])}:{rec['crc32']}:{rec['dims']};".encode())
+    return h.hexdigest()
+
+
+def _summary(plans: list[ArrayPlan], records: list[dict]) -> dict[str, dict]:
+    arrays = {}
+    for plan in plans:
+        recs = [r for r in records if r["array"] == plan.path]
+        dims = sum(r["dims"] for r in recs)
+        bits = sum(r["coded_bits"] for r in recs)
+        nll = [r["nll_bits"] for r in recs if r.get("nll_bits") is not None]
+        arrays[plan.path or "/"] = {
+            **plan.as_dict(), "coded_bytes": bits // 8, "raw_bytes": sum(r["raw_bytes"] for r in recs),
+            "zstd_bytes": sum(r["zstd_bytes"] for r in recs), "dims": dims,
+            "bpd": bits / dims if dims else None, "nll_bpd": sum(nll) / dims if nll and dims else None,
+            "chunks_by_method": {m: sum(r["chunks"][m] for r in recs) for m in ("model", "zstd", "raw")},
+            "checksum": _checksum(recs), "shard_count": len(recs)}
+    return arrays
+
+
+def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, workers: int | None = None,
+             storage_options: dict[str, Any] | None = None, verify: bool = False, resume: bool = False,
+             overwrite: bool = False, chunk_bytes: int = CHUNK_BYTES, shard_chunks: int = SHARD_CHUNKS,
+             zstd_level: int = ZSTD_LEVEL, progress: bool = True, catalog=None, log=print) -> dict:
+    """Compress every array of `src` into the shardzip store `dst` with catalog model `model`; the manifest."""
+    from shardzip.pipeline.cluster import gpu_workers, job_client, n_workers
+    from shardzip.workers.plugin import ModelPlugin
+    from shardzip.workers.tasks import compress_shard
+
+    if resume and overwrite:
+        raise DestinationError("--resume and --overwrite exclude each other: resume keeps finished shards, "
+                               "overwrite deletes them")
+    src_url = resolve_source(src, catalog)
+    src_root = open_source(src_url, storage_options)
+    lmodel, entry, checkpoint = _load_model(model, catalog)
+    dloc = Location(dst, storage_options)
+    if Location(src_url, storage_options).root == dloc.root:
+        raise DestinationError(f"destination {dst} is the source itself; choose another path")
+    job = dloc.read_json(JOB) if not dloc.is_empty() else None
+    if not dloc.is_empty():
+        if overwrite:
+            dloc.remove()
+            job = None
+        elif not resume:
+            raise DestinationError(f"destination {dst} already exists; pass --resume to finish an interrupted job "
+                                   "or --overwrite to replace it")
+        elif job is None:
+            raise DestinationError(f"destination {dst} exists but holds no shardzip job to resume; remove it or "
+                                   "pass --overwrite")
+        elif dloc.exists(MANIFEST):
+            log(f"{dst}: already complete (job {job['job_id']}); nothing to do")
+            return read_manifest(dloc)
+        elif job["model"]["sha256"] != entry.sha256:
+            raise DestinationError(f"{dst} was started with model {job['model']['name']} (sha256 "
+                                   f"{job['model']['sha256'][:12]}), not {model}; resume with the same model")
+    arrays = source_arrays(src_root)
+    if not arrays:
+        raise SourceError(f"source {src_url} holds no arrays")
+    run_id = uuid.uuid4().hex[:12]
+    if job is None:  # plan before starting any cluster: bad input fails fast and writes nothing
+        plans = [plan_array(p, a, lmodel, entry.sha256, chunk_bytes=chunk_bytes, shard_chunks=shard_chunks)
+                 for p, a in arrays]
+    with job_client(scheduler, workers) as client:
+        if n_workers(client) == 0:
+            client.wait_for_workers(1, timeout=60)
+        gpus = gpu_workers(client)
+        device = "cuda" if gpus else "cpu"
+        if job is None:
+            job = {"job_id": uuid.uuid4().hex[:12], "src": src_url, "dst": dst,
+                   "storage_options": storage_options or {},
+                   "model": {"name": model, "sha256": entry.sha256, "family": entry.family},
+                   "profile": numerics_profile(device), "zstd_level": zstd_level, "created": _now(),
+                   "code_version": __version__, "plans": [p.as_dict() for p in plans],
+                   "groups": source_groups(src_root)}
+            try:
+                dloc.write_json(JOB, job)  # first: whatever follows is recognisably part of an unfinished job
+            except Exception as exc:  # noqa: BLE001 - permission, missing bucket, credentials: name the store
+                raise DestinationError(f"cannot write to destination {dst}: {type(exc).__name__}: {exc}; check the "
+                                       "path or bucket and the credentials (--storage-option key=... secret=...)"
+                                       ) from exc
+            dloc.write_bytes(weights_key(entry.sha256), checkpoint.read_bytes())
+            _create_layout(dloc, src_root, plans, job)
+        else:
+            plans = [ArrayPlan.from_dict(p) for p in job["plans"]]
+            if job["profile"]["device"] != device:
+                raise DestinationError(f"{dst} was started on {job['profile']['device']} workers, this cluster "
+                                       f"offers {device}: the shards of one store share one device kind")
+        for p in plans:
+            if p.model is None:
+                log(f"  {p.path or '/'}: {p.shape} {p.dtype} -> fallback codec zstd ({p.reason})")
+            else:
+                log(f"  {p.path or '/'}: {p.shape} {p.dtype} layout {p.layout} -> model {model}, "
+                    f"{p.n_shards} shard(s)")
+        done = _committed(dloc, plans, verify) if resume else {}
+        specs = []
+        for p in plans:
+            base = _array_spec(p, job)
+            base.update(run=run_id, verify=verify)
+            specs += [{**base, "shard": list(idx)} for idx in np.ndindex(*p.shard_grid)
+                      if (p.path, tuple(idx)) not in done]
+        total = len(specs) + len(done)
+        if resume:
+            log(f"resume: {len(done)} of {total} shards already committed; computing {len(specs)}")
+        client.register_plugin(ModelPlugin(preload=(entry.sha256,), device=device, store=(dst, storage_options)),
+                               name="shardzip-models")
+        bar = _Progress(total, len(done), progress, "compress")
+        t0 = time.perf_counter()
+        try:
+            new = _run_tasks(client, compress_shard, specs, {"GPU": 1} if gpus else None, bar, "compress")
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - t0
+    records = list(done.values()) + new
+    summary = _summary(plans, records)
+    manifest = {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION, "job_id": job["job_id"], "code_version": __version__,
+        "created": job["created"], "committed": _now(), "src": src_url, "dst": dst, "model": job["model"],
+        "profile": job["profile"], "zstd_level": job["zstd_level"], "verified": all(r["verified"] for r in records),
+        "groups": job["groups"], "arrays": summary, "records": sorted(records, key=lambda r: (r["array"], r["shard"])),
+        "runs": {"this": run_id, "computed": len(new), "reused": len(done), "seconds": elapsed},
+    }
+    dloc.write_json(MANIFEST, manifest)  # the commit point
+    _mark_root(dloc, job["job_id"], "complete")
+    return manifest
+
+
+def _mark_root(dloc: Location, job_id: str, status: str) -> None:
+    import zarr
+
+    root = zarr.open_group(store=dloc.zarr_store(), mode="r+")
+    root.attrs["shardzip"] = {"job_id": job_id, "status": status, "manifest": MANIFEST}
+
+
+def _committed_specs(dloc: Location, manifest: dict, storage_options) -> list[dict]:
+    plans = {p["path"]: ArrayPlan.from_dict({k: v for k, v in p.items() if k in ArrayPlan.__dataclass_fields__})
+             for p in manifest["arrays"].values()}
+    job = {"src": manifest["src"], "dst": dloc.url, "storage_options": storage_options or {},
+           "zstd_level": manifest["zstd_level"]}
+    specs = []
+    for rec in manifest["records"]:
+        base = _array_spec(plans[rec["array"]], job)
+        specs.append({**base, "shard": rec["shard"], "crc32": rec["crc32"]})
+    return specs
+
+
+def _resources(manifest: dict) -> dict | None:
+    return {"GPU": 1} if manifest["profile"]["device"] == "cuda" else None
+
+
+def verify(dst: str, *, scheduler: str | None = None, workers: int | None = None,
+           storage_options: dict[str, Any] | None = None, progress: bool = True) -> dict:
+    """Decode every shard of a committed store and compare with the checksums taken from the source."""
+    from shardzip.pipeline.cluster import job_client
+    from shardzip.workers.plugin import ModelPlugin
+    from shardzip.workers.tasks import verify_shard
+
+    dloc = Location(dst, storage_options)
+    manifest = read_manifest(dloc)
+    specs = _committed_specs(dloc, manifest, storage_options)
+    sha = manifest["model"]["sha256"]
+    fetch_weights(dloc, sha)
+    with job_client(scheduler, workers) as client:
+        client.register_plugin(ModelPlugin(preload=(sha,), device=manifest["profile"]["device"],
+                                           store=(dst, storage_options)), name="shardzip-models")
+        bar = _Progress(len(specs), 0, progress, "verify")
+        try:
+            out = _run_tasks(client, verify_shard, specs, _resources(manifest), bar, "verify")
+        finally:
+            bar.close()
+    bad = [r for r in out if not r["ok"]]
+    return {"shards": len(out), "bad": bad, "dims": sum(r["dims"] for r in out)}
+
+
+def decompress(src: str, out: str, *, scheduler: str | None = None, workers: int | None = None,
+               storage_options: dict[str, Any] | None = None, overwrite: bool = False,
+               progress: bool = True) -> dict:
+    """Write the arrays of compressed store `src` into a plain zarr v3 store `out` (zstd), verified."""
+    import zarr
+
+    from shardzip.pipeline.cluster import job_client
+    from shardzip.workers.plugin import ModelPlugin
+    from shardzip.workers.tasks import decompress_shard
+
+    sloc = Location(src, storage_options)
+    manifest = read_manifest(sloc)
+    oloc = Location(out, storage_options)
+    if not oloc.is_empty():
+        if not overwrite:
+            raise DestinationError(f"output {out} already exists; pass --overwrite to replace it")
+        oloc.remove()
+    store = oloc.zarr_store()
+    groups = manifest.get("groups", {})
+    root = zarr.open_group(store=store, mode="w", zarr_format=3)
+    root.attrs.update({**{k: v for k, v in groups.get("", {}).items() if k != "shardzip"},
+                       "shardzip_decompressed": {"from": src, "job_id": manifest["job_id"], "status": "incomplete"}})
+    for path, attrs in groups.items():
+        if path:
+            zarr.open_group(store=store, path=path, mode="w", zarr_format=3, attributes=attrs)
+    for a in manifest["arrays"].values():
+        zarr.create_array(store=store, name=a["path"] or None, shape=tuple(a["shape"]), dtype=np.dtype(a["dtype"]),
+                          chunks=tuple(a["chunks"]), fill_value=a["fill_value"], attributes=a["attributes"],
+                          dimension_names=a["dimension_names"], zarr_format=3, overwrite=True)
+    specs = [{**s, "out": out, "out_options": storage_options or {}}
+             for s in _committed_specs(sloc, manifest, storage_options)]
+    sha = manifest["model"]["sha256"]
+    fetch_weights(sloc, sha)
+    with job_client(scheduler, workers) as client:
+        client.register_plugin(ModelPlugin(preload=(sha,), device=manifest["profile"]["device"],
+                                           store=(src, storage_options)), name="shardzip-models")
+        bar = _Progress(len(specs), 0, progress, "decompress")
+        t0 = time.perf_counter()
+        try:
+            recs = _run_tasks(client, decompress_shard, specs, _resources(manifest), bar, "decompress")
+        finally:
+            bar.close()
+    root = zarr.open_group(store=store, mode="r+")
+    attrs = dict(root.attrs["shardzip_decompressed"])
+    attrs["status"] = "complete"
+    root.attrs["shardzip_decompressed"] = attrs
+    return {"shards": len(recs), "raw_bytes": sum(r["raw_bytes"] for r in recs),
+            "seconds": time.perf_counter() - t0}
+
+
+def info(dst: str, storage_options: dict[str, Any] | None = None) -> dict:
+    """The manifest of a committed store, or the progress of an unfinished one."""
+    dloc = Location(dst, storage_options)
+    try:
+        return {"complete": True, **read_manifest(dloc)}
+    except DestinationError:
+        job = dloc.read_json(JOB)
+        plans = [ArrayPlan.from_dict(p) for p in job["plans"]]
+        done = _committed(dloc, plans, False)
+        return {"complete": False, "job_id": job["job_id"], "src": job["src"], "model": job["model"],
+                "shards_done": len(done), "shards_total": sum(p.n_shards for p in plans)}
+    except FormatError:
+        raise
+
+
+def format_summary(manifest: dict) -> str:
+    """A few lines for people: per array, how it was coded and the bits per dimension next to zstd's."""
+    lines = [f"{manifest['dst']}: committed job {manifest['job_id']}, model {manifest['model']['name']} "
+             f"(sha256 {manifest['model']['sha256'][:12]}), device {manifest['profile']['device']}, "
+             f"{'verified' if manifest.get('verified') else 'not verified'}"]
+    lines.append(f"  {'array':<24} {'shape':<22} {'dtype':<6} {'bpd':>7} {'nll bpd':>8} {'zstd bpd':>9} "
+                 f"{'ratio':>7}  chunks model/zstd/raw")
+    tot = {"bits": 0, "dims": 0, "zstd": 0, "raw": 0}
+    for name, a in manifest["arrays"].items():
+        dims = a["dims"] or 1
+        nll = f"{a['nll_bpd']:.4f}" if a.get("nll_bpd") is not None else "-"
+        cm = a["chunks_by_method"]
+        lines.append(f"  {name:<24} {str(tuple(a['shape'])):<22} {a['dtype']:<6} {8 * a['coded_bytes'] / dims:>7.4f} "
+                     f"{nll:>8} {8 * a['zstd_bytes'] / dims:>9.4f} {a['raw_bytes'] / max(1, a['coded_bytes']):>7.2f}"
+                     f"  {cm['model']}/{cm['zstd']}/{cm['raw']}"
+                     + ("" if a.get("model") else f"  (fallback: {a.get('reason')})"))
+        tot["bits"] += 8 * a["coded_bytes"]
+        tot["dims"] += a["dims"]
+        tot["zstd"] += 8 * a["zstd_bytes"]
+        tot["raw"] += a["raw_bytes"]
+    if tot["dims"]:
+        lines.append(f"  total: {tot['bits'] / tot['dims']:.4f} bpd ({tot['bits'] // 8} bytes from {tot['raw']}); "
+                     f"zstd alone {tot['zstd'] / tot['dims']:.4f} bpd")
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""`ModelPlugin`: a Dask WorkerPlugin that holds each model once per worker, by sha256.
+
+On setup it takes the job's device kind (the client chooses CUDA only when it sends the tasks to
+workers that advertise a `GPU` resource: one device kind per job, as decoding must repeat it),
+limits torch's threads to the worker's share of the cores, and preloads the job's models, so
+tasks find them loaded instead of reading weights per task.
+"""
+
+from __future__ import annotations
+
+import torch
+from distributed import WorkerPlugin
+
+from shardzip.errors import ClusterError
+from shardzip.format.weights import ModelCache
+
+PLUGIN_NAME = "shardzip-models"
+
+
+class ModelPlugin(WorkerPlugin):
+    """Per-worker model cache; `get(sha256)` returns the loaded model on the worker's device."""
+
+    name = PLUGIN_NAME
+    idempotent = True
+
+    def __init__(self, preload: tuple[str, ...] = (), weights_dirs: tuple[str, ...] = (),
+                 torch_threads: int | None = None, device: str = "cpu",
+                 store: tuple[str, dict | None] | None = None) -> None:
+        self.device_kind = device
+        self.store = store  # (url, storage options) of a store holding the weights, fetched if not found
+        self.preload = tuple(preload)
+        self.weights_dirs = tuple(weights_dirs)
+        self.torch_threads = torch_threads
+        self.cache: ModelCache | None = None  # made on the worker (a lock does not pickle)
+        self.device = torch.device("cpu")
+
+    def setup(self, worker=None) -> None:
+        from shardzip.format.weights import register_weights_dir
+
+        for d in self.weights_dirs:
+            register_weights_dir(d)
+        self.device = torch.device(self.device_kind)
+        self.cache = ModelCache()
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            self.error = f"worker {getattr(worker, 'address', '?')} advertises a GPU but torch sees no CUDA device"
+            return
+        self.error = None
+        if self.store is not None:
+            from shardzip.format.store import Location, fetch_weights
+
+            for sha in self.preload:
+                fetch_weights(Location(self.store[0], self.store[1]), sha)
+        for sha in self.preload:
+            self.cache.get(sha, self.device)
+
+    def teardown(self, worker=None) -> None:
+        self.cache = None
+
+    def get(self, sha256: str):
+        if self.error:
+            raise ClusterError(self.error)
+        if self.cache is None:
+            self.cache = ModelCache()
+        return self.cache.get(sha256, self.device)
+
+
+def worker_model(sha256: str):
+    """The model `sha256` from this worker's plugin, or from the process cache outside Dask."""
+    from shardzip.format.weights import PROCESS_CACHE
+
+    try:
+        from distributed import get_worker
+
+        plugin = get_worker().plugins.get(PLUGIN_NAME)
+    except (ImportError, ValueError):
+        plugin = None
+    if plugin is None:
+        return PROCESS_CACHE.get(sha256, "cpu"), "cpu"
+    return plugin.get(sha256), plugin.device.type

@@ -1,0 +1,178 @@
+"""The per-shard tasks that run on Dask workers: read, code, write the shard itself, return a record.
+
+Shard bytes never travel through the client: a task reads its source region, codes each inner
+chunk, writes the shard object to the destination, optionally decodes it back and compares, and
+only then writes the shard's record (`_shardzip/records/...`), which is what `--resume` trusts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import zlib
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from shardzip.errors import ChunkChecksumError, FormatError
+from shardzip.format import shard as shardfmt
+from shardzip.format.chunk import decode_chunk, encode_chunk
+from shardzip.format.store import Location, record_key
+
+
+def _freeze(options: dict[str, Any] | None) -> str:
+    return json.dumps(options or {}, sort_keys=True, default=str)
+
+
+@lru_cache(maxsize=64)
+def _location(url: str, options: str) -> Location:
+    return Location(url, json.loads(options))
+
+
+@lru_cache(maxsize=64)
+def _array(url: str, options: str, path: str):
+    import zarr
+
+    loc = _location(url, options)
+    return zarr.open_array(store=loc.zarr_store(read_only=True), path=path, mode="r")
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return f"local:{socket.gethostname()}"
+
+
+def region_crc(data: np.ndarray) -> int:
+    arr = np.ascontiguousarray(data)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return zlib.crc32(arr.tobytes())
+
+
+def _chunks_of(data: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...], spec: dict):
+    """(chunk index within the shard, padded chunk or None) in C order."""
+    chunk = tuple(spec["chunks"])
+    per_shard = tuple(s // c for s, c in zip(spec["shards"], chunk, strict=True))
+    for idx in shardfmt.indices(per_shard):
+        start = tuple(o + i * c for o, i, c in zip(origin, idx, chunk, strict=True))
+        if any(st >= s for st, s in zip(start, shape, strict=True)):
+            yield idx, None
+            continue
+        local = tuple(slice(st - o, min(st + c, s) - o) for st, o, c, s in zip(start, origin, chunk, shape,
+                                                                                   strict=True))
+        block = data[local]
+        pad = [(0, c - b) for c, b in zip(chunk, block.shape, strict=True)]
+        if any(p for _, p in pad):
+            block = np.pad(block, pad, mode="edge")  # edge values code cheaply; zarr crops them on read
+        yield idx, block
+
+
+def compress_shard(spec: dict) -> dict:
+    """Code shard `spec["shard"]` of array `spec["array"]` from the source into the destination."""
+    from shardzip.workers.plugin import worker_model
+
+    t0 = time.perf_counter()
+    if os.environ.get("SHARDZIP_FAULT_DELAY"):  # fault injection for tests: slow shards, to kill a job mid-way
+        time.sleep(float(os.environ["SHARDZIP_FAULT_DELAY"]))
+    shape = tuple(spec["shape"])
+    index = tuple(spec["shard"])
+    reg = shardfmt.region(index, tuple(spec["shards"]), shape)
+    data = np.asarray(_array(spec["src"], _freeze(spec["src_options"]), spec["src_path"])[reg])
+    t_read = time.perf_counter() - t0
+    model, device = (worker_model(spec["model"]) if spec["model"] else (None, "cpu"))
+    coded, totals = [], {"nll_bits": 0.0, "model_chunks": 0, "zstd_chunks": 0, "raw_chunks": 0, "zstd_bytes": 0}
+    origin = tuple(s.start for s in reg)
+    for _, block in _chunks_of(data, origin, shape, spec):
+        if block is None:
+            coded.append(None)
+            continue
+        out, stats = encode_chunk(block, model, spec["layout"], zstd_level=spec["zstd_level"])
+        coded.append(out)
+        totals[f"{stats.method}_chunks"] += 1
+        totals["zstd_bytes"] += stats.zstd_bytes
+        if stats.nll_bits is not None:
+            totals["nll_bits"] += stats.nll_bits
+    blob = shardfmt.pack_shard(coded)
+    t_code = time.perf_counter() - t0 - t_read
+    dst = _location(spec["dst"], _freeze(spec["dst_options"]))
+    key = shardfmt.shard_key(spec["array"], index)
+    dst.write_bytes(key, blob)
+    crc = region_crc(data)
+    verified = False
+    if spec.get("verify"):
+        back = decode_shard(dst.read_bytes(key), spec, shape, index)
+        if region_crc(back) != crc:
+            raise ChunkChecksumError(f"array {spec['array'] or '/'} shard {index}: decoding the written shard "
+                                     "does not give back the source values")
+        verified = True
+    record = {
+        "array": spec["array"], "shard": list(index), "key": key, "bytes": len(blob), "raw_bytes": int(data.nbytes),
+        "dims": int(data.size), "coded_bits": 8 * len(blob), "nll_bits": totals["nll_bits"] if model else None,
+        "zstd_bytes": totals["zstd_bytes"], "chunks": {m: totals[f"{m}_chunks"] for m in ("model", "zstd", "raw")},
+        "crc32": crc, "verified": verified, "seconds": time.perf_counter() - t0, "read_seconds": t_read,
+        "code_seconds": t_code, "worker": _worker_name(), "device": device, "run": spec["run"],
+    }
+    dst.write_json(record_key(spec["array"], index), record)
+    return record
+
+
+def decode_shard(blob: bytes, spec: dict, shape: tuple[int, ...], index: tuple[int, ...]) -> np.ndarray:
+    """The source values of shard `index`, decoded from its bytes (checks every chunk's CRC32)."""
+    from shardzip.workers.plugin import worker_model
+
+    chunk = tuple(spec["chunks"])
+    per_shard = tuple(s // c for s, c in zip(spec["shards"], chunk, strict=True))
+    parts = shardfmt.unpack_shard(blob, int(np.prod(per_shard)))
+    reg = shardfmt.region(index, tuple(spec["shards"]), shape)
+    out = np.empty(tuple(s.stop - s.start for s in reg), dtype=np.dtype(spec["dtype"]))
+    loader = (lambda: worker_model(spec["model"])[0]) if spec["model"] else None
+    for part, idx in zip(parts, shardfmt.indices(per_shard), strict=True):
+        start = tuple(r.start + i * c for r, i, c in zip(reg, idx, chunk, strict=True))
+        if any(st >= s for st, s in zip(start, shape, strict=True)):
+            continue
+        if part is None:
+            raise FormatError(f"array {spec['array'] or '/'} shard {index}: inner chunk {idx} is missing")
+        try:
+            block = decode_chunk(part, chunk, np.dtype(spec["dtype"]), spec["layout"], loader)
+        except ChunkChecksumError as exc:
+            raise ChunkChecksumError(f"array {spec['array'] or '/'} shard {index} chunk {idx}: {exc}") from exc
+        local = tuple(slice(st - r.start, min(st + c, s) - r.start) for st, r, c, s in zip(start, reg, chunk, shape,
+                                                                                          strict=True))
+        out[local] = block[tuple(slice(0, sl.stop - sl.start) for sl in local)]
+    return out
+
+
+def verify_shard(spec: dict) -> dict:
+    """Decode one committed shard and compare its CRC32 with the record written at compression."""
+    t0 = time.perf_counter()
+    shape, index = tuple(spec["shape"]), tuple(spec["shard"])
+    dst = _location(spec["dst"], _freeze(spec["dst_options"]))
+    data = decode_shard(dst.read_bytes(shardfmt.shard_key(spec["array"], index)), spec, shape, index)
+    ok = region_crc(data) == spec["crc32"]
+    return {"array": spec["array"], "shard": list(index), "ok": ok, "dims": int(data.size),
+            "raw_bytes": int(data.nbytes), "seconds": time.perf_counter() - t0, "worker": _worker_name()}
+
+
+def decompress_shard(spec: dict) -> dict:
+    """Decode one shard and write its values into the plain zarr array at spec["out"]."""
+    import zarr
+
+    t0 = time.perf_counter()
+    shape, index = tuple(spec["shape"]), tuple(spec["shard"])
+    dst = _location(spec["dst"], _freeze(spec["dst_options"]))
+    data = decode_shard(dst.read_bytes(shardfmt.shard_key(spec["array"], index)), spec, shape, index)
+    if region_crc(data) != spec["crc32"]:
+        raise ChunkChecksumError(f"array {spec['array'] or '/'} shard {index}: decoded values differ from the "
+                                 "source's checksum in the manifest")
+    out_loc = _location(spec["out"], _freeze(spec["out_options"]))
+    arr = zarr.open_array(store=out_loc.zarr_store(), path=spec["array"], mode="r+")
+    arr[shardfmt.region(index, tuple(spec["shards"]), shape)] = data
+    return {"array": spec["array"], "shard": list(index), "dims": int(data.size), "raw_bytes": int(data.nbytes),
+            "seconds": time.perf_counter() - t0, "worker": _worker_name()}

@@ -1,0 +1,298 @@
+"""The Dask pipeline end to end on real data: real worker processes, real zarr stores, a real S3 server.
+
+MNIST images (tests/data) and a scikit-image photograph are compressed with the shipped models on a
+LocalCluster of 2 worker processes, to a local directory and to s3:// on a moto server on 127.0.0.1;
+decompressed, verified, and read back chunk by chunk with zarr and xarray, bit-identical. Fault
+tests kill a worker mid-job, and kill a whole job and resume it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from shardzip.cli import main
+from shardzip.format.store import open_store, open_zarr
+from shardzip.pipeline import jobs
+
+MNIST = np.load(Path(__file__).parent / "data" / "mnist_test_64.npy")
+LABELS = np.array([7, 2, 1, 0, 4, 1, 4, 9] * 8, dtype=np.int64)  # stand-in labels: a second, non-image array
+SMALL = {"chunk_bytes": 8 * 784, "shard_chunks": 2}  # 8 images per chunk, 2 chunks per shard: 4 image shards
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=40) as lc, Client(lc) as client:
+        yield lc, client
+
+
+@pytest.fixture(scope="module")
+def mnist_src(tmp_path_factory):
+    path = tmp_path_factory.mktemp("src") / "mnist.zarr"
+    g = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={"title": "MNIST test, first 64"})
+    g.create_array("images", data=MNIST, chunks=(16, 1, 28, 28), attributes={"units": "grey level"})
+    g.create_array("labels", data=LABELS, chunks=(64,))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def photo_src(tmp_path_factory):
+    skdata = pytest.importorskip("skimage.data")
+    path = tmp_path_factory.mktemp("src") / "photos_v2.zarr"
+    g = zarr.open_group(str(path), mode="w", zarr_format=2, attributes={"source": "scikit-image"})
+    t = g.create_group("test", attributes={"split": "test"})
+    t.create_array("chelsea", data=np.ascontiguousarray(skdata.chelsea().transpose(2, 0, 1)), chunks=(3, 100, 100),
+                   attributes={"licence": "CC0"})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def radar_src(tmp_path_factory):
+    """Sweep 1 of the ODIM HDF5 volume shipped in pyart-mch (14 float32 moments, -9999 = no data), as zarr."""
+    import importlib.util
+
+    h5py = pytest.importorskip("h5py")
+    spec = importlib.util.find_spec("pyart")
+    if spec is None:
+        pytest.skip("pyart-mch is not installed (make installs it with --no-deps for its radar test data)")
+    odim = Path(spec.submodule_search_locations[0]) / "testing" / "data" / "example_radar.polar.fikor.h5"
+    path = tmp_path_factory.mktemp("src") / "radar.zarr"
+    g = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={"source": odim.name})
+    with h5py.File(odim, "r") as f:
+        sweep = f["dataset1"]
+        for name in sorted(k for k in sweep if k.startswith("data")):
+            what = {k: (v.item() if hasattr(v, "item") else v.decode() if isinstance(v, bytes) else v)
+                    for k, v in sweep[name]["what"].attrs.items()}
+            g.create_array(what["quantity"], data=sweep[name]["data"][...], chunks=(90, 500),
+                           attributes=what, dimension_names=["azimuth", "range"])
+    return str(path)
+
+
+def test_radar_volume_round_trips_with_its_no_data_values(cluster, radar_src, tmp_path):
+    _, client = cluster
+    dst = str(tmp_path / "radar.szip")
+    m = jobs.compress(radar_src, dst, "idf-mnist", scheduler=client.scheduler.address, verify=True,
+                      progress=False, log=lambda *_: None)
+    assert len(m["arrays"]) == 14
+    assert all(a["model"] is None and "float32" in a["reason"] for a in m["arrays"].values())
+    src = zarr.open_group(radar_src, mode="r")
+    g = open_store(dst)
+    for name, arr in src.arrays():
+        back = g[name][...]
+        assert back.tobytes() == arr[...].tobytes(), name  # bit-exact, NaN and -9999 included
+        assert g[name].attrs["quantity"] == name
+    assert (src["DBZH"][...] == -9999).any()
+
+
+def _same_store(a: str, b: str, storage_options=None) -> None:
+    ga = zarr.open_group(a, mode="r")
+    gb = open_store(b, storage_options)
+    for path, arr in ga.arrays():
+        assert np.array_equal(gb[path][...], arr[...]), path
+
+
+def test_compress_decompress_mnist_bit_exact(cluster, mnist_src, tmp_path):
+    _, client = cluster
+    dst, out = str(tmp_path / "mnist.szip"), str(tmp_path / "mnist.out.zarr")
+    m = jobs.compress(mnist_src, dst, "idf-mnist", scheduler=client.scheduler.address, verify=True,
+                      progress=False, log=lambda *_: None, **SMALL)
+    assert m["verified"] and len(m["records"]) == 4 + 1
+    images, labels = m["arrays"]["images"], m["arrays"]["labels"]
+    assert images["model"] == m["model"]["sha256"] and images["chunks"] == [8, 1, 28, 28]
+    assert labels["model"] is None and "not an image array" in labels["reason"]
+    assert images["dims"] == MNIST.size and images["nll_bpd"] > 0
+    # coded bits in the manifest are the bytes actually stored
+    stored = sum(p.stat().st_size for p in Path(dst, "images", "c").rglob("*") if p.is_file())
+    assert stored * 8 == sum(r["coded_bits"] for r in m["records"] if r["array"] == "images")
+    g = zarr.open_group(dst, mode="r")
+    assert g.attrs["title"] == "MNIST test, first 64" and g["images"].attrs["units"] == "grey level"
+    assert np.array_equal(g["images"][5:13], MNIST[5:13]) and np.array_equal(g["labels"][:], LABELS)
+    assert jobs.decompress(dst, out, scheduler=client.scheduler.address, progress=False)["shards"] == 5
+    back = zarr.open_group(out, mode="r")
+    assert np.array_equal(back["images"][:], MNIST) and np.array_equal(back["labels"][:], LABELS)
+    assert jobs.verify(dst, scheduler=client.scheduler.address, progress=False)["bad"] == []
+
+
+def test_xarray_reads_single_chunks_lazily(cluster, mnist_src, tmp_path):
+    pytest.importorskip("xarray")
+    _, client = cluster
+    dst = str(tmp_path / "x.szip")
+    jobs.compress(mnist_src, dst, "idf-mnist", scheduler=client.scheduler.address, progress=False,
+                  log=lambda *_: None, **SMALL)
+    ds = open_zarr(dst)
+    lazy = ds["images"]
+    assert lazy.chunks is not None  # dask-backed, nothing decoded yet
+    assert np.array_equal(lazy[8:16].values, MNIST[8:16])  # exactly one inner chunk
+    assert np.array_equal(ds["labels"].values, LABELS)
+
+
+def test_photograph_group_v2_source_keeps_groups_and_attributes(cluster, photo_src, tmp_path):
+    _, client = cluster
+    dst = str(tmp_path / "photos.szip")
+    m = jobs.compress(photo_src, dst, "idf-photos", scheduler=client.scheduler.address, verify=True,
+                      progress=False, log=lambda *_: None)
+    a = m["arrays"]["test/chelsea"]
+    assert a["layout"] == "CHW" and a["chunks_by_method"]["model"] == 1
+    g = open_store(dst)
+    assert g.attrs["source"] == "scikit-image" and g["test"].attrs["split"] == "test"
+    assert g["test/chelsea"].attrs["licence"] == "CC0"
+    _same_store(photo_src, dst)
+
+
+def test_worker_killed_mid_job_still_completes_bit_exact(mnist_src, tmp_path):
+    from distributed import Client, LocalCluster
+
+    dst = str(tmp_path / "killed.szip")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=50,
+                      env={"SHARDZIP_FAULT_DELAY": "0.5"}) as lc, Client(lc) as client:
+        result: dict = {}
+
+        def run():
+            try:
+                result["manifest"] = jobs.compress(mnist_src, dst, "idf-mnist", scheduler=lc.scheduler_address,
+                                                   progress=False, log=lambda *_: None, chunk_bytes=4 * 784,
+                                                   shard_chunks=1)
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                result["error"] = exc
+
+        job = threading.Thread(target=run)
+        job.start()
+        records = Path(dst, "_shardzip", "records")
+        deadline = time.time() + 120
+        while time.time() < deadline and not (records.exists() and any(records.rglob("*.json"))):
+            time.sleep(0.05)
+        assert not Path(dst, "_shardzip", "manifest.json").exists(), "job finished before a worker could be killed"
+        pids = client.run(os.getpid)
+        victim = sorted(pids)[0]
+        os.kill(pids[victim], signal.SIGKILL)
+        job.join(240)
+    assert "error" not in result, result.get("error")
+    assert len(result["manifest"]["records"]) == 16 + 1
+    _same_store(mnist_src, dst)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    moto_server = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    opts = {"key": "testing", "secret": "testing", "endpoint_url": f"http://127.0.0.1:{port}",
+            "client_kwargs": {"region_name": "us-east-1"}}
+    import boto3
+
+    boto3.client("s3", endpoint_url=opts["endpoint_url"], aws_access_key_id="testing", aws_secret_access_key="testing",
+                 region_name="us-east-1").create_bucket(Bucket="shardzip-test")
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield opts
+    server.stop()
+
+
+def test_s3_round_trip_on_loopback_server(cluster, mnist_src, s3, tmp_path):
+    _, client = cluster
+    src = "s3://shardzip-test/mnist.zarr"
+    g = zarr.open_group(src, mode="w", zarr_format=3, storage_options=s3)
+    g.create_array("images", data=MNIST, chunks=(16, 1, 28, 28))
+    dst = "s3://shardzip-test/mnist.szip"
+    m = jobs.compress(src, dst, "idf-mnist", scheduler=client.scheduler.address, storage_options=s3, verify=True,
+                      progress=False, log=lambda *_: None, **SMALL)
+    assert m["verified"] and m["arrays"]["images"]["chunks_by_method"]["model"] + \
+        m["arrays"]["images"]["chunks_by_method"]["zstd"] == 8
+    assert np.array_equal(open_store(dst, s3)["images"][:], MNIST)
+    out = str(tmp_path / "from_s3.zarr")
+    jobs.decompress(dst, out, scheduler=client.scheduler.address, storage_options=s3, progress=False)
+    assert np.array_equal(zarr.open_array(out, path="images", mode="r")[:], MNIST)
+
+
+def test_s3_missing_bucket_is_a_clear_error(mnist_src, s3, capsys):
+    opts = [f"--storage-option={k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in s3.items()]
+    rc = main(["compress", mnist_src, "s3://no-such-bucket/x.szip", "--model", "idf-mnist", "--workers", "1",
+               "--quiet", *opts])
+    assert rc == 1
+    assert "cannot write to destination s3://no-such-bucket/x.szip" in capsys.readouterr().err
+
+
+def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "shardzip.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, **kw)
+
+
+def test_killed_job_resumes_without_recomputing_committed_shards(mnist_src, tmp_path):
+    dst = str(tmp_path / "resume.szip")
+    args = ["compress", mnist_src, dst, "--model", "idf-mnist", "--workers", "1", "--chunk-bytes", str(8 * 784),
+            "--shard-chunks", "1", "--quiet"]
+    proc = _cli(*args, env={"SHARDZIP_FAULT_DELAY": "1.0"}, start_new_session=True)
+    records = Path(dst, "_shardzip", "records", "images")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(records.glob("*.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name for p in records.glob("*.json")}
+    committed_before = len(list(Path(dst, "_shardzip", "records").rglob("*.json")))
+    assert 2 <= len(done_before) < 8
+    assert not Path(dst, "_shardzip", "manifest.json").exists()
+
+    info = _cli("info", dst)
+    out, _ = info.communicate(timeout=60)
+    assert info.returncode == 1 and "INCOMPLETE" in out
+    again = _cli(*args[:-1])
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 1 and "already exists" in err
+
+    resumed = _cli(*args, "--resume")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    reused = len({p.name for p in records.glob("*.json")} & done_before)
+    total = 8 + 1
+    assert f"resume: {committed_before} of {total} shards already committed; computing {total - committed_before}" \
+        in out
+    manifest = json.loads(Path(dst, "_shardzip", "manifest.json").read_text())
+    assert manifest["runs"]["reused"] == committed_before and manifest["runs"]["computed"] == total - committed_before
+    first_run = {r["run"] for r in manifest["records"]} - {manifest["runs"]["this"]}
+    assert len(first_run) == 1 and reused == len(done_before)
+    _same_store(mnist_src, dst)
+
+
+def test_bad_input_is_refused_clearly_and_writes_nothing(mnist_src, photo_src, tmp_path, capsys):
+    dst = tmp_path / "never.szip"
+
+    def run(*args: str) -> str:
+        assert main(["compress", *args, "--quiet", "--workers", "1"]) == 1
+        return capsys.readouterr().err
+
+    assert "does not exist" in run(str(tmp_path / "missing.zarr"), str(dst), "--model", "idf-mnist")
+    assert "unknown model 'nope'" in run(mnist_src, str(dst), "--model", "nope")
+    assert "has 1 channel(s)" in run(photo_src, str(dst), "--model", "idf-mnist")
+    assert not dst.exists()
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    assert "already exists" in run(mnist_src, str(dst), "--model", "idf-mnist")
+    assert (dst / "keep.txt").read_text() == "mine"
+    assert "holds no shardzip job" in run(mnist_src, str(dst), "--model", "idf-mnist", "--resume")
+    rc = main(["compress", mnist_src, str(tmp_path / "n2.szip"), "--model", "idf-mnist", "--quiet",
+               "--scheduler", f"tcp://127.0.0.1:{_free_port()}"])
+    assert rc == 1 and "cannot reach the Dask scheduler" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "nothing")]) == 1
+    assert "does not exist or is empty" in capsys.readouterr().err
