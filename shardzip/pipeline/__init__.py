@@ -1,0 +1,1 @@
+"""Client side of the Dask boundary: plan shards, start or join a cluster, submit, follow, commit."""
