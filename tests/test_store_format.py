@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 
 from shardzip.errors import ChunkChecksumError, FormatError, NumericsError, SourceError
 from shardzip.format import shard as shardfmt
-from shardzip.format.chunk import decode_chunk, encode_chunk
+from shardzip.format.chunk import Packing, decode_chunk, encode_chunk
 from shardzip.format.codec import ShardzipCodec
 from shardzip.format.layout import from_images, infer_layout, to_images
 from shardzip.format.weights import decode_device
@@ -119,3 +119,34 @@ def test_store_coded_on_cuda_is_refused_without_cuda():
         pytest.skip("this machine has CUDA")
     with pytest.raises(NumericsError, match="CUDA"):
         decode_device({"device": "cuda", "dtype": "float32", "torch": torch.__version__})
+
+
+def test_cf_packed_floats_are_coded_as_integers_with_a_fill_and_nan_mask():
+    rng = np.random.default_rng(0)
+    ints = rng.integers(-300, 300, (64, 64))
+    x = (ints * 0.5 + 10.0).astype(np.float32)
+    x[:20] = -9999.0  # no data
+    x[30, :5] = np.nan
+    packing = Packing(scale_factor=0.5, add_offset=10.0, fill=-9999.0)
+    data, stats = encode_chunk(x, packing=packing)
+    assert stats.method == "masked" and stats.coded_bytes < stats.zstd_bytes
+    back = decode_chunk(data, x.shape, x.dtype, packing=packing)
+    assert back.tobytes() == x.tobytes()
+    with pytest.raises(FormatError, match="scale_factor"):
+        decode_chunk(data, x.shape, x.dtype)
+
+
+@given(hnp.arrays(st.sampled_from([np.float32, np.float64]), hnp.array_shapes(max_dims=2, max_side=12),
+                  elements=st.floats(width=32, allow_nan=True, allow_infinity=True)),
+       st.sampled_from([None, 0.25, 0.1]), st.sampled_from([None, -9999.0, 0.0]))
+def test_float_chunks_round_trip_bit_exactly_whatever_the_packing(x, scale, fill):
+    packing = Packing(scale_factor=scale, add_offset=0.0, fill=fill)
+    data, _ = encode_chunk(x, packing=packing)
+    assert decode_chunk(data, x.shape, x.dtype, packing=packing).tobytes() == x.tobytes()
+
+
+def test_packing_from_cf_and_odim_attributes():
+    assert Packing.from_attrs({"scale_factor": np.float32(0.5), "add_offset": 1, "_FillValue": -1}) == \
+        Packing(0.5, 1.0, -1.0)
+    assert Packing.from_attrs({"gain": 1.0, "offset": 0.0, "nodata": -9999.0}) == Packing(1.0, 0.0, -9999.0)
+    assert Packing.from_attrs({}, fill_value=float("nan")) == Packing(None, 0.0, None)

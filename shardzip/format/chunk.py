@@ -5,13 +5,17 @@ Layout (little endian), version 1::
     b"SZ" | version u8 | method u8 | crc32 of the raw chunk bytes u32 | payload
 
 method 0: raw bytes; 1: zstd (numcodecs); 2: a model container (`shardzip.models.codec`) of the
-chunk's images [B, C, H, W] in the array's layout. The raw bytes are the chunk in C order and
-little-endian byte order. Decoding always checks the CRC32, so a chunk decodes to exactly what
-was encoded or raises `ChunkChecksumError`.
+chunk's images [B, C, H, W] in the array's layout; 3: a float chunk split into a mask and values
+(`Packing`): a uint8 mask (0 value, 1 fill value, 2 NaN) coded with zstd, then the unmasked values
+either as integers (when every one of them is exactly `int * scale_factor + add_offset`, CF
+packing: the integers are coded with zstd) or as the compacted floats with zstd. The raw bytes are
+the chunk in C order and little-endian byte order. Decoding always checks the CRC32, so a chunk
+decodes to exactly what was encoded or raises `ChunkChecksumError`.
 """
 
 from __future__ import annotations
 
+import numbers
 import struct
 import time
 import zlib
@@ -25,8 +29,9 @@ from shardzip.format.layout import from_images, to_images
 
 MAGIC = b"SZ"
 VERSION = 1
-RAW, ZSTD, MODEL = 0, 1, 2
-METHODS = {RAW: "raw", ZSTD: "zstd", MODEL: "model"}
+RAW, ZSTD, MODEL, MASKED = 0, 1, 2, 3
+METHODS = {RAW: "raw", ZSTD: "zstd", MODEL: "model", MASKED: "masked"}
+_MASKED_HEAD = struct.Struct("<BII")  # integer values? | mask bytes | values bytes
 _HEAD = struct.Struct("<2sBBI")
 ZSTD_LEVEL = 9
 
@@ -70,13 +75,96 @@ def model_fits(model, dtype: np.dtype, channels: int) -> str | None:
     return None
 
 
+def _as_float(v) -> float | None:
+    return float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_) else None
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How a float array's values relate to integers and what marks missing data (CF / ODIM attributes)."""
+
+    scale_factor: float | None = None
+    add_offset: float = 0.0
+    fill: float | None = None
+
+    @classmethod
+    def from_attrs(cls, attrs: dict, fill_value=None) -> Packing:
+        scale = attrs.get("scale_factor", attrs.get("gain"))
+        offset = attrs.get("add_offset", attrs.get("offset", 0.0))
+        fill = next((attrs[k] for k in ("_FillValue", "missing_value", "nodata") if k in attrs), fill_value)
+        fill = _as_float(fill)
+        return cls(_as_float(scale), _as_float(offset) or 0.0, None if fill is None or np.isnan(fill) else fill)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _encode_masked(chunk: np.ndarray, packing: Packing, zstd_level: int) -> bytes | None:
+    """Method 3's payload for a float chunk, or None when it does not apply."""
+    v = np.ascontiguousarray(chunk).astype(chunk.dtype.newbyteorder("<"))
+    nan = np.isnan(v)
+    if nan.any() and not np.array_equal(v[nan].view(f"u{v.itemsize}"),
+                                        np.full(int(nan.sum()), np.nan, v.dtype).view(f"u{v.itemsize}")):
+        return None  # NaNs with payloads: keep every bit, via zstd of the raw bytes
+    mask = nan.astype(np.uint8) * 2
+    if packing.fill is not None:
+        mask[v == v.dtype.type(packing.fill)] = 1
+    values = v[mask == 0]
+    ints = None
+    if packing.scale_factor:
+        q = np.round((values.astype(np.float64) - packing.add_offset) / packing.scale_factor)
+        if q.size == 0 or (np.abs(q).max() < 2**31 and np.array_equal(
+                (q * packing.scale_factor + packing.add_offset).astype(v.dtype).view(f"u{v.itemsize}"),
+                values.view(f"u{v.itemsize}"))):
+            lo = q.min() if q.size else 0
+            ints = (q - lo).astype(np.uint32 if q.size and q.max() - lo >= 2**16 else np.uint16)
+            ints_lo = int(lo)
+    z = _zstd(zstd_level)
+    mask_bytes = bytes(z.encode(mask.tobytes()))
+    if ints is not None:
+        body = struct.pack("<qB", ints_lo, ints.dtype.itemsize) + bytes(z.encode(ints.astype(ints.dtype.newbyteorder(
+            "<")).tobytes()))
+    else:
+        body = bytes(z.encode(values.tobytes()))
+    return _MASKED_HEAD.pack(int(ints is not None), len(mask_bytes), len(body)) + mask_bytes + body
+
+
+def _decode_masked(payload: memoryview, shape: tuple[int, ...], dtype: np.dtype, packing: Packing | None) -> bytes:
+    has_ints, n_mask, n_body = _MASKED_HEAD.unpack_from(payload, 0)
+    pos = _MASKED_HEAD.size
+    z = _zstd()
+    mask = np.frombuffer(bytes(z.decode(bytes(payload[pos:pos + n_mask]))), np.uint8).reshape(shape)
+    body = payload[pos + n_mask:pos + n_mask + n_body]
+    out = np.empty(shape, dtype)
+    if has_ints:
+        if packing is None or not packing.scale_factor:
+            raise FormatError("chunk holds packed integers, but the array has no scale_factor configured")
+        lo, width = struct.unpack_from("<qB", body, 0)
+        ints = np.frombuffer(bytes(z.decode(bytes(body[9:]))), f"<u{width}")
+        vals = ((ints.astype(np.float64) + lo) * packing.scale_factor + packing.add_offset).astype(dtype)
+    else:
+        vals = np.frombuffer(bytes(z.decode(bytes(body))), dtype)
+    out[mask == 0] = vals
+    if packing is not None and packing.fill is not None:
+        out[mask == 1] = dtype.type(packing.fill)
+    out[mask == 2] = np.nan
+    return out.tobytes()
+
+
 def encode_chunk(chunk: np.ndarray, model=None, layout: str | None = None, batch: int | None = None,
-                 zstd_level: int = ZSTD_LEVEL) -> tuple[bytes, ChunkStats]:
-    """Code `chunk` with `model` (if given) and with zstd; keep the smallest, never worse than zstd."""
+                 zstd_level: int = ZSTD_LEVEL, packing: Packing | None = None) -> tuple[bytes, ChunkStats]:
+    """Code `chunk` with `model` (if given), with zstd, and float chunks split into mask and values;
+    keep the smallest, never worse than zstd."""
     t0 = time.perf_counter()
     raw = _raw(chunk)
     crc = zlib.crc32(raw)
     candidates = {RAW: raw, ZSTD: bytes(_zstd(zstd_level).encode(raw))}
+    if chunk.dtype.kind == "f" and chunk.size:
+        masked = _encode_masked(chunk, packing or Packing(), zstd_level)
+        dtype = np.dtype(chunk.dtype).newbyteorder("<")
+        # Decoding is checked here, once, so a float corner case can never store a chunk that decodes wrong.
+        if masked is not None and _decode_masked(memoryview(masked), chunk.shape, dtype, packing) == raw:
+            candidates[MASKED] = masked
     nll = model_bytes = None
     if model is not None and chunk.size:
         from shardzip.models.codec import compress
@@ -102,7 +190,7 @@ def chunk_method(data: bytes) -> str:
 
 
 def decode_chunk(data: bytes | memoryview, shape: tuple[int, ...], dtype: np.dtype, layout: str | None = None,
-                 model_loader=None) -> np.ndarray:
+                 model_loader=None, packing: Packing | None = None) -> np.ndarray:
     """The chunk of `shape` and `dtype` coded in `data`; `model_loader()` gives the model when needed."""
     view = memoryview(data)
     if len(view) < _HEAD.size:
@@ -126,6 +214,8 @@ def decode_chunk(data: bytes | memoryview, shape: tuple[int, ...], dtype: np.dty
         items = decompress(model_loader(), bytes(payload))
         images = torch.cat(items).numpy().astype(dtype)
         raw = from_images(images, layout).tobytes()
+    elif method == MASKED:
+        raw = _decode_masked(payload, tuple(shape), dtype, packing)
     else:
         raise FormatError(f"unknown chunk method {method}")
     if zlib.crc32(raw) != crc:

@@ -4,7 +4,8 @@ It sits inside zarr's sharding codec as the inner chunk codec of every array sha
 `zarr.open(dst)` and `xarray.open_zarr(dst)` decode chunks lazily through it. Configuration::
 
     {"name": "shardzip", "configuration": {"model": <sha256 or null>, "family": ..., "layout": "NCHW",
-     "profile": {"device": "cpu", "dtype": "float32", "torch": "2.13.0"}, "zstd_level": 9}}
+     "profile": {"device": "cpu", "dtype": "float32", "torch": "2.13.0"}, "zstd_level": 9,
+     "packing": {"scale_factor": 0.5, "add_offset": 0.0, "fill": -9999.0} or null}}
 
 Without a model (arrays that are not images a model fits) every chunk is zstd or raw. See
 `shardzip.format.chunk` for the bytes of one chunk and `shardzip.format.weights` for how the
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from shardzip.format.chunk import ZSTD_LEVEL, decode_chunk, encode_chunk
+from shardzip.format.chunk import ZSTD_LEVEL, Packing, decode_chunk, encode_chunk
 from shardzip.format.weights import PROCESS_CACHE, decode_device
 
 try:
@@ -39,6 +40,7 @@ class ShardzipCodec(ArrayBytesCodec):
     layout: str | None = None
     profile: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     zstd_level: int = ZSTD_LEVEL
+    packing: dict[str, Any] | None = field(default=None, hash=False, compare=False)
     is_fixed_size = False
 
     @classmethod
@@ -47,12 +49,13 @@ class ShardzipCodec(ArrayBytesCodec):
             raise ValueError(f"expected codec name {CODEC_NAME!r}, got {data.get('name')!r}")
         cfg = dict(data.get("configuration") or {})
         return cls(model=cfg.get("model"), family=cfg.get("family"), layout=cfg.get("layout"),
-                   profile=dict(cfg.get("profile") or {}), zstd_level=int(cfg.get("zstd_level", ZSTD_LEVEL)))
+                   profile=dict(cfg.get("profile") or {}), zstd_level=int(cfg.get("zstd_level", ZSTD_LEVEL)),
+                   packing=cfg.get("packing"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": CODEC_NAME, "configuration": {
             "model": self.model, "family": self.family, "layout": self.layout, "profile": dict(self.profile),
-            "zstd_level": self.zstd_level}}
+            "zstd_level": self.zstd_level, "packing": self.packing}}
 
     def evolve_from_array_spec(self, array_spec) -> ShardzipCodec:
         return self
@@ -64,11 +67,13 @@ class ShardzipCodec(ArrayBytesCodec):
         return PROCESS_CACHE.get(self.model, decode_device(self.profile))
 
     def decode_array(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        return decode_chunk(data, shape, dtype, self.layout, self._model if self.model else None)
+        return decode_chunk(data, shape, dtype, self.layout, self._model if self.model else None,
+                            Packing(**self.packing) if self.packing else None)
 
     def encode_array(self, chunk: np.ndarray) -> bytes:
         model = self._model() if self.model else None
-        return encode_chunk(chunk, model, self.layout, zstd_level=self.zstd_level)[0]
+        return encode_chunk(chunk, model, self.layout, zstd_level=self.zstd_level,
+                            packing=Packing(**self.packing) if self.packing else None)[0]
 
     def _decode_sync(self, chunk_bytes, chunk_spec):
         dtype = chunk_spec.dtype.to_native_dtype()

@@ -130,11 +130,14 @@ def import_mnist(store: str | Path, splits: tuple[str, ...] = ("train", "test"))
     return {k: v.shape for k, v in arrays.items()}
 
 
-def import_photos(store: str | Path) -> dict[str, tuple[int, ...]]:
-    train, test = photo_training_images(), photo_test_images()
-    write_images(store, "train", train, {"source": "scikit-learn sample images (china, flower) and scikit-image "
+def import_photos(store: str | Path, splits: tuple[str, ...] = ("train", "test")) -> dict[str, tuple[int, ...]]:
+    train = photo_training_images() if "train" in splits else {}
+    test = photo_test_images() if "test" in splits else {}
+    if train:
+        write_images(store, "train", train, {"source": "scikit-learn sample images (china, flower) and scikit-image "
                                                    "rocket, full and 2x box-downsampled"})
-    write_images(store, "test", test, {"source": "scikit-image data: lossless RGB photographs"})
+    if test:
+        write_images(store, "test", test, {"source": "scikit-image data: lossless RGB photographs"})
     return {f"train/{k}": v.shape for k, v in train.items()} | {f"test/{k}": v.shape for k, v in test.items()}
 
 

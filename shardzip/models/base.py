@@ -91,8 +91,9 @@ class LosslessModel(nn.Module):
         return 0
 
     def coding_lanes(self, shape: tuple[int, ...]) -> int:
-        """A lane count for coding one batch of `shape` (a multiple of nothing in particular)."""
-        return max(1, min(4096, math.prod(shape) // 64))
+        """A lane count for coding one batch of `shape`: more lanes code faster, but each ends with a
+        32-bit state, so numel // 4096 lanes keep that under ~0.5 % of the bits at >= 1.5 bpd."""
+        return max(1, min(4096, math.prod(shape) // 4096))
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:

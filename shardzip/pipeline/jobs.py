@@ -20,7 +20,7 @@ import numpy as np
 
 from shardzip import __version__
 from shardzip.errors import DestinationError, FormatError, ShardzipError, SourceError
-from shardzip.format.chunk import ZSTD_LEVEL
+from shardzip.format.chunk import METHODS, ZSTD_LEVEL
 from shardzip.format.codec import ShardzipCodec
 from shardzip.format.store import (
     FORMAT_NAME,
@@ -45,6 +45,7 @@ from shardzip.pipeline.plan import (
 )
 
 TASK_RETRIES = 3
+METHOD_NAMES = tuple(METHODS.values())
 
 
 class ShardTaskError(ShardzipError):
@@ -70,7 +71,7 @@ def _array_spec(plan: ArrayPlan, job: dict) -> dict:
     return {"array": plan.path, "src": job["src"], "src_options": job["storage_options"], "src_path": plan.path,
             "dst": job["dst"], "dst_options": job["storage_options"], "shape": list(plan.shape), "dtype": plan.dtype,
             "chunks": list(plan.chunks), "shards": list(plan.shards), "layout": plan.layout, "model": plan.model,
-            "zstd_level": job["zstd_level"]}
+            "zstd_level": job["zstd_level"], "packing": plan.packing}
 
 
 def _create_layout(dst: Location, src_root, plans: list[ArrayPlan], job: dict) -> None:
@@ -88,7 +89,7 @@ def _create_layout(dst: Location, src_root, plans: list[ArrayPlan], job: dict) -
     for plan in plans:
         codec = ShardzipCodec(model=plan.model, family=job["model"]["family"] if plan.model else None,
                               layout=plan.layout if plan.model else None, profile=job["profile"],
-                              zstd_level=job["zstd_level"])
+                              zstd_level=job["zstd_level"], packing=plan.packing)
         zarr.create_array(store=store, name=plan.path or None, shape=plan.shape, dtype=np.dtype(plan.dtype),
                           chunks=plan.chunks, shards=plan.shards, serializer=codec, compressors=None, filters=None,
                           fill_value=plan.fill_value, attributes=plan.attributes,
@@ -178,7 +179,7 @@ def _summary(plans: list[ArrayPlan], records: list[dict]) -> dict[str, dict]:
             **plan.as_dict(), "coded_bytes": bits // 8, "raw_bytes": sum(r["raw_bytes"] for r in recs),
             "zstd_bytes": sum(r["zstd_bytes"] for r in recs), "dims": dims,
             "bpd": bits / dims if dims else None, "nll_bpd": sum(nll) / dims if nll and dims else None,
-            "chunks_by_method": {m: sum(r["chunks"][m] for r in recs) for m in ("model", "zstd", "raw")},
+            "chunks_by_method": {m: sum(r["chunks"].get(m, 0) for r in recs) for m in METHOD_NAMES},
             "checksum": _checksum(recs), "shard_count": len(recs)}
     return arrays
 
@@ -215,6 +216,9 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         elif dloc.exists(MANIFEST):
             log(f"{dst}: already complete (job {job['job_id']}); nothing to do")
             return read_manifest(dloc)
+        elif job["src"] != src_url:
+            raise DestinationError(f"{dst} holds an unfinished job for source {job['src']}, not {src_url}; "
+                                   "resume with the same source or choose another destination")
         elif job["model"]["sha256"] != entry.sha256:
             raise DestinationError(f"{dst} was started with model {job['model']['name']} (sha256 "
                                    f"{job['model']['sha256'][:12]}), not {model}; resume with the same model")
@@ -407,7 +411,7 @@ def format_summary(manifest: dict) -> str:
              f"(sha256 {manifest['model']['sha256'][:12]}), device {manifest['profile']['device']}, "
              f"{'verified' if manifest.get('verified') else 'not verified'}"]
     lines.append(f"  {'array':<24} {'shape':<22} {'dtype':<6} {'bpd':>7} {'nll bpd':>8} {'zstd bpd':>9} "
-                 f"{'ratio':>7}  chunks model/zstd/raw")
+                 f"{'ratio':>7}  chunks model/zstd/raw/masked")
     tot = {"bits": 0, "dims": 0, "zstd": 0, "raw": 0}
     for name, a in manifest["arrays"].items():
         dims = a["dims"] or 1
@@ -415,7 +419,7 @@ def format_summary(manifest: dict) -> str:
         cm = a["chunks_by_method"]
         lines.append(f"  {name:<24} {str(tuple(a['shape'])):<22} {a['dtype']:<6} {8 * a['coded_bytes'] / dims:>7.4f} "
                      f"{nll:>8} {8 * a['zstd_bytes'] / dims:>9.4f} {a['raw_bytes'] / max(1, a['coded_bytes']):>7.2f}"
-                     f"  {cm['model']}/{cm['zstd']}/{cm['raw']}"
+                     f"  {cm['model']}/{cm['zstd']}/{cm['raw']}/{cm.get('masked', 0)}"
                      + ("" if a.get("model") else f"  (fallback: {a.get('reason')})"))
         tot["bits"] += 8 * a["coded_bytes"]
         tot["dims"] += a["dims"]

@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 
 from shardzip.errors import SourceError
-from shardzip.format.chunk import model_fits
+from shardzip.format.chunk import Packing, model_fits
 from shardzip.format.layout import canonical, channels_of, infer_layout
 from shardzip.format.store import Location, is_local, local_path
 
-CHUNK_BYTES = 1 << 18     # target raw bytes of one inner chunk of a stack of images (~256 KB)
-SHARD_CHUNKS = 8          # inner chunks per shard along the item axis
+CHUNK_BYTES = 1 << 20     # target raw bytes of one inner chunk of a stack of images (~1 MB): the coder's
+                          # fixed costs (lane states, headers) stay well under 1 % of a chunk
+SHARD_CHUNKS = 8          # inner chunks per shard along the item axis (fewer for small arrays: >= 4 shards)
 
 
 @dataclass
@@ -38,6 +39,7 @@ class ArrayPlan:
     fill_value: Any
     attributes: dict[str, Any] = field(default_factory=dict)
     dimension_names: list[str] | None = None
+    packing: dict[str, Any] | None = None
 
     @property
     def shard_grid(self) -> tuple[int, ...]:
@@ -155,8 +157,8 @@ def plan_array(path: str, arr, model, model_sha: str | None, layout: str | None 
         item = max(1, math.prod(s for i, s in enumerate(shape) if i != n_axis) * dtype.itemsize)
         n = max(1, min(shape[n_axis], chunk_bytes // item))
         chunks = tuple(n if i == n_axis else max(1, s) for i, s in enumerate(shape))
-        shards = tuple(min(n * shard_chunks, math.ceil(shape[i] / n) * n) if i == n_axis else c
-                       for i, c in enumerate(chunks))
+        k = max(1, min(shard_chunks, math.ceil(math.ceil(shape[n_axis] / n) / 4)))  # >= 4 shards where possible
+        shards = tuple(min(n * k, math.ceil(shape[i] / n) * n) if i == n_axis else c for i, c in enumerate(chunks))
     elif inferred is not None:
         chunks = shards = tuple(max(1, s) for s in shape)
     else:
@@ -166,5 +168,6 @@ def plan_array(path: str, arr, model, model_sha: str | None, layout: str | None 
                        for i, (c, s) in enumerate(zip(chunks, shape, strict=True)))
     fill = arr.fill_value
     fill = fill.item() if hasattr(fill, "item") else fill
-    return ArrayPlan(path, shape, dtype.str, chunks, shards, inferred if use_model else inferred, use_model, reason,
-                     fill, attrs, _dimension_names(arr, path, inferred))
+    packing = Packing.from_attrs(attrs, fill).as_dict() if dtype.kind == "f" else None
+    return ArrayPlan(path, shape, dtype.str, chunks, shards, inferred, use_model, reason, fill, attrs,
+                     _dimension_names(arr, path, inferred), packing)

@@ -19,7 +19,7 @@ import numpy as np
 
 from shardzip.errors import ChunkChecksumError, FormatError
 from shardzip.format import shard as shardfmt
-from shardzip.format.chunk import decode_chunk, encode_chunk
+from shardzip.format.chunk import METHODS, Packing, decode_chunk, encode_chunk
 from shardzip.format.store import Location, record_key
 
 
@@ -87,13 +87,14 @@ def compress_shard(spec: dict) -> dict:
     data = np.asarray(_array(spec["src"], _freeze(spec["src_options"]), spec["src_path"])[reg])
     t_read = time.perf_counter() - t0
     model, device = (worker_model(spec["model"]) if spec["model"] else (None, "cpu"))
-    coded, totals = [], {"nll_bits": 0.0, "model_chunks": 0, "zstd_chunks": 0, "raw_chunks": 0, "zstd_bytes": 0}
+    packing = Packing(**spec["packing"]) if spec.get("packing") else None
+    coded, totals = [], {"nll_bits": 0.0, "zstd_bytes": 0, **{f"{m}_chunks": 0 for m in METHODS.values()}}
     origin = tuple(s.start for s in reg)
     for _, block in _chunks_of(data, origin, shape, spec):
         if block is None:
             coded.append(None)
             continue
-        out, stats = encode_chunk(block, model, spec["layout"], zstd_level=spec["zstd_level"])
+        out, stats = encode_chunk(block, model, spec["layout"], zstd_level=spec["zstd_level"], packing=packing)
         coded.append(out)
         totals[f"{stats.method}_chunks"] += 1
         totals["zstd_bytes"] += stats.zstd_bytes
@@ -115,7 +116,7 @@ def compress_shard(spec: dict) -> dict:
     record = {
         "array": spec["array"], "shard": list(index), "key": key, "bytes": len(blob), "raw_bytes": int(data.nbytes),
         "dims": int(data.size), "coded_bits": 8 * len(blob), "nll_bits": totals["nll_bits"] if model else None,
-        "zstd_bytes": totals["zstd_bytes"], "chunks": {m: totals[f"{m}_chunks"] for m in ("model", "zstd", "raw")},
+        "zstd_bytes": totals["zstd_bytes"], "chunks": {m: totals[f"{m}_chunks"] for m in METHODS.values()},
         "crc32": crc, "verified": verified, "seconds": time.perf_counter() - t0, "read_seconds": t_read,
         "code_seconds": t_code, "worker": _worker_name(), "device": device, "run": spec["run"],
     }
@@ -140,7 +141,8 @@ def decode_shard(blob: bytes, spec: dict, shape: tuple[int, ...], index: tuple[i
         if part is None:
             raise FormatError(f"array {spec['array'] or '/'} shard {index}: inner chunk {idx} is missing")
         try:
-            block = decode_chunk(part, chunk, np.dtype(spec["dtype"]), spec["layout"], loader)
+            block = decode_chunk(part, chunk, np.dtype(spec["dtype"]), spec["layout"], loader,
+                                 Packing(**spec["packing"]) if spec.get("packing") else None)
         except ChunkChecksumError as exc:
             raise ChunkChecksumError(f"array {spec['array'] or '/'} shard {index} chunk {idx}: {exc}") from exc
         local = tuple(slice(st - r.start, min(st + c, s) - r.start) for st, r, c, s in zip(start, reg, chunk, shape,
