@@ -34,7 +34,8 @@ $(STAMP): pyproject.toml | $(PY)
 
 # The main job on embedded defaults: scikit-image's lossless RGB photographs (a registry package)
 # -> zarr -> compressed with a shipped model on a LocalCluster of 2 worker processes -> verified;
-# prints bpd per image next to zstd's. DEMO_DATA=mnist runs the MNIST test split instead.
+# prints bpd per image next to zstd's; ends with the evaluation report (model vs PNG, WebP, JPEG-XL, ...)
+# in data/demo/report/. DEMO_DATA=mnist runs the MNIST test split instead.
 DEMO := data/demo
 DEMO_DATA ?= photos
 demo: $(STAMP)
@@ -44,6 +45,8 @@ demo: $(STAMP)
 	$(PY) -m shardzip.cli compress $(DEMO)/$(DEMO_DATA)-test.zarr $(DEMO)/$(DEMO_DATA)-test.szip \
 		--model $(DEMO_MODEL) --workers 2 --verify --overwrite
 	$(PY) -m shardzip.cli verify $(DEMO)/$(DEMO_DATA)-test.szip --workers 2
+	$(PY) -m shardzip.cli eval $(DEMO)/$(DEMO_DATA)-test.zarr --model $(DEMO_MODEL) --workers 2 --quiet \
+		--out $(DEMO)/report
 
 test: $(STAMP)
 	$(PY) -m ruff check $(LINT_PATHS)

@@ -140,6 +140,36 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_written(paths: dict) -> None:
+    for kind, path in paths.items():
+        print(f"  {kind}: {path}")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from shardzip.pipeline.evaluate import ALL_BASELINES, evaluate
+    from shardzip.report.render import write_report
+
+    baselines = tuple(b for b in (args.baselines or ",".join(ALL_BASELINES)).split(",") if b)
+    report = evaluate(args.datasets, args.model, baselines=baselines, scheduler=args.scheduler,
+                      workers=args.workers, storage_options=storage_options(args.storage_option),
+                      progress=not args.quiet, command=["shardzip", *sys.argv[1:]])
+    paths = write_report(report, args.out)
+    print(f"report written to {args.out}:")
+    _print_written(paths)
+    return 0 if all(r["verified"] is not False for r in report["rows"]) else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from shardzip.pipeline.evaluate import from_manifests
+    from shardzip.report.render import write_report
+
+    report = from_manifests(args.stores, storage_options(args.storage_option), ["shardzip", *sys.argv[1:]])
+    paths = write_report(report, args.out)
+    print(f"report written to {args.out}:")
+    _print_written(paths)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `shardzip` command."""
     parser = argparse.ArgumentParser(
@@ -192,6 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--storage-option", action="append", metavar="KEY=VALUE", default=[])
     inf.add_argument("--json", action="store_true", help="the manifest without per-shard records, as JSON")
     inf.set_defaults(handler=_info)
+
+    ev = commands.add_parser("eval", help="coded bpd, NLL and classical baselines of models on datasets: a report")
+    ev.add_argument("datasets", nargs="+", help="catalog datasets (mnist/test, photos/test), zarr paths or URLs")
+    ev.add_argument("--model", action="append", required=True, help="catalog model (repeatable)")
+    ev.add_argument("--baselines", help="comma-separated subset of png,webp,jpegxl,jpegls,jpeg2000,zstd,lzma,bz2,"
+                                        "blosc2 (default: all; empty string: none)")
+    _dask_options(ev)
+    ev.add_argument("--out", required=True, help="report directory (JSON, Markdown, LaTeX, CSV, HTML, plots)")
+    ev.set_defaults(handler=_eval)
+
+    rp = commands.add_parser("report", help="the evaluation report of finished compress jobs (their manifests)")
+    rp.add_argument("stores", nargs="+", help="compressed stores")
+    rp.add_argument("--storage-option", action="append", metavar="KEY=VALUE", default=[])
+    rp.add_argument("--out", required=True, help="report directory")
+    rp.set_defaults(handler=_report)
 
     tr = commands.add_parser("train", help="train a catalog model and print its catalog entry")
     tr.add_argument("model", help="model name in the catalog (e.g. idf-mnist)")

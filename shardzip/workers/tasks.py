@@ -178,3 +178,64 @@ def decompress_shard(spec: dict) -> dict:
     arr[shardfmt.region(index, tuple(spec["shards"]), shape)] = data
     return {"array": spec["array"], "shard": list(index), "dims": int(data.size), "raw_bytes": int(data.nbytes),
             "seconds": time.perf_counter() - t0, "worker": _worker_name()}
+
+
+def eval_shard(spec: dict) -> dict:
+    """Code one shard in memory (nothing written): model bits, NLL, timings, a decode check, and the
+    classical baselines on the same images when `spec["baselines"]` names some."""
+    import torch
+
+    from shardzip.format.layout import to_images
+    from shardzip.workers.plugin import worker_model
+
+    shape, index = tuple(spec["shape"]), tuple(spec["shard"])
+    reg = shardfmt.region(index, tuple(spec["shards"]), shape)
+    data = np.asarray(_array(spec["src"], _freeze(spec["src_options"]), spec["src_path"])[reg])
+    model, device = (worker_model(spec["model"]) if spec["model"] else (None, "cpu"))
+    packing = Packing(**spec["packing"]) if spec.get("packing") else None
+    rec: dict[str, Any] = {"dataset": spec["dataset"], "array": spec["array"], "shard": list(index),
+                           "model_name": spec.get("model_name"),
+                           "grid": list(spec["grid"]), "dims": int(data.size), "raw_bytes": int(data.nbytes),
+                           "coded_bits": 0, "nll_bits": 0.0 if model else None, "encode_seconds": 0.0,
+                           "decode_seconds": 0.0, "verified": True, "device": device, "worker": _worker_name(),
+                           "image_nll_bits": [], "image_dims": [], "methods": {m: 0 for m in METHODS.values()}}
+    origin = tuple(s.start for s in reg)
+    slots = 0
+    for _, block in _chunks_of(data, origin, shape, spec):
+        slots += 1
+        if block is None:
+            continue
+        t0 = time.perf_counter()
+        out, stats = encode_chunk(block, model, spec["layout"], zstd_level=spec["zstd_level"], packing=packing)
+        rec["encode_seconds"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        back = decode_chunk(out, block.shape, block.dtype, spec["layout"], (lambda: model) if model else None, packing)
+        rec["decode_seconds"] += time.perf_counter() - t0
+        rec["verified"] &= back.tobytes() == block.tobytes()
+        rec["coded_bits"] += 8 * len(out)
+        rec["methods"][stats.method] += 1
+        if model is not None:
+            rec["nll_bits"] += stats.nll_bits or 0.0
+    rec["coded_bits"] += 8 * (16 * slots + 4)  # the shard index, as `compress` writes it: same bits
+    if spec["layout"]:
+        images = list(to_images(data, spec["layout"]))
+        if model is not None:
+            with torch.no_grad():
+                dev = next(model.parameters()).device
+                for img in images:
+                    rec["image_nll_bits"].append(float(model.nll_bits(torch.from_numpy(
+                        img[None].astype(np.int64)).to(dev)).sum()))
+        rec["image_dims"] = [int(img.size) for img in images]
+    else:
+        images = [data]
+    rec["baselines"] = {}
+    if spec.get("baselines"):
+        from shardzip.report.baselines import baseline_bytes
+
+        for name in spec["baselines"]:
+            r = baseline_bytes(name, images)
+            rec["baselines"][name] = {"applicable": r.applicable, "reason": r.reason,
+                                      "bytes_per_image": list(r.bytes_per_image),
+                                      "dims_per_image": list(r.dims_per_image), "encode_seconds": r.encode_seconds,
+                                      "decode_seconds": r.decode_seconds, "verified": r.verified}
+    return rec

@@ -1,0 +1,256 @@
+"""Client side of `shardzip eval` and `shardzip report`: rows of coded bpd, NLL and baselines.
+
+`evaluate` runs the compress tasks' coding on the workers without keeping the output (one task
+per shard per model; the classical baselines run in the first model's tasks, on the same images)
+and aggregates a versioned report dict (`shardzip.report.render` writes it out). `from_manifests`
+builds the same dict from finished compress jobs: the model's coded bits and NLL per shard, and
+zstd from the fallback trials the workers recorded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import os
+import platform
+import sys
+import uuid
+from typing import Any
+
+import numpy as np
+
+from shardzip import __version__
+from shardzip.errors import SourceError
+from shardzip.format.chunk import ZSTD_LEVEL
+from shardzip.format.store import Location, read_manifest
+from shardzip.pipeline.plan import ArrayPlan, open_source, plan_array, resolve_source, source_arrays
+
+SCHEMA = "shardzip.report"
+SCHEMA_VERSION = 1
+ALL_BASELINES = ("png", "webp", "jpegxl", "jpegls", "jpeg2000", "zstd", "lzma", "bz2", "blosc2")
+
+
+def _stats(per_image: list[float]) -> tuple[float | None, list[float] | None]:
+    if len(per_image) < 2:
+        return None, None
+    a = np.asarray(per_image, dtype=np.float64)
+    std = float(a.std(ddof=1))
+    half = 1.96 * std / math.sqrt(len(a))  # normal approximation of the mean's 95 % interval
+    return std, [float(a.mean() - half), float(a.mean() + half)]
+
+
+def reproducibility(command: list[str], models: dict[str, str], datasets: dict[str, str]) -> dict[str, Any]:
+    """Everything needed to rerun and trust a report: command, versions, checksums, hardware, date."""
+    import dask
+    import torch
+    import zarr
+
+    libs = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "zarr": zarr.__version__, "dask": dask.__version__}
+    try:
+        import imagecodecs
+
+        libs["imagecodecs"] = imagecodecs.__version__
+    except ImportError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    hardware = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores; {gpu}".replace("  ", " ")
+    return {"command": " ".join(command), "code_version": __version__, "models": models, "datasets": datasets,
+            "hardware": hardware, "libraries": libs,
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+
+
+def _split_dataset(ref: str, catalog=None) -> tuple[str, str, str]:
+    """(display name, source URL, path inside it) for "mnist/test", "photos", "s3://b/x.zarr" or a path."""
+    if "://" in ref or os.path.exists(ref):
+        return ref, ref, ""
+    name, _, sub = ref.partition("/")
+    return ref, resolve_source(name, catalog), sub
+
+
+def _model_row(dataset: str, array: str, codec: str, recs: list[dict], plan: ArrayPlan, why: str | None) -> dict:
+    if why is not None:
+        return {"dataset": dataset, "array": array, "codec": codec, "kind": "model", "applicable": False,
+                "reason": why, "bpd": None, "nll_bpd": None, "overhead_pct": None, "ratio": None, "bpd_std": None,
+                "bpd_ci95": None, "per_image_bpd": [], "images": 0, "dims": 0, "encode_mbps": None,
+                "decode_mbps": None, "device": None, "verified": None}
+    dims = sum(r["dims"] for r in recs)
+    bits = sum(r["coded_bits"] for r in recs)
+    nll = sum(r["nll_bits"] or 0.0 for r in recs)
+    raw = sum(r["raw_bytes"] for r in recs)
+    per_image = [b / d for r in recs for b, d in zip(r["image_nll_bits"], r["image_dims"], strict=True)]
+    std, ci = _stats(per_image)
+    enc = sum(r["encode_seconds"] for r in recs)
+    dec = sum(r["decode_seconds"] for r in recs)
+    return {"dataset": dataset, "array": array, "codec": codec, "kind": "model", "applicable": True, "reason": None,
+            "bpd": bits / dims, "nll_bpd": nll / dims, "overhead_pct": 100 * (bits / nll - 1) if nll else None,
+            "ratio": 8 * raw / bits, "bpd_std": std, "bpd_ci95": ci, "per_image_bpd": per_image,
+            "images": len(per_image) or sum(len(r["image_dims"]) for r in recs), "dims": dims,
+            "encode_mbps": raw / enc / 1e6 if enc else None, "decode_mbps": raw / dec / 1e6 if dec else None,
+            "device": recs[0]["device"] if recs else None, "verified": all(r["verified"] for r in recs),
+            "chunks_by_method": {m: sum(r["methods"][m] for r in recs) for m in recs[0]["methods"]} if recs else {}}
+
+
+def _baseline_row(dataset: str, array: str, name: str, recs: list[dict]) -> dict:
+    parts = [r["baselines"][name] for r in recs]
+    applicable = all(p["applicable"] for p in parts)
+    base = {"dataset": dataset, "array": array, "codec": name, "kind": "baseline", "applicable": applicable,
+            "nll_bpd": None, "overhead_pct": None, "device": "cpu"}
+    if not applicable:
+        reason = next(p["reason"] for p in parts if not p["applicable"])
+        return {**base, "reason": reason, "bpd": None, "ratio": None, "bpd_std": None, "bpd_ci95": None,
+                "per_image_bpd": [], "images": 0, "dims": 0, "encode_mbps": None, "decode_mbps": None,
+                "verified": None}
+    sizes = [b for p in parts for b in p["bytes_per_image"]]
+    dims = [d for p in parts for d in p["dims_per_image"]]
+    raw = sum(r["raw_bytes"] for r in recs)
+    per_image = [8 * b / d for b, d in zip(sizes, dims, strict=True)]
+    std, ci = _stats(per_image)
+    enc = sum(p["encode_seconds"] for p in parts)
+    dec = sum(p["decode_seconds"] for p in parts)
+    verified = [p["verified"] for p in parts]
+    return {**base, "reason": None, "bpd": 8 * sum(sizes) / sum(dims), "ratio": raw / max(1, sum(sizes)),
+            "bpd_std": std, "bpd_ci95": ci, "per_image_bpd": per_image, "images": len(sizes), "dims": sum(dims),
+            "encode_mbps": raw / enc / 1e6 if enc else None, "decode_mbps": raw / dec / 1e6 if dec else None,
+            "verified": None if any(v is None for v in verified) else all(verified)}
+
+
+def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ...] = ALL_BASELINES,
+             scheduler: str | None = None, workers: int | None = None,
+             storage_options: dict[str, Any] | None = None, progress: bool = True, catalog=None,
+             command: list[str] | None = None, chunk_bytes: int | None = None) -> dict:
+    """Coded bpd, NLL and baselines for every dataset x array x model: a report dict (schema v1)."""
+    from shardzip.pipeline.cluster import gpu_workers, job_client
+    from shardzip.pipeline.jobs import _array_spec, _load_model, _Progress, _run_tasks
+    from shardzip.pipeline.plan import CHUNK_BYTES
+    from shardzip.workers.plugin import ModelPlugin
+    from shardzip.workers.tasks import eval_shard
+
+    unknown = [b for b in baselines if b not in ALL_BASELINES]
+    if unknown:
+        raise SourceError(f"unknown baseline(s) {', '.join(unknown)}; known: {', '.join(ALL_BASELINES)}")
+    loaded = {name: _load_model(name, catalog) for name in models}
+    specs, plans, checksums = [], {}, {}
+    run = uuid.uuid4().hex[:8]
+    for ref in datasets:
+        shown, url, sub = _split_dataset(ref, catalog)
+        root = open_source(url, storage_options)
+        arrays = source_arrays(root)
+        if sub:
+            arrays = [(p, a) for p, a in arrays if p == sub or p.startswith(sub + "/")]
+            if not arrays:
+                raise SourceError(f"dataset {ref}: no array {sub!r} in {url}")
+        h = hashlib.sha256()
+        for k, (name, (lmodel, entry, _)) in enumerate(loaded.items()):
+            for path, arr in arrays:
+                try:
+                    plan = plan_array(path, arr, lmodel, entry.sha256, chunk_bytes=chunk_bytes or CHUNK_BYTES)
+                    why = None if plan.model else plan.reason
+                except SourceError as exc:  # the model does not fit this array: a row saying so, not a failure
+                    plan = plan_array(path, arr, None, None, chunk_bytes=chunk_bytes or CHUNK_BYTES)
+                    why = str(exc)
+                plans[(shown, path, name)] = (plan, why)
+                job = {"src": url, "dst": "", "storage_options": storage_options or {}, "zstd_level": ZSTD_LEVEL}
+                base = _array_spec(plan, job)
+                base.update(dataset=shown, grid=list(plan.shard_grid), run=run,
+                            baselines=list(baselines) if k == 0 else [], model_name=name)
+                if why is not None:
+                    base["model"] = None
+                if why is not None and k > 0:
+                    continue  # nothing to run for this model; baselines ran with the first one
+                specs += [{**base, "shard": list(idx)} for idx in np.ndindex(*plan.shard_grid)]
+                if k == 0:
+                    h.update(f"{path}:{arr.shape}:{arr.dtype};".encode())
+        checksums[shown] = h.hexdigest()[:16]
+    with job_client(scheduler, workers) as client:
+        gpus = gpu_workers(client)
+        device = "cuda" if gpus else "cpu"
+        client.register_plugin(ModelPlugin(preload=tuple(e.sha256 for _, e, _ in loaded.values()), device=device),
+                               name="shardzip-models")
+        bar = _Progress(len(specs), 0, progress, "eval")
+        try:
+            recs = _run_tasks(client, eval_shard, specs, {"GPU": 1} if gpus else None, bar, "eval")
+        finally:
+            bar.close()
+    by_key: dict[tuple, list[dict]] = {}
+    for rec in recs:
+        by_key.setdefault((rec["dataset"], rec["array"], rec["model_name"]), []).append(rec)
+    rows, shards = [], []
+    for (shown, path, name), (plan, why) in plans.items():
+        recs_m = by_key.get((shown, path, name), [])
+        rows.append(_model_row(shown, path or "/", name, recs_m if why is None else [], plan, why))
+        for r in recs_m if why is None else []:
+            shards.append({"dataset": shown, "array": path or "/", "codec": name, "grid": r["grid"],
+                           "index": r["shard"], "bpd": r["coded_bits"] / r["dims"]})
+    first = next(iter(loaded))
+    for (shown, path, name), _ in plans.items():
+        if name != first:
+            continue
+        recs_b = by_key.get((shown, path, first), [])
+        rows += [_baseline_row(shown, path or "/", b, recs_b) for b in baselines if recs_b]
+    rows += aggregate_rows(rows)
+    models_sha = {n: e.sha256 for n, (_, e, _) in loaded.items()}
+    return {"schema": SCHEMA, "version": SCHEMA_VERSION, "rows": rows, "shards": shards,
+            "reproducibility": reproducibility(command or sys.argv, models_sha, checksums)}
+
+
+def aggregate_rows(rows: list[dict]) -> list[dict]:
+    """Per dataset and codec, an "(all)" row over its arrays (bits and values summed) where it has several."""
+    out = []
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        for codec in dict.fromkeys(r["codec"] for r in rows if r["dataset"] == ds):
+            part = [r for r in rows if r["dataset"] == ds and r["codec"] == codec]
+            ok = [r for r in part if r["applicable"] and r["bpd"] is not None]
+            if len(part) < 2 or len(ok) != len(part):
+                continue
+            dims = sum(r["dims"] for r in ok)
+            bits = sum(r["bpd"] * r["dims"] for r in ok)
+            nll = sum(r["nll_bpd"] * r["dims"] for r in ok) if all(r["nll_bpd"] is not None for r in ok) else None
+            per_image = [v for r in ok for v in r["per_image_bpd"]]
+            std, ci = _stats(per_image)
+            raw = sum(r["ratio"] * r["bpd"] * r["dims"] / 8 for r in ok)
+            out.append({**ok[0], "array": "(all)", "bpd": bits / dims, "nll_bpd": nll / dims if nll else None,
+                        "overhead_pct": 100 * (bits / nll - 1) if nll else None, "ratio": 8 * raw / bits,
+                        "bpd_std": std, "bpd_ci95": ci, "per_image_bpd": per_image,
+                        "images": sum(r["images"] for r in ok), "dims": dims, "encode_mbps": None,
+                        "decode_mbps": None, "verified": None if any(r["verified"] is None for r in ok)
+                        else all(r["verified"] for r in ok)})
+            out[-1].pop("chunks_by_method", None)
+    return out
+
+
+def from_manifests(stores: list[str], storage_options: dict[str, Any] | None = None,
+                   command: list[str] | None = None) -> dict:
+    """A report dict from committed compress jobs: the model's rows and zstd's, per array."""
+    rows, shards, models, datasets = [], [], {}, {}
+    for url in stores:
+        m = read_manifest(Location(url, storage_options))
+        name = m["model"]["name"]
+        models[name] = m["model"]["sha256"]
+        datasets[m["src"]] = hashlib.sha256("".join(a["checksum"] for a in m["arrays"].values()).encode()
+                                            ).hexdigest()[:16]
+        for array, a in m["arrays"].items():
+            recs = [r for r in m["records"] if (r["array"] or "/") == array]
+            dims = a["dims"] or 1
+            secs = sum(r["code_seconds"] for r in recs)
+            coded = 8 * a["coded_bytes"]
+            nll = sum(r["nll_bits"] or 0.0 for r in recs) if a.get("model") else None
+            rows.append({"dataset": m["src"], "array": array, "codec": name, "kind": "model",
+                         "applicable": bool(a.get("model")), "reason": a.get("reason"), "bpd": coded / dims,
+                         "nll_bpd": nll / dims if nll else None,
+                         "overhead_pct": 100 * (coded / nll - 1) if nll else None,
+                         "ratio": a["raw_bytes"] / max(1, a["coded_bytes"]), "bpd_std": None, "bpd_ci95": None,
+                         "per_image_bpd": [], "images": 0, "dims": a["dims"],
+                         "encode_mbps": a["raw_bytes"] / secs / 1e6 if secs else None, "decode_mbps": None,
+                         "device": m["profile"]["device"], "verified": all(r["verified"] for r in recs)})
+            rows.append({"dataset": m["src"], "array": array, "codec": "zstd", "kind": "baseline",
+                         "applicable": True, "reason": None, "bpd": 8 * a["zstd_bytes"] / dims, "nll_bpd": None,
+                         "overhead_pct": None, "ratio": a["raw_bytes"] / max(1, a["zstd_bytes"]), "bpd_std": None,
+                         "bpd_ci95": None, "per_image_bpd": [], "images": 0, "dims": a["dims"],
+                         "encode_mbps": None, "decode_mbps": None, "device": "cpu", "verified": None})
+            grid = [math.ceil(s / b) for s, b in zip(a["shape"], a["shards"], strict=True)]
+            shards += [{"dataset": m["src"], "array": array, "codec": name, "grid": grid, "index": r["shard"],
+                        "bpd": r["coded_bits"] / max(1, r["dims"])} for r in recs]
+    return {"schema": SCHEMA, "version": SCHEMA_VERSION, "rows": rows, "shards": shards,
+            "reproducibility": reproducibility(command or sys.argv, models, datasets)}

@@ -1,0 +1,18 @@
+"""The evaluation report: classical baselines, and the report dict written as JSON/Markdown/LaTeX/CSV/HTML.
+
+`shardzip.report.baselines` codes images with classical lossless codecs (PNG, WebP, JPEG XL, …, zstd)
+and checks each decodes bit-exactly; `shardzip.report.render` validates a report dict (schema
+"shardzip.report", version 1) and writes it out with plots. This package module stays import-light
+(no numpy codecs, no matplotlib) because workers import `baselines` from it.
+"""
+
+from __future__ import annotations
+
+from shardzip.errors import ShardzipError
+
+
+class ReportError(ShardzipError):
+    """A report dict is malformed, or a baseline was asked for by a name that does not exist."""
+
+
+__all__ = ["ReportError"]
