@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -139,6 +139,8 @@ def test_cf_packed_floats_are_coded_as_integers_with_a_fill_and_nan_mask():
 @given(hnp.arrays(st.sampled_from([np.float32, np.float64]), hnp.array_shapes(max_dims=2, max_side=12),
                   elements=st.floats(width=32, allow_nan=True, allow_infinity=True)),
        st.sampled_from([None, 0.25, 0.1]), st.sampled_from([None, -9999.0, 0.0]))
+@example(np.zeros(1, np.float32), None, 0.0)  # every value masked: no values at all (found by CI)
+@example(np.full((2, 2), np.nan, np.float64), 0.5, None)
 def test_float_chunks_round_trip_bit_exactly_whatever_the_packing(x, scale, fill):
     packing = Packing(scale_factor=scale, add_offset=0.0, fill=fill)
     data, _ = encode_chunk(x, packing=packing)

@@ -121,7 +121,9 @@ def _encode_masked(chunk: np.ndarray, packing: Packing, zstd_level: int) -> byte
             ints_lo = int(lo)
     z = _zstd(zstd_level)
     mask_bytes = bytes(z.encode(mask.tobytes()))
-    if ints is not None:
+    if values.size == 0:  # everything masked: no values to store (zstd has no empty frame to decode)
+        ints, body = None, b""
+    elif ints is not None:
         body = struct.pack("<qB", ints_lo, ints.dtype.itemsize) + bytes(z.encode(ints.astype(ints.dtype.newbyteorder(
             "<")).tobytes()))
     else:
@@ -142,6 +144,8 @@ def _decode_masked(payload: memoryview, shape: tuple[int, ...], dtype: np.dtype,
         lo, width = struct.unpack_from("<qB", body, 0)
         ints = np.frombuffer(bytes(z.decode(bytes(body[9:]))), f"<u{width}")
         vals = ((ints.astype(np.float64) + lo) * packing.scale_factor + packing.add_offset).astype(dtype)
+    elif n_body == 0:
+        vals = np.empty(0, dtype)
     else:
         vals = np.frombuffer(bytes(z.decode(bytes(body))), dtype)
     out[mask == 0] = vals
@@ -205,7 +209,10 @@ def decode_chunk(data: bytes | memoryview, shape: tuple[int, ...], dtype: np.dty
     if method == RAW:
         raw = bytes(payload)
     elif method == ZSTD:
-        raw = bytes(_zstd().decode(bytes(payload)))
+        try:
+            raw = bytes(_zstd().decode(bytes(payload)))
+        except RuntimeError as exc:
+            raise ChunkChecksumError(f"zstd chunk payload is damaged: {exc}") from exc
     elif method == MODEL:
         from shardzip.models.codec import decompress
 
