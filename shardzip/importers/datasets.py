@@ -17,11 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shardzip.errors import ShardzipError
-
-
-class ImportDataError(ShardzipError):
-    """A source dataset is missing or malformed."""
+from shardzip.importers.common import ImportDataError
 
 
 def _package_dir(module: str, hint: str) -> Path:
