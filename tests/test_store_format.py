@@ -152,3 +152,30 @@ def test_packing_from_cf_and_odim_attributes():
         Packing(0.5, 1.0, -1.0)
     assert Packing.from_attrs({"gain": 1.0, "offset": 0.0, "nodata": -9999.0}) == Packing(1.0, 0.0, -9999.0)
     assert Packing.from_attrs({}, fill_value=float("nan")) == Packing(None, 0.0, None)
+
+
+def test_edge_chunks_code_only_their_valid_part_and_zarr_reads_them(tmp_path):
+    """An edge chunk past the array's end is coded as its valid values alone (no padding coded)."""
+    import zarr
+
+    from shardzip.models import load_catalog_model
+
+    model = load_catalog_model("idf-mnist")
+    x = MNIST[:37]
+    zarr.create_array(store=str(tmp_path), shape=x.shape, dtype=x.dtype, chunks=(8, 1, 28, 28),
+                      shards=(40, 1, 28, 28), serializer=ShardzipCodec(model="unused-for-zstd-chunks"),
+                      compressors=None, filters=None, fill_value=0)
+    chunks, sizes = [], []
+    for lo in range(0, 40, 8):
+        data, stats = encode_chunk(x[lo:lo + 8], None if lo < 32 else model, "NCHW", full_shape=(8, 1, 28, 28))
+        chunks.append(data)
+        sizes.append(stats.coded_bytes)
+    import struct
+
+    assert chunks[-1][3] == 4 and struct.unpack_from("<B4I", chunks[-1], 8) == (4, 5, 1, 28, 28)  # 5 coded, not 8
+    assert chunks[0][3] != 4  # whole chunks are not wrapped
+    (tmp_path / "c" / "0" / "0" / "0").mkdir(parents=True)
+    (tmp_path / "c" / "0" / "0" / "0" / "0").write_bytes(shardfmt.pack_shard(chunks))
+    back = decode_chunk(chunks[-1], (8, 1, 28, 28), np.uint8, "NCHW", lambda: model)
+    assert np.array_equal(back[:5], x[32:]) and not back[5:].any()
+    assert np.array_equal(zarr.open_array(str(tmp_path), mode="r")[:], x)

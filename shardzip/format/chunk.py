@@ -9,8 +9,11 @@ chunk's images [B, C, H, W] in the array's layout; 3: a float chunk split into a
 (`Packing`): a uint8 mask (0 value, 1 fill value, 2 NaN) coded with zstd, then the unmasked values
 either as integers (when every one of them is exactly `int * scale_factor + add_offset`, CF
 packing: the integers are coded with zstd) or as the compacted floats with zstd. The raw bytes are
-the chunk in C order and little-endian byte order. Decoding always checks the CRC32, so a chunk
-decodes to exactly what was encoded or raises `ChunkChecksumError`.
+the chunk in C order and little-endian byte order. Method 4 is an edge chunk that extends past
+the array: ndim u8, the valid extent (u32 per axis), then a complete chunk of just the valid
+values; it decodes to the full chunk shape with zeros outside (zarr crops them), so padding is
+never coded. Decoding always checks the CRC32, so a chunk decodes to exactly what was encoded or
+raises `ChunkChecksumError`.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from shardzip.format.layout import from_images, to_images
 
 MAGIC = b"SZ"
 VERSION = 1
-RAW, ZSTD, MODEL, MASKED = 0, 1, 2, 3
-METHODS = {RAW: "raw", ZSTD: "zstd", MODEL: "model", MASKED: "masked"}
+RAW, ZSTD, MODEL, MASKED, PARTIAL = 0, 1, 2, 3, 4
+METHODS = {RAW: "raw", ZSTD: "zstd", MODEL: "model", MASKED: "masked"}  # PARTIAL wraps one of these
 _MASKED_HEAD = struct.Struct("<BII")  # integer values? | mask bytes | values bytes
 _HEAD = struct.Struct("<2sBBI")
 ZSTD_LEVEL = 9
@@ -155,10 +158,24 @@ def _decode_masked(payload: memoryview, shape: tuple[int, ...], dtype: np.dtype,
     return out.tobytes()
 
 
+def _full(chunk: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros(shape, chunk.dtype)
+    out[tuple(slice(0, s) for s in chunk.shape)] = chunk
+    return out
+
+
 def encode_chunk(chunk: np.ndarray, model=None, layout: str | None = None, batch: int | None = None,
-                 zstd_level: int = ZSTD_LEVEL, packing: Packing | None = None) -> tuple[bytes, ChunkStats]:
+                 zstd_level: int = ZSTD_LEVEL, packing: Packing | None = None,
+                 full_shape: tuple[int, ...] | None = None) -> tuple[bytes, ChunkStats]:
     """Code `chunk` with `model` (if given), with zstd, and float chunks split into mask and values;
-    keep the smallest, never worse than zstd."""
+    keep the smallest, never worse than zstd. With `full_shape` larger than the chunk (an edge chunk),
+    only the valid values are coded (method 4)."""
+    if full_shape is not None and tuple(full_shape) != chunk.shape:
+        inner, stats = encode_chunk(chunk, model, layout, batch, zstd_level, packing)
+        head = struct.pack(f"<B{chunk.ndim}I", chunk.ndim, *chunk.shape)
+        out = _HEAD.pack(MAGIC, VERSION, PARTIAL, zlib.crc32(_raw(_full(chunk, tuple(full_shape))))) + head + inner
+        stats.coded_bytes, stats.zstd_bytes = len(out), stats.zstd_bytes + len(head) + _HEAD.size
+        return out, stats
     t0 = time.perf_counter()
     raw = _raw(chunk)
     crc = zlib.crc32(raw)
@@ -223,6 +240,13 @@ def decode_chunk(data: bytes | memoryview, shape: tuple[int, ...], dtype: np.dty
         raw = from_images(images, layout).tobytes()
     elif method == MASKED:
         raw = _decode_masked(payload, tuple(shape), dtype, packing)
+    elif method == PARTIAL:
+        (ndim,) = struct.unpack_from("<B", payload, 0)
+        valid = struct.unpack_from(f"<{ndim}I", payload, 1)
+        if ndim != len(shape) or any(v > s for v, s in zip(valid, shape, strict=True)):
+            raise FormatError(f"edge chunk of extent {valid} does not fit the chunk shape {tuple(shape)}")
+        inner = decode_chunk(payload[1 + 4 * ndim:], valid, dtype, layout, model_loader, packing)
+        raw = _full(inner.astype(dtype), tuple(shape)).tobytes()
     else:
         raise FormatError(f"unknown chunk method {method}")
     if zlib.crc32(raw) != crc:

@@ -316,26 +316,33 @@ def _resources(manifest: dict) -> dict | None:
     return {"GPU": 1} if manifest["profile"]["device"] == "cuda" else None
 
 
+def _run_on_store(loc: Location, manifest: dict, fn, specs: list[dict], scheduler: str | None,
+                  workers: int | None, progress: bool, what: str) -> list[dict]:
+    """Run per-shard tasks `fn` that decode a committed store, on a cluster whose workers hold its model."""
+    from shardzip.pipeline.cluster import job_client
+    from shardzip.workers.plugin import ModelPlugin
+
+    sha = manifest["model"]["sha256"]
+    fetch_weights(loc, sha)
+    with job_client(scheduler, workers) as client:
+        client.register_plugin(ModelPlugin(preload=(sha,), device=manifest["profile"]["device"],
+                                           store=(loc.url, loc.options)), name="shardzip-models")
+        bar = _Progress(len(specs), 0, progress, what)
+        try:
+            return _run_tasks(client, fn, specs, _resources(manifest), bar, what)
+        finally:
+            bar.close()
+
+
 def verify(dst: str, *, scheduler: str | None = None, workers: int | None = None,
            storage_options: dict[str, Any] | None = None, progress: bool = True) -> dict:
     """Decode every shard of a committed store and compare with the checksums taken from the source."""
-    from shardzip.pipeline.cluster import job_client
-    from shardzip.workers.plugin import ModelPlugin
     from shardzip.workers.tasks import verify_shard
 
     dloc = Location(dst, storage_options)
     manifest = read_manifest(dloc)
     specs = _committed_specs(dloc, manifest, storage_options)
-    sha = manifest["model"]["sha256"]
-    fetch_weights(dloc, sha)
-    with job_client(scheduler, workers) as client:
-        client.register_plugin(ModelPlugin(preload=(sha,), device=manifest["profile"]["device"],
-                                           store=(dst, storage_options)), name="shardzip-models")
-        bar = _Progress(len(specs), 0, progress, "verify")
-        try:
-            out = _run_tasks(client, verify_shard, specs, _resources(manifest), bar, "verify")
-        finally:
-            bar.close()
+    out = _run_on_store(dloc, manifest, verify_shard, specs, scheduler, workers, progress, "verify")
     bad = [r for r in out if not r["ok"]]
     return {"shards": len(out), "bad": bad, "dims": sum(r["dims"] for r in out)}
 
@@ -346,8 +353,6 @@ def decompress(src: str, out: str, *, scheduler: str | None = None, workers: int
     """Write the arrays of compressed store `src` into a plain zarr v3 store `out` (zstd), verified."""
     import zarr
 
-    from shardzip.pipeline.cluster import job_client
-    from shardzip.workers.plugin import ModelPlugin
     from shardzip.workers.tasks import decompress_shard
 
     sloc = Location(src, storage_options)
@@ -371,17 +376,8 @@ def decompress(src: str, out: str, *, scheduler: str | None = None, workers: int
                           dimension_names=a["dimension_names"], zarr_format=3, overwrite=True)
     specs = [{**s, "out": out, "out_options": storage_options or {}}
              for s in _committed_specs(sloc, manifest, storage_options)]
-    sha = manifest["model"]["sha256"]
-    fetch_weights(sloc, sha)
-    with job_client(scheduler, workers) as client:
-        client.register_plugin(ModelPlugin(preload=(sha,), device=manifest["profile"]["device"],
-                                           store=(src, storage_options)), name="shardzip-models")
-        bar = _Progress(len(specs), 0, progress, "decompress")
-        t0 = time.perf_counter()
-        try:
-            recs = _run_tasks(client, decompress_shard, specs, _resources(manifest), bar, "decompress")
-        finally:
-            bar.close()
+    t0 = time.perf_counter()
+    recs = _run_on_store(sloc, manifest, decompress_shard, specs, scheduler, workers, progress, "decompress")
     root = zarr.open_group(store=store, mode="r+")
     attrs = dict(root.attrs["shardzip_decompressed"])
     attrs["status"] = "complete"
