@@ -90,7 +90,7 @@ def run(src: str, model: str, workers: list[int], shard_chunks: int) -> list[dic
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", default="data/mnist.zarr")
-    ap.add_argument("--model", default="idf-mnist")
+    ap.add_argument("--model", default="bbans-mnist")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--quick", action="store_true", help="2000 MNIST test images")
     ap.add_argument("--shard-chunks", type=int, default=2, help="inner chunks per shard (tasks = shards)")
