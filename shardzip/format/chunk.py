@@ -51,6 +51,7 @@ class ChunkStats:
     model_bytes: int | None
     zstd_bytes: int
     seconds: float
+    image_nll_bits: list[float] | None = None  # per image [B] of the chunk, in order
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -187,7 +188,7 @@ def encode_chunk(chunk: np.ndarray, model=None, layout: str | None = None, batch
         # Decoding is checked here, once, so a float corner case can never store a chunk that decodes wrong.
         if masked is not None and _decode_masked(memoryview(masked), chunk.shape, dtype, packing) == raw:
             candidates[MASKED] = masked
-    nll = model_bytes = None
+    nll = model_bytes = image_nll = None
     if model is not None and chunk.size:
         from shardzip.models.codec import compress
 
@@ -197,20 +198,16 @@ def encode_chunk(chunk: np.ndarray, model=None, layout: str | None = None, batch
         b = batch or (BITS_BACK_BATCH if model.bits_back else max(1, (1 << 20) // max(1, images[0].numel())))
         with torch.no_grad():
             device = next(model.parameters()).device
-            nll = float(sum(float(model.nll_bits(images[i:i + b].to(device)).sum())
-                            for i in range(0, images.shape[0], b)))
+            image_nll = [float(v) for i in range(0, images.shape[0], b)
+                         for v in model.nll_bits(images[i:i + b].to(device)).cpu()]
+            nll = sum(image_nll)
             candidates[MODEL] = compress(model, images, batch=b)
         model_bytes = len(candidates[MODEL])
     method = min(candidates, key=lambda m: (len(candidates[m]), -m))
     out = _HEAD.pack(MAGIC, VERSION, method, crc) + candidates[method]
     stats = ChunkStats(len(raw), len(out), METHODS[method], nll, model_bytes, len(candidates[ZSTD]),
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, image_nll)
     return out, stats
-
-
-def chunk_method(data: bytes) -> str:
-    magic, version, method, _ = _HEAD.unpack_from(data, 0)
-    return METHODS.get(method, "?")
 
 
 def decode_chunk(data: bytes | memoryview, shape: tuple[int, ...], dtype: np.dtype, layout: str | None = None,

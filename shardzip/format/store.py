@@ -70,7 +70,7 @@ class Location:
 
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self.path(key)
-        if self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol:
+        if is_local(self.url):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
             with open(tmp, "wb") as f:

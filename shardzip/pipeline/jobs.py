@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from shardzip import __version__
-from shardzip.errors import DestinationError, FormatError, ShardzipError, SourceError
+from shardzip.errors import DestinationError, ShardzipError, SourceError
 from shardzip.format.chunk import METHODS, ZSTD_LEVEL
 from shardzip.format.codec import ShardzipCodec
 from shardzip.format.store import (
@@ -202,8 +202,9 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
     dloc = Location(dst, storage_options)
     if Location(src_url, storage_options).root == dloc.root:
         raise DestinationError(f"destination {dst} is the source itself; choose another path")
-    job = dloc.read_json(JOB) if not dloc.is_empty() else None
-    if not dloc.is_empty():
+    exists = not dloc.is_empty()
+    job = dloc.read_json(JOB) if exists else None
+    if exists:
         if overwrite:
             dloc.remove()
             job = None
@@ -397,8 +398,6 @@ def info(dst: str, storage_options: dict[str, Any] | None = None) -> dict:
         done = _committed(dloc, plans, False)
         return {"complete": False, "job_id": job["job_id"], "src": job["src"], "model": job["model"],
                 "shards_done": len(done), "shards_total": sum(p.n_shards for p in plans)}
-    except FormatError:
-        raise
 
 
 def format_summary(manifest: dict) -> str:

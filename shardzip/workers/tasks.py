@@ -180,8 +180,6 @@ def decompress_shard(spec: dict) -> dict:
 def eval_shard(spec: dict) -> dict:
     """Code one shard in memory (nothing written): model bits, NLL, timings, a decode check, and the
     classical baselines on the same images when `spec["baselines"]` names some."""
-    import torch
-
     from shardzip.format.layout import to_images
     from shardzip.workers.plugin import worker_model
 
@@ -216,15 +214,10 @@ def eval_shard(spec: dict) -> dict:
         rec["methods"][stats.method] += 1
         if model is not None:
             rec["nll_bits"] += stats.nll_bits or 0.0
+            rec["image_nll_bits"] += stats.image_nll_bits or []  # chunks in C order = images in order
     rec["coded_bits"] += 8 * (16 * slots + 4)  # the shard index, as `compress` writes it: same bits
     if spec["layout"]:
         images = list(to_images(data, spec["layout"]))
-        if model is not None:
-            with torch.no_grad():
-                dev = next(model.parameters()).device
-                for img in images:
-                    rec["image_nll_bits"].append(float(model.nll_bits(torch.from_numpy(
-                        img[None].astype(np.int64)).to(dev)).sum()))
         rec["image_dims"] = [int(img.size) for img in images]
     else:
         images = [data]
