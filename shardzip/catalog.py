@@ -35,7 +35,8 @@ class _Strict(BaseModel):
 class DatasetEntry(_Strict):
     description: str
     store: str  # zarr store, relative to the catalog
-    kind: str = Field(pattern="^(stack|images)$")  # stack: one [N, C, H, W] array; images: one array per image
+    kind: str = Field(pattern="^(stack|images|rasters)$")  # stack: one [N, C, H, W] array; images: one array
+    # per image; rasters: every array under a group, packed to integers with -1 where missing
     splits: dict[str, str]  # split name -> array (stack) or group (images) inside the store
     importer: str  # the shardzip command that builds the store
     source: str

@@ -34,11 +34,11 @@ def _bench_coder(args: argparse.Namespace) -> int:
     return int(namespace["main"](list(args.extra_args)))
 
 
-IMPORT_KINDS = ("mnist", "photos", "images", "odim", "geotiff", "netcdf")
+IMPORT_KINDS = ("mnist", "photos", "images", "odim", "geotiff", "netcdf", "radar-sequence")
 
 
 def _import(args: argparse.Namespace) -> int:
-    from shardzip.importers import datasets, geotiff, images, netcdf, odim
+    from shardzip.importers import datasets, geotiff, images, netcdf, odim, sequence
 
     *inputs, store = args.paths
     args.store = store
@@ -62,7 +62,8 @@ def _import(args: argparse.Namespace) -> int:
             raise ShardzipError(f"import {kind} takes one file per store")
         shapes = {}
         for path in inputs:
-            fn = {"odim": odim.import_odim, "geotiff": geotiff.import_geotiff, "netcdf": netcdf.import_netcdf}[kind]
+            fn = {"odim": odim.import_odim, "geotiff": geotiff.import_geotiff, "netcdf": netcdf.import_netcdf,
+                  "radar-sequence": sequence.import_radar_sequence}[kind]
             shapes.update(fn(path, store))
     for name, shape in shapes.items():
         print(f"{args.store}: {name} {tuple(shape)}")
@@ -112,23 +113,35 @@ def _dask_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _resources_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resources", default="auto", metavar="NAME=N[,...]",
+                   help="Dask worker resources each shard task asks for, e.g. GPU=1 (tasks then run only on workers "
+                        "started with `dask worker --resources GPU=1`); 'none': any worker; default 'auto': GPU=1 "
+                        "when workers with a GPU resource have CUDA, else none. The device kind (cpu or cuda) is "
+                        "not set here: it is what the chosen workers have (cuda only if all of them see one), is "
+                        "recorded in the store, and decode, verify and --resume run on that kind or refuse")
+
+
 def _compress(args: argparse.Namespace) -> int:
     from shardzip.pipeline import jobs
+    from shardzip.pipeline.cluster import parse_resources
 
     opts = storage_options(args.storage_option)
     manifest = jobs.compress(args.src, args.dst, args.model, scheduler=args.scheduler, workers=args.workers,
                              storage_options=opts, verify=args.verify, resume=args.resume, overwrite=args.overwrite,
-                             chunk_bytes=args.chunk_bytes, shard_chunks=args.shard_chunks, progress=not args.quiet)
+                             chunk_bytes=args.chunk_bytes, shard_chunks=args.shard_chunks, progress=not args.quiet,
+                             resources=parse_resources(args.resources))
     print(jobs.format_summary(manifest))
     return 0
 
 
 def _decompress(args: argparse.Namespace) -> int:
     from shardzip.pipeline import jobs
+    from shardzip.pipeline.cluster import parse_resources
 
     out = jobs.decompress(args.src, args.dst, scheduler=args.scheduler, workers=args.workers,
                           storage_options=storage_options(args.storage_option), overwrite=args.overwrite,
-                          progress=not args.quiet)
+                          progress=not args.quiet, resources=parse_resources(args.resources))
     print(f"{args.dst}: {out['shards']} shards, {out['raw_bytes'] / 1e6:.1f} MB decoded and checked "
           f"in {out['seconds']:.1f} s")
     return 0
@@ -136,13 +149,16 @@ def _decompress(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from shardzip.pipeline import jobs
+    from shardzip.pipeline.cluster import parse_resources
 
     out = jobs.verify(args.dst, scheduler=args.scheduler, workers=args.workers,
-                      storage_options=storage_options(args.storage_option), progress=not args.quiet)
+                      storage_options=storage_options(args.storage_option), progress=not args.quiet,
+                      resources=parse_resources(args.resources))
     if out["bad"]:
         for r in out["bad"]:
-            print(f"shardzip: error: {args.dst}: array {r['array'] or '/'} shard {tuple(r['shard'])} does not "
-                  "decode to the source values", file=sys.stderr)
+            print(f"shardzip: error: {args.dst}: {r.get('error') or ''}", file=sys.stderr)
+        print(f"shardzip: error: {args.dst}: {len(out['bad'])} of {out['shards']} shards do not decode to the source "
+              "values", file=sys.stderr)
         return 1
     print(f"{args.dst}: all {out['shards']} shards decode to the source values ({out['dims']} values)")
     return 0
@@ -223,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("dst", help="destination (path or fsspec URL, e.g. s3://bucket/x.zarr)")
     co.add_argument("--model", required=True, help="catalog model name (e.g. idf-mnist)")
     _dask_options(co)
+    _resources_option(co)
     co.add_argument("--verify", action="store_true", help="decode each shard on its worker after writing it")
     co.add_argument("--resume", action="store_true", help="finish an interrupted job, keeping its committed shards")
     co.add_argument("--overwrite", action="store_true", help="replace an existing destination")
@@ -234,12 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("src", help="compressed store")
     de.add_argument("dst", help="output zarr store")
     _dask_options(de)
+    _resources_option(de)
     de.add_argument("--overwrite", action="store_true", help="replace an existing output")
     de.set_defaults(handler=_decompress)
 
     ve = commands.add_parser("verify", help="decode every shard and compare with the source checksums")
     ve.add_argument("dst", help="compressed store")
     _dask_options(ve)
+    _resources_option(ve)
     ve.set_defaults(handler=_verify)
 
     inf = commands.add_parser("info", help="what a compressed store holds, or how far its job got")

@@ -38,6 +38,12 @@ class Batches:
             idx = torch.randint(0, self.stack.shape[0], (self.batch,), generator=g)
             return self.stack[idx].long()
         c = self.crop
+        if self.images[0].dim() == 4:  # sequences [T, C, H, W]: `batch` consecutive frames, one crop window
+            seq = self.images[int(torch.randint(0, len(self.images), (1,), generator=g))]
+            t = int(torch.randint(0, seq.shape[0] - self.batch + 1, (1,), generator=g))
+            i = int(torch.randint(0, seq.shape[2] - c + 1, (1,), generator=g))
+            j = int(torch.randint(0, seq.shape[3] - c + 1, (1,), generator=g))
+            return seq[t:t + self.batch, :, i:i + c, j:j + c].long()
         out = []
         for _ in range(self.batch):
             img = self.images[int(torch.randint(0, len(self.images), (1,), generator=g))]
@@ -65,8 +71,8 @@ def evaluate_bpd(model: LosslessModel, data: torch.Tensor | list[torch.Tensor], 
     bits, dims = 0.0, 0
     with torch.no_grad():
         if isinstance(data, list):
-            for img in data:
-                bits += float(model.nll_bits(img[None].long()).sum())
+            for img in data:  # an image [C, H, W], or a sequence [T, C, H, W] scored as one
+                bits += float(model.nll_bits((img if img.dim() == 4 else img[None]).long()).sum())
                 dims += img.numel()
         else:
             for i in range(0, data.shape[0], batch):

@@ -12,12 +12,17 @@ packing: the integers are coded with zstd) or as the compacted floats with zstd.
 the chunk in C order and little-endian byte order. Method 4 is an edge chunk that extends past
 the array: ndim u8, the valid extent (u32 per axis), then a complete chunk of just the valid
 values; it decodes to the full chunk shape with zeros outside (zarr crops them), so padding is
-never coded. Decoding always checks the CRC32, so a chunk decodes to exactly what was encoded or
+never coded. Method 5 codes a numeric chunk with a masked raster model (`msp`): the values as
+integers `q` with `value = (q + lo) * step + offset` exactly (CF `scale_factor`/`add_offset`, or a
+step found in the data: 1, decimal and binary fractions), no-data/NaN as -1 in the model's images
+(the model codes the mask itself), then which missing kind (fill or NaN) each missing value was
+when a chunk holds both. Decoding always checks the CRC32, so a chunk decodes to exactly what was encoded or
 raises `ChunkChecksumError`.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 import struct
 import time
@@ -32,8 +37,10 @@ from shardzip.format.layout import from_images, to_images
 
 MAGIC = b"SZ"
 VERSION = 1
-RAW, ZSTD, MODEL, MASKED, PARTIAL = 0, 1, 2, 3, 4
-METHODS = {RAW: "raw", ZSTD: "zstd", MODEL: "model", MASKED: "masked"}  # PARTIAL wraps one of these
+RAW, ZSTD, MODEL, MASKED, PARTIAL, MASKED_MODEL = 0, 1, 2, 3, 4, 5
+METHODS = {RAW: "raw", ZSTD: "zstd", MODEL: "model", MASKED: "masked",  # PARTIAL wraps one of these
+           MASKED_MODEL: "masked-model"}
+_MM_HEAD = struct.Struct("<ddqBI")  # step | offset | lo | kind of all missing values (0: mixed) | kinds bytes
 _MASKED_HEAD = struct.Struct("<BII")  # integer values? | mask bytes | values bytes
 _HEAD = struct.Struct("<2sBBI")
 ZSTD_LEVEL = 9
@@ -70,9 +77,20 @@ def _zstd(level: int = ZSTD_LEVEL):
     return Zstd(level=level)
 
 
+def masked_model(model) -> bool:
+    """Whether `model` codes rasters with missing values (-1) and integer-packed values (method 5)."""
+    return getattr(model, "family", None) == "msp"
+
+
 def model_fits(model, dtype: np.dtype, channels: int) -> str | None:
     """Why `model` cannot code images of `dtype` with `channels` (None when it can)."""
     bits = model.data_bits
+    if masked_model(model):
+        if np.dtype(dtype).kind not in "uif" or np.dtype(dtype).itemsize > 8:
+            return f"model {model.family!r} codes numeric rasters, the array is {np.dtype(dtype)}"
+        if channels != model.channels:
+            return f"model {model.family!r} has {model.channels} band(s), the array's images have {channels}"
+        return None
     if np.dtype(dtype) != np.dtype(np.uint8 if bits <= 8 else np.uint16):
         return f"model {model.family!r} codes {bits}-bit unsigned images, the array is {np.dtype(dtype)}"
     if channels != model.channels:
@@ -136,28 +154,214 @@ def _encode_masked(chunk: np.ndarray, packing: Packing, zstd_level: int) -> byte
     return _MASKED_HEAD.pack(int(ints is not None), len(mask_bytes), len(body)) + mask_bytes + body
 
 
+_ZSTD_FRAME = 0xFD2FB528
+
+
+def _zstd_content_size(data: bytes) -> int | None:
+    """The decompressed size a zstd frame header declares (None: no frame, or no size recorded)."""
+    if len(data) < 5 or struct.unpack_from("<I", data, 0)[0] != _ZSTD_FRAME:
+        return None
+    descriptor = data[4]
+    single_segment = (descriptor >> 5) & 1
+    width = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+    pos = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3]
+    if width == 0 or len(data) < pos + width:
+        return None
+    size = int.from_bytes(data[pos:pos + width], "little")
+    return size + 256 if width == 2 else size
+
+
+def _unzstd(data: bytes, limit: int, what: str) -> bytes:
+    """Decompress one zstd frame of at most `limit` bytes; damaged bytes raise `ChunkChecksumError`.
+
+    zstd frames written by shardzip (numcodecs) record their size: checking it against `limit` first
+    keeps damaged bytes from asking for gigabytes (MemoryError) or expanding without bound."""
+    size = _zstd_content_size(data)
+    if size is None:
+        raise ChunkChecksumError(f"{what} is damaged: not a zstd frame that records its size")
+    if size > limit:
+        raise ChunkChecksumError(f"{what} is damaged: its zstd frame declares {size} bytes, at most {limit} fit")
+    try:
+        return bytes(_zstd().decode(data))
+    except (RuntimeError, ValueError) as exc:
+        raise ChunkChecksumError(f"{what} is damaged: {exc}") from exc
+
+
 def _decode_masked(payload: memoryview, shape: tuple[int, ...], dtype: np.dtype, packing: Packing | None) -> bytes:
+    if len(payload) < _MASKED_HEAD.size:
+        raise FormatError(f"masked chunk payload is {len(payload)} bytes, shorter than its header")
     has_ints, n_mask, n_body = _MASKED_HEAD.unpack_from(payload, 0)
     pos = _MASKED_HEAD.size
-    z = _zstd()
-    mask = np.frombuffer(bytes(z.decode(bytes(payload[pos:pos + n_mask]))), np.uint8).reshape(shape)
+    if pos + n_mask + n_body > len(payload):
+        raise FormatError(f"masked chunk declares {n_mask} + {n_body} bytes, its payload holds {len(payload) - pos}")
+    n = int(np.prod(shape))
+    mask_bytes = _unzstd(bytes(payload[pos:pos + n_mask]), n, "masked chunk's mask")
+    if len(mask_bytes) != n:
+        raise FormatError(f"masked chunk's mask holds {len(mask_bytes)} values, expected {n} for shape {shape}")
+    mask = np.frombuffer(mask_bytes, np.uint8).reshape(shape)
     body = payload[pos + n_mask:pos + n_mask + n_body]
     out = np.empty(shape, dtype)
+    n_values = int(np.count_nonzero(mask == 0))
     if has_ints:
         if packing is None or not packing.scale_factor:
             raise FormatError("chunk holds packed integers, but the array has no scale_factor configured")
+        if len(body) < 9:
+            raise FormatError("masked chunk's packed integers are truncated")
         lo, width = struct.unpack_from("<qB", body, 0)
-        ints = np.frombuffer(bytes(z.decode(bytes(body[9:]))), f"<u{width}")
+        if width not in (2, 4):
+            raise FormatError(f"masked chunk's packed integers have width {width} (2 or 4 expected)")
+        ints = np.frombuffer(_unzstd(bytes(body[9:]), n_values * width, "masked chunk's integers"), f"<u{width}")
         vals = ((ints.astype(np.float64) + lo) * packing.scale_factor + packing.add_offset).astype(dtype)
     elif n_body == 0:
         vals = np.empty(0, dtype)
     else:
-        vals = np.frombuffer(bytes(z.decode(bytes(body))), dtype)
+        vals_bytes = _unzstd(bytes(body), n_values * dtype.itemsize, "masked chunk's values")
+        if len(vals_bytes) % dtype.itemsize:
+            raise FormatError("masked chunk's values are not whole numbers of their dtype")
+        vals = np.frombuffer(vals_bytes, dtype)
+    if vals.size != n_values:
+        raise FormatError(f"masked chunk holds {vals.size} values for {n_values} unmasked positions")
     out[mask == 0] = vals
     if packing is not None and packing.fill is not None:
         out[mask == 1] = dtype.type(packing.fill)
     out[mask == 2] = np.nan
     return out.tobytes()
+
+
+def _exact_ints(values: np.ndarray, step: float, offset: float) -> np.ndarray | None:
+    """Integers q with (q * step + offset) cast to the values' dtype == values, bit for bit; else None."""
+    if values.size == 0:
+        return np.zeros(0, np.int64)
+    q = np.round((values.astype(np.float64) - offset) / step)
+    if not np.isfinite(q).all() or np.abs(q).max() >= 2**40:
+        return None
+    back = (q * step + offset).astype(values.dtype)
+    width = f"u{values.itemsize}"
+    return q.astype(np.int64) if np.array_equal(back.view(width), values.view(width)) else None
+
+
+def _step_candidates(values: np.ndarray) -> list[float]:
+    """Quantization steps to try, coarsest first: 1, decimal 1/2/2.5/5 x 10**k and powers of two near the
+    smallest gap between distinct values (quantized radar moments: 0.01 dBZ, 0.5 dBZ, ...)."""
+    u = np.unique(values.astype(np.float64))
+    if u.size < 2:
+        return [1.0]
+    gap = float(np.diff(u).min())
+    e = math.floor(math.log10(gap))
+    steps = {1.0, 2.0 ** round(math.log2(gap))}
+    steps.update(m * 10.0**k for k in (e - 1, e, e + 1) for m in (1, 2, 2.5, 5))
+    return sorted((s for s in steps if s <= gap * 1.01), reverse=True)
+
+
+def _grid_candidates(values: np.ndarray) -> list[tuple[float, float]]:
+    """(step, offset) pairs to try: each step with offset 0, then offset = the smallest value."""
+    if values.size == 0:
+        return [(1.0, 0.0)]
+    low = float(values.astype(np.float64).min())
+    steps = _step_candidates(values)
+    return [(s, 0.0) for s in steps] + ([(s, low) for s in steps] if low != 0.0 else [])
+
+
+def raster_symbols(chunk: np.ndarray, packing: Packing | None, data_bits: int):
+    """The chunk as model symbols: (symbols int64 with -1 where missing, kinds uint8 of the missing ones
+    (1 fill, 2 NaN) in C order, lo, step, offset), or None when its values are not exact integers
+    within `data_bits` bits of each other."""
+    packing = packing or Packing()
+    v = np.ascontiguousarray(chunk)
+    if v.dtype.kind == "f":
+        v = v.astype(v.dtype.newbyteorder("<"))
+        nan = np.isnan(v)
+        if nan.any() and not np.array_equal(v[nan].view(f"u{v.itemsize}"),
+                                            np.full(int(nan.sum()), np.nan, v.dtype).view(f"u{v.itemsize}")):
+            return None  # NaN payloads would be lost
+        kinds = nan.astype(np.uint8) * 2
+        if packing.fill is not None:
+            kinds[v == v.dtype.type(packing.fill)] = 1
+    else:
+        kinds = np.zeros(v.shape, np.uint8)
+        if packing.fill is not None and float(packing.fill).is_integer():
+            kinds[v == packing.fill] = 1
+    valid = kinds == 0
+    values = v[valid]
+    if v.dtype.kind == "f":
+        tried = ([(packing.scale_factor, packing.add_offset)] if packing.scale_factor else [])
+        tried += _grid_candidates(values)
+        for step, offset in tried:
+            q = _exact_ints(values, step, offset)
+            if q is not None:
+                break
+        else:
+            return None
+    else:
+        step, offset, q = 1.0, 0.0, values.astype(np.int64)
+    lo = int(q.min()) if q.size else 0
+    if q.size and int(q.max()) - lo >= (1 << data_bits):
+        return None
+    symbols = np.full(v.shape, -1, np.int64)
+    symbols[valid] = q - lo
+    return symbols, kinds[~valid], lo, float(step), float(offset)
+
+
+def _values_from_symbols(symbols: np.ndarray, kinds: np.ndarray, lo: int, step: float, offset: float,
+                         dtype: np.dtype, packing: Packing | None) -> np.ndarray:
+    """The chunk back from its symbols; `kinds` (1 fill, 2 NaN) per missing value, in C order."""
+    out = np.zeros(symbols.shape, dtype)
+    valid = symbols >= 0
+    q = symbols[valid] + lo
+    out[valid] = ((q.astype(np.float64) * step + offset) if dtype.kind == "f" else q).astype(dtype)
+    missing = ~valid
+    if kinds.size != int(missing.sum()):
+        raise FormatError("masked-model chunk's missing-value kinds do not match its mask")
+    if (kinds == 1).any() and (packing is None or packing.fill is None):
+        raise FormatError("chunk holds fill values, but the array has no fill value configured")
+    fill = packing.fill if packing is not None and packing.fill is not None else 0
+    out[missing] = np.where(kinds == 1, np.array(fill).astype(dtype), np.array(np.nan if dtype.kind == "f" else 0)
+                            .astype(dtype))
+    return out
+
+
+def _encode_masked_model(chunk: np.ndarray, model, layout: str, packing: Packing | None, batch: int | None,
+                         zstd_level: int):
+    """Method 5's payload and per-image NLL bits, or None when the chunk's values don't fit the model."""
+    from shardzip.models.codec import compress
+
+    found = raster_symbols(chunk, packing, model.data_bits)
+    if found is None:
+        return None
+    symbols, kinds, lo, step, offset = found
+    images = torch.from_numpy(to_images(symbols, layout))
+    b = batch or (images.shape[0] if model.hparams.get("cond_channels") else
+                  max(1, (1 << 20) // max(1, images[0].numel())))
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        nll = [float(v) for i in range(0, images.shape[0], b) for v in model.nll_bits(images[i:i + b].to(device)).cpu()]
+    single = int(kinds[0]) if kinds.size and kinds.min() == kinds.max() else 0
+    kind_bytes = bytes(_zstd(zstd_level).encode(kinds.tobytes())) if kinds.size and not single else b""
+    head = _MM_HEAD.pack(step, offset, lo, single, len(kind_bytes))
+    return head + kind_bytes + compress(model, images, batch=b), nll
+
+
+def _decode_masked_model(payload: memoryview, shape: tuple[int, ...], dtype: np.dtype, layout: str, model,
+                         packing: Packing | None) -> bytes:
+    from shardzip.models.codec import decompress
+
+    if len(payload) < _MM_HEAD.size:
+        raise FormatError("masked-model chunk is shorter than its header")
+    step, offset, lo, single, n_kinds = _MM_HEAD.unpack_from(payload, 0)
+    pos = _MM_HEAD.size
+    kinds = None
+    if n_kinds:
+        try:
+            kinds = np.frombuffer(bytes(_zstd().decode(bytes(payload[pos:pos + n_kinds]))), np.uint8)
+        except RuntimeError as exc:
+            raise ChunkChecksumError(f"masked-model chunk's missing-value kinds are damaged: {exc}") from exc
+    images = torch.cat(decompress(model, bytes(payload[pos + n_kinds:]))).numpy()
+    symbols = from_images(images, layout)
+    if symbols.shape != tuple(shape):
+        raise FormatError(f"masked-model chunk decodes to shape {symbols.shape}, expected {tuple(shape)}")
+    if kinds is None:
+        kinds = np.full(int((symbols < 0).sum()), single, np.uint8)
+    return _values_from_symbols(symbols, kinds, lo, step, offset, dtype, packing).tobytes()
 
 
 def _full(chunk: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -189,7 +393,12 @@ def encode_chunk(chunk: np.ndarray, model=None, layout: str | None = None, batch
         if masked is not None and _decode_masked(memoryview(masked), chunk.shape, dtype, packing) == raw:
             candidates[MASKED] = masked
     nll = model_bytes = image_nll = None
-    if model is not None and chunk.size:
+    if model is not None and chunk.size and masked_model(model):
+        coded = _encode_masked_model(chunk, model, layout, packing, batch, zstd_level)
+        if coded is not None:
+            candidates[MASKED_MODEL], image_nll = coded
+            nll, model_bytes = sum(image_nll), len(coded[0])
+    elif model is not None and chunk.size:
         from shardzip.models.codec import compress
 
         images = torch.from_numpy(to_images(chunk, layout).astype(np.int64))
@@ -212,8 +421,15 @@ def encode_chunk(chunk: np.ndarray, model=None, layout: str | None = None, batch
 
 def decode_chunk(data: bytes | memoryview, shape: tuple[int, ...], dtype: np.dtype, layout: str | None = None,
                  model_loader=None, packing: Packing | None = None) -> np.ndarray:
-    """The chunk of `shape` and `dtype` coded in `data`; `model_loader()` gives the model when needed."""
-    view = memoryview(data)
+    """The chunk of `shape` and `dtype` coded in `data`; `model_loader()` gives the model when needed.
+
+    Damaged or foreign bytes raise a `ShardzipError` (`FormatError`, or a `CodingError` from a model's
+    container), never another exception, and never decode to wrong values (the CRC32 is checked)."""
+    return _decode(memoryview(data), tuple(shape), dtype, layout, model_loader, packing, True)
+
+
+def _decode(view: memoryview, shape: tuple[int, ...], dtype: np.dtype, layout: str | None, model_loader,
+            packing: Packing | None, allow_partial: bool) -> np.ndarray:
     if len(view) < _HEAD.size:
         raise FormatError(f"coded chunk is {len(view)} bytes, shorter than its {_HEAD.size}-byte header")
     magic, version, method, crc = _HEAD.unpack_from(view, 0)
@@ -223,36 +439,45 @@ def decode_chunk(data: bytes | memoryview, shape: tuple[int, ...], dtype: np.dty
         raise FormatError(f"shardzip chunk version {version} is not supported by this shardzip (reads {VERSION})")
     payload = view[_HEAD.size:]
     dtype = np.dtype(dtype).newbyteorder("<")
+    expected = int(np.prod(shape)) * dtype.itemsize
     if method == RAW:
         raw = bytes(payload)
     elif method == ZSTD:
-        try:
-            raw = bytes(_zstd().decode(bytes(payload)))
-        except RuntimeError as exc:
-            raise ChunkChecksumError(f"zstd chunk payload is damaged: {exc}") from exc
+        raw = _unzstd(bytes(payload), expected, "zstd chunk payload")
     elif method == MODEL:
-        from shardzip.models.codec import decompress
+        from shardzip.models.codec import decompress, read_header
 
         if model_loader is None or layout is None:
             raise FormatError("chunk was coded with a model, but no model is configured for this array")
+        pixels = sum(int(np.prod(s)) for s in read_header(bytes(payload))["shapes"])
+        if pixels != int(np.prod(shape)):
+            raise FormatError(f"model container holds {pixels} values, the chunk of shape {shape} has "
+                              f"{int(np.prod(shape))}")
         items = decompress(model_loader(), bytes(payload))
         images = torch.cat(items).numpy().astype(dtype)
         raw = from_images(images, layout).tobytes()
     elif method == MASKED:
         raw = _decode_masked(payload, tuple(shape), dtype, packing)
+    elif method == MASKED_MODEL:
+        if model_loader is None or layout is None:
+            raise FormatError("chunk was coded with a model, but no model is configured for this array")
+        raw = _decode_masked_model(payload, tuple(shape), dtype, layout, model_loader(), packing)
     elif method == PARTIAL:
-        (ndim,) = struct.unpack_from("<B", payload, 0)
+        if not allow_partial:
+            raise FormatError("an edge chunk holds another edge chunk: the bytes are damaged")
+        ndim = payload[0] if len(payload) else -1
+        if ndim != len(shape) or len(payload) < 1 + 4 * ndim:
+            raise FormatError(f"edge chunk header (ndim {ndim}) does not fit a {len(shape)}-d chunk or is truncated")
         valid = struct.unpack_from(f"<{ndim}I", payload, 1)
-        if ndim != len(shape) or any(v > s for v, s in zip(valid, shape, strict=True)):
+        if any(v > s for v, s in zip(valid, shape, strict=True)):
             raise FormatError(f"edge chunk of extent {valid} does not fit the chunk shape {tuple(shape)}")
-        inner = decode_chunk(payload[1 + 4 * ndim:], valid, dtype, layout, model_loader, packing)
+        inner = _decode(payload[1 + 4 * ndim:], valid, dtype, layout, model_loader, packing, False)
         raw = _full(inner.astype(dtype), tuple(shape)).tobytes()
     else:
         raise FormatError(f"unknown chunk method {method}")
     if zlib.crc32(raw) != crc:
         raise ChunkChecksumError(f"decoded chunk fails its CRC32 (method {METHODS.get(method)}): the stored bytes "
                                  "are damaged or were decoded under other numerics than they were coded with")
-    expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
         raise FormatError(f"decoded chunk holds {len(raw)} bytes, expected {expected} for shape {shape} {dtype}")
     return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)

@@ -145,9 +145,56 @@ def read_split(store: str | Path, name: str, kind: str) -> np.ndarray | dict[str
     if not path.exists():
         raise ImportDataError(f"zarr store {path} does not exist; build it with the catalog's importer command")
     root = zarr.open_group(str(path), mode="r")
-    if name not in root:
+    if name.split("@")[0] not in root:
         raise ImportDataError(f"{path} has no {name!r}; rebuild it with the catalog's importer command")
+    if kind == "rasters":
+        return read_rasters(root, name, path)
     if kind == "stack":
         return np.asarray(root[name][...])
     group = root[name]
     return {k: np.asarray(group[k][...]) for k in sorted(group.array_keys())}
+
+
+def read_rasters(root, name: str, path: Path) -> dict[str, np.ndarray]:
+    """A 'rasters' split: every array under group or array `name`, optionally a hold-out window
+    `name@rows=r0:r1` (rows) or `name@t=t0:t1` (frames of a sequence), as integer images with -1 where
+    values are missing, packed exactly as the compressed format packs them
+    (`shardzip.format.chunk.raster_symbols`): [C, H, W] per array, or [T, 1, H, W] for an array whose
+    `shardzip_layout` is TYX (a sequence). Arrays whose values are not exact integers within 16 bits are
+    left out."""
+    import zarr
+
+    from shardzip.format.chunk import Packing, raster_symbols
+
+    base, _, window = name.partition("@")
+    axis, _, span = window.partition("=")
+    if window and axis not in ("rows", "t"):
+        raise ImportDataError(f"split {name!r}: a window is @rows=a:b or @t=a:b")
+    cut = slice(*(int(v) if v else None for v in span.split(":"))) if window else slice(None)
+    node = root[base]
+    arrays = [(base, node)] if isinstance(node, zarr.Array) else [
+        (f"{base}/{p}", a) for p, a in sorted(_all_arrays(node))]
+    out = {}
+    for key, arr in arrays:
+        if arr.ndim not in (2, 3) or min(arr.shape[-2:]) < 16:
+            continue
+        sequence = str(arr.attrs.get("shardzip_layout", "")).upper() == "TYX"
+        data = np.asarray(arr[...])
+        data = data[cut] if axis == "t" else data[..., cut, :]
+        found = raster_symbols(data, Packing.from_attrs(dict(arr.attrs), arr.fill_value), 16)
+        if found is not None:
+            symbols = found[0]
+            out[key] = symbols[:, None] if sequence else (symbols[None] if symbols.ndim == 2 else symbols)
+    if not out:
+        raise ImportDataError(f"{path}: {name!r} holds no integer-packable rasters")
+    return out
+
+
+def _all_arrays(group, prefix: str = ""):
+    import zarr
+
+    for k, v in group.members():
+        if isinstance(v, zarr.Group):
+            yield from _all_arrays(v, f"{prefix}{k}/")
+        else:
+            yield f"{prefix}{k}", v

@@ -45,24 +45,29 @@ def _nc3_variables(path: Path):
             yield name, np.array(var.data), dict(var._attributes), list(var.dimensions)
 
 
-def import_netcdf(path: str | Path, store: str | Path) -> dict[str, tuple[int, ...]]:
-    import zarr
-
+def read_variables(path: str | Path) -> tuple[list[tuple[str, np.ndarray, dict, list[str]]], dict]:
+    """(name, values as stored, attributes, dimension names) of every variable, and the global attributes."""
     p = require_file(path, "netCDF file")
     with open(p, "rb") as fh:
         head = fh.read(8)
-    root = zarr.open_group(str(store), mode="w", zarr_format=3)
-    out, skipped = {}, []
     if head == HDF5_SIGNATURE:
         import h5py
 
         with h5py.File(p, "r") as f:
-            root.attrs.update({k: jsonable(v) for k, v in f.attrs.items()})
-            variables = list(_h5_variables(f))
-    elif head[:3] == b"CDF":
-        variables = list(_nc3_variables(p))
-    else:
-        raise ImportDataError(f"{p} is not a netCDF file (neither HDF5 nor CDF signature)")
+            return list(_h5_variables(f)), {k: jsonable(v) for k, v in f.attrs.items()}
+    if head[:3] == b"CDF":
+        return list(_nc3_variables(p)), {}
+    raise ImportDataError(f"{p} is not a netCDF file (neither HDF5 nor CDF signature)")
+
+
+def import_netcdf(path: str | Path, store: str | Path) -> dict[str, tuple[int, ...]]:
+    import zarr
+
+    p = require_file(path, "netCDF file")
+    variables, global_attrs = read_variables(p)
+    root = zarr.open_group(str(store), mode="w", zarr_format=3)
+    root.attrs.update(global_attrs)
+    out, skipped = {}, []
     for name, data, attrs, dims in variables:
         if data.dtype.kind not in "iufb":
             skipped.append(name)

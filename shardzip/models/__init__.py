@@ -1,7 +1,8 @@
 """Learned lossless models: one interface (`LosslessModel`), a registry by family name, checkpoints.
 
 Families: `idf` (integer discrete flow, coded directly), `bbans` (single-latent VAE, bits-back),
-`hilloc` (hierarchical fully convolutional ResNet VAE, bits-back layer by layer). Models never
+`hilloc` (hierarchical fully convolutional ResNet VAE, bits-back layer by layer), `msp` (coarse-to-fine
+raster model: 16-bit values, bands, no-data masks, conditioning on the previous frame). Models never
 import Dask or zarr.
 """
 
@@ -16,8 +17,9 @@ from shardzip.models.base import LosslessModel
 from shardzip.models.bbans import BBANSVAE
 from shardzip.models.hilloc import HiLLoC
 from shardzip.models.idf import IDF
+from shardzip.models.msp import MSP
 
-FAMILIES: dict[str, type[LosslessModel]] = {cls.family: cls for cls in (IDF, BBANSVAE, HiLLoC)}
+FAMILIES: dict[str, type[LosslessModel]] = {cls.family: cls for cls in (IDF, BBANSVAE, HiLLoC, MSP)}
 CHECKPOINT_FORMAT = 1
 
 

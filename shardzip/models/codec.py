@@ -103,6 +103,8 @@ def read_header(data: bytes) -> dict:
         pos += n
         lanes, words, count = _GEOM.unpack_from(view, pos)
         pos += _GEOM.size
+        if count > (len(view) - pos) // _DIMS.size:
+            raise MessageFormatError(f"model container header is truncated or damaged: {count} items declared")
         shapes = []
         for _ in range(count):
             c, h, w, b = _DIMS.unpack_from(view, pos)

@@ -58,10 +58,71 @@ def job_client(scheduler: str | None = None, workers: int | None = None) -> Iter
         cluster.close()
 
 
-def gpu_workers(client) -> int:
-    """Workers that advertise a GPU resource."""
-    info = client.scheduler_info(n_workers=-1)
-    return sum(1 for w in info["workers"].values() if w.get("resources", {}).get("GPU", 0) >= 1)
+AUTO = "auto"  # task resources chosen from what the workers offer (see `placement`)
+
+
+def parse_resources(text: str | None) -> dict[str, float] | str | None:
+    """`--resources` as given: "auto" (default), "none", or NAME=AMOUNT[,NAME=AMOUNT...] (e.g. GPU=1)."""
+    if text is None or text.strip().lower() == AUTO:
+        return AUTO
+    if text.strip().lower() == "none":
+        return None
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, amount = part.strip().partition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = -1.0
+        if not sep or not name or value <= 0:
+            raise ClusterError(f"--resources {text!r}: expected NAME=AMOUNT[,NAME=AMOUNT...] with AMOUNT > 0 "
+                               "(e.g. GPU=1), or auto, or none")
+        out[name] = int(value) if value.is_integer() else value
+    return out
+
+
+def format_resources(resources: dict | None) -> str:
+    return ",".join(f"{k}={v}" for k, v in resources.items()) if resources else "none"
+
+
+def cuda_devices() -> int:
+    """CUDA devices torch sees in this process (run on each worker by `placement`)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def placement(client, resources: dict | str | None = AUTO, device: str | None = None) -> tuple[dict | None, str]:
+    """Task resource requirements and the device kind of a job on the workers of `client`.
+
+    Resources only say where tasks may run; the device kind comes from what those workers have
+    (asked with `client.run`): CUDA when every one of them sees a CUDA device, else CPU. With
+    `resources="auto"`, tasks ask for {"GPU": 1} when some worker advertising a GPU resource
+    really has CUDA, and for nothing otherwise. `device` is the kind a store was coded with
+    (resume, verify, decompress): it is kept, and refused when those workers cannot run it.
+    """
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    cuda = client.run(cuda_devices)
+    if resources == AUTO:
+        gpu = [a for a, w in workers.items() if w.get("resources", {}).get("GPU", 0) >= 1 and cuda.get(a)]
+        resources = {"GPU": 1} if gpu else None
+    eligible = [a for a, w in workers.items()
+                if all(w.get("resources", {}).get(k, 0) >= v for k, v in (resources or {}).items())]
+    if not eligible:
+        offered = sorted({format_resources(w.get("resources")) for w in workers.values()}) or ["no workers"]
+        raise ClusterError(f"no worker offers the resources the tasks ask for ({format_resources(resources)}; the "
+                           f"workers offer: {'; '.join(offered)}): start workers with `dask worker ... --resources "
+                           "GPU=1` or pass --resources none")
+    has_cuda = all(cuda.get(a, 0) > 0 for a in eligible)
+    if device is None:
+        device = "cuda" if has_cuda else "cpu"
+    elif device == "cuda" and not has_cuda:
+        lacking = ", ".join(sorted(a for a in eligible if not cuda.get(a)))
+        raise ClusterError(f"the store was coded on CUDA devices and must be decoded on them, but workers {lacking} "
+                           "(which match --resources "
+                           f"{format_resources(resources)}) see no CUDA device: restrict the tasks to GPU workers "
+                           "with --resources GPU=1, or run on a cluster whose workers have CUDA")
+    return resources, device
 
 
 def n_workers(client) -> int:

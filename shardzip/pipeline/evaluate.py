@@ -121,7 +121,7 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
              storage_options: dict[str, Any] | None = None, progress: bool = True, catalog=None,
              command: list[str] | None = None, chunk_bytes: int | None = None) -> dict:
     """Coded bpd, NLL and baselines for every dataset x array x model: a report dict (schema v1)."""
-    from shardzip.pipeline.cluster import gpu_workers, job_client
+    from shardzip.pipeline.cluster import job_client, placement
     from shardzip.pipeline.jobs import _array_spec, _load_model, _Progress, _run_tasks
     from shardzip.pipeline.plan import CHUNK_BYTES
     from shardzip.workers.plugin import ModelPlugin
@@ -164,13 +164,12 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
                     h.update(f"{path}:{arr.shape}:{arr.dtype};".encode())
         checksums[shown] = h.hexdigest()[:16]
     with job_client(scheduler, workers) as client:
-        gpus = gpu_workers(client)
-        device = "cuda" if gpus else "cpu"
+        resources, device = placement(client)  # GPU=1 where workers with a GPU resource have CUDA
         client.register_plugin(ModelPlugin(preload=tuple(e.sha256 for _, e, _ in loaded.values()), device=device),
                                name="shardzip-models")
         bar = _Progress(len(specs), 0, progress, "eval")
         try:
-            recs = _run_tasks(client, eval_shard, specs, {"GPU": 1} if gpus else None, bar, "eval")
+            recs = _run_tasks(client, eval_shard, specs, resources, bar, "eval")
         finally:
             bar.close()
     by_key: dict[tuple, list[dict]] = {}

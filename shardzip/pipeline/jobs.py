@@ -33,6 +33,7 @@ from shardzip.format.store import (
     weights_key,
 )
 from shardzip.format.weights import numerics_profile
+from shardzip.pipeline.cluster import AUTO, format_resources
 from shardzip.pipeline.plan import (
     CHUNK_BYTES,
     SHARD_CHUNKS,
@@ -65,6 +66,19 @@ def _load_model(name: str, catalog=None):
         raise CatalogError(f"unknown model {name!r}; the catalog ships: {', '.join(sorted(cat.models))}")
     entry = cat.model(name)
     return load_catalog_model(name, cat), entry, cat.path(entry.checkpoint)
+
+
+SECRET_OPTION_WORDS = ("secret", "key", "token", "password", "credential", "session")
+
+
+def redact_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Storage options as they may be written into a store: secrets (keys, tokens, passwords) replaced."""
+    def hide(k: str, v: Any) -> Any:
+        if isinstance(v, dict):
+            return redact_options(v)
+        return "<redacted>" if any(w in str(k).lower() for w in SECRET_OPTION_WORDS) else v
+
+    return {k: hide(k, v) for k, v in (options or {}).items()}
 
 
 def _array_spec(plan: ArrayPlan, job: dict) -> dict:
@@ -118,6 +132,7 @@ class _Progress:
         self.bar = tqdm(total=total, initial=initial, unit="shard", desc=what, disable=not enabled,
                         file=sys.stderr, dynamic_ncols=True)
         self.t0, self.raw, self.bits, self.dims = time.perf_counter(), 0, 0, 0
+        self.done = initial
 
     def update(self, rec: dict) -> None:
         self.raw += rec.get("raw_bytes", 0)
@@ -128,6 +143,7 @@ class _Progress:
             post["bpd"] = f"{self.bits / self.dims:.3f}"
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
+        self.done += 1
 
     def close(self) -> None:
         self.bar.close()
@@ -187,9 +203,13 @@ def _summary(plans: list[ArrayPlan], records: list[dict]) -> dict[str, dict]:
 def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, workers: int | None = None,
              storage_options: dict[str, Any] | None = None, verify: bool = False, resume: bool = False,
              overwrite: bool = False, chunk_bytes: int = CHUNK_BYTES, shard_chunks: int = SHARD_CHUNKS,
-             zstd_level: int = ZSTD_LEVEL, progress: bool = True, catalog=None, log=print) -> dict:
-    """Compress every array of `src` into the shardzip store `dst` with catalog model `model`; the manifest."""
-    from shardzip.pipeline.cluster import gpu_workers, job_client, n_workers
+             zstd_level: int = ZSTD_LEVEL, progress: bool = True, catalog=None, log=print,
+             resources: dict[str, float] | str | None = AUTO) -> dict:
+    """Compress every array of `src` into the shardzip store `dst` with catalog model `model`; the manifest.
+
+    `resources`: what each task asks of a worker ("auto": {"GPU": 1} where workers with a GPU resource have
+    CUDA, else nothing; None: nothing; or a dict such as {"GPU": 1}); see `cluster.placement`."""
+    from shardzip.pipeline.cluster import job_client, placement
     from shardzip.workers.plugin import ModelPlugin
     from shardzip.workers.tasks import compress_shard
 
@@ -204,6 +224,8 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         raise DestinationError(f"destination {dst} is the source itself; choose another path")
     exists = not dloc.is_empty()
     job = dloc.read_json(JOB) if exists else None
+    if job is not None:  # the store keeps the options without their secrets: use this run's
+        job["storage_options"] = storage_options or {}
     if exists:
         if overwrite:
             dloc.remove()
@@ -231,10 +253,9 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         plans = [plan_array(p, a, lmodel, entry.sha256, chunk_bytes=chunk_bytes, shard_chunks=shard_chunks)
                  for p, a in arrays]
     with job_client(scheduler, workers) as client:
-        if n_workers(client) == 0:
-            client.wait_for_workers(1, timeout=60)
-        gpus = gpu_workers(client)
-        device = "cuda" if gpus else "cpu"
+        _wait_for_workers(client)
+        resources, device = placement(client, resources, job["profile"]["device"] if job else None)
+        log(f"tasks ask workers for resources {format_resources(resources)}; device {device}")
         if job is None:
             job = {"job_id": uuid.uuid4().hex[:12], "src": src_url, "dst": dst,
                    "storage_options": storage_options or {},
@@ -242,8 +263,8 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
                    "profile": numerics_profile(device), "zstd_level": zstd_level, "created": _now(),
                    "code_version": __version__, "plans": [p.as_dict() for p in plans],
                    "groups": source_groups(src_root)}
-            try:
-                dloc.write_json(JOB, job)  # first: whatever follows is recognisably part of an unfinished job
+            try:  # first: whatever follows is recognisably part of an unfinished job
+                dloc.write_json(JOB, {**job, "storage_options": redact_options(job["storage_options"])})
             except Exception as exc:  # noqa: BLE001 - permission, missing bucket, credentials: name the store
                 raise DestinationError(f"cannot write to destination {dst}: {type(exc).__name__}: {exc}; check the "
                                        "path or bucket and the credentials (--storage-option key=... secret=...)"
@@ -251,10 +272,7 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
             dloc.write_bytes(weights_key(entry.sha256), checkpoint.read_bytes())
             _create_layout(dloc, src_root, plans, job)
         else:
-            plans = [ArrayPlan.from_dict(p) for p in job["plans"]]
-            if job["profile"]["device"] != device:
-                raise DestinationError(f"{dst} was started on {job['profile']['device']} workers, this cluster "
-                                       f"offers {device}: the shards of one store share one device kind")
+            plans = [ArrayPlan.from_dict(p) for p in job["plans"]]  # on the device kind it was started with
         for p in plans:
             if p.model is None:
                 log(f"  {p.path or '/'}: {p.shape} {p.dtype} -> fallback codec zstd ({p.reason})")
@@ -276,7 +294,11 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         bar = _Progress(total, len(done), progress, "compress")
         t0 = time.perf_counter()
         try:
-            new = _run_tasks(client, compress_shard, specs, {"GPU": 1} if gpus else None, bar, "compress")
+            new = _run_tasks(client, compress_shard, specs, resources, bar, "compress")
+        except ShardzipError as exc:
+            raise type(exc)(f"{dst}: job {job['job_id']} stopped before its commit ({bar.done} of {total} shards "
+                            f"written; the store is incomplete): {exc}. Fix the cause, then run the same command "
+                            "with --resume: committed shards are kept") from exc
         finally:
             bar.close()
         elapsed = time.perf_counter() - t0
@@ -313,44 +335,60 @@ def _committed_specs(dloc: Location, manifest: dict, storage_options) -> list[di
     return specs
 
 
-def _resources(manifest: dict) -> dict | None:
-    return {"GPU": 1} if manifest["profile"]["device"] == "cuda" else None
+def _wait_for_workers(client, timeout: float = 60) -> None:
+    from shardzip.errors import ClusterError
+    from shardzip.pipeline.cluster import n_workers
+
+    if n_workers(client) == 0:
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError as exc:
+            raise ClusterError(f"the Dask scheduler has no workers after {timeout:.0f} s: start some with "
+                               "`dask worker SCHEDULER_ADDRESS`") from exc
 
 
 def _run_on_store(loc: Location, manifest: dict, fn, specs: list[dict], scheduler: str | None,
-                  workers: int | None, progress: bool, what: str) -> list[dict]:
-    """Run per-shard tasks `fn` that decode a committed store, on a cluster whose workers hold its model."""
-    from shardzip.pipeline.cluster import job_client
+                  workers: int | None, progress: bool, what: str,
+                  resources: dict[str, float] | str | None = AUTO) -> list[dict]:
+    """Run per-shard tasks `fn` that decode a committed store, on a cluster whose workers hold its model,
+    on the device kind the store was coded with."""
+    from shardzip.pipeline.cluster import job_client, placement
     from shardzip.workers.plugin import ModelPlugin
 
     sha = manifest["model"]["sha256"]
     fetch_weights(loc, sha)
     with job_client(scheduler, workers) as client:
-        client.register_plugin(ModelPlugin(preload=(sha,), device=manifest["profile"]["device"],
-                                           store=(loc.url, loc.options)), name="shardzip-models")
+        _wait_for_workers(client)
+        resources, device = placement(client, resources, manifest["profile"]["device"])
+        client.register_plugin(ModelPlugin(preload=(sha,), device=device, store=(loc.url, loc.options)),
+                               name="shardzip-models")
         bar = _Progress(len(specs), 0, progress, what)
         try:
-            return _run_tasks(client, fn, specs, _resources(manifest), bar, what)
+            return _run_tasks(client, fn, specs, resources, bar, what)
         finally:
             bar.close()
 
 
 def verify(dst: str, *, scheduler: str | None = None, workers: int | None = None,
-           storage_options: dict[str, Any] | None = None, progress: bool = True) -> dict:
-    """Decode every shard of a committed store and compare with the checksums taken from the source."""
+           storage_options: dict[str, Any] | None = None, progress: bool = True,
+           resources: dict[str, float] | str | None = AUTO) -> dict:
+    """Decode every shard of a committed store and compare with the checksums taken from the source.
+
+    "bad" lists the shards that do not: each with an "error" naming the array, the shard (its key) and,
+    where a chunk is damaged, the chunk by its index in the array's chunk grid."""
     from shardzip.workers.tasks import verify_shard
 
     dloc = Location(dst, storage_options)
     manifest = read_manifest(dloc)
     specs = _committed_specs(dloc, manifest, storage_options)
-    out = _run_on_store(dloc, manifest, verify_shard, specs, scheduler, workers, progress, "verify")
+    out = _run_on_store(dloc, manifest, verify_shard, specs, scheduler, workers, progress, "verify", resources)
     bad = [r for r in out if not r["ok"]]
     return {"shards": len(out), "bad": bad, "dims": sum(r["dims"] for r in out)}
 
 
 def decompress(src: str, out: str, *, scheduler: str | None = None, workers: int | None = None,
                storage_options: dict[str, Any] | None = None, overwrite: bool = False,
-               progress: bool = True) -> dict:
+               progress: bool = True, resources: dict[str, float] | str | None = AUTO) -> dict:
     """Write the arrays of compressed store `src` into a plain zarr v3 store `out` (zstd), verified."""
     import zarr
 
@@ -378,7 +416,8 @@ def decompress(src: str, out: str, *, scheduler: str | None = None, workers: int
     specs = [{**s, "out": out, "out_options": storage_options or {}}
              for s in _committed_specs(sloc, manifest, storage_options)]
     t0 = time.perf_counter()
-    recs = _run_on_store(sloc, manifest, decompress_shard, specs, scheduler, workers, progress, "decompress")
+    recs = _run_on_store(sloc, manifest, decompress_shard, specs, scheduler, workers, progress, "decompress",
+                         resources)
     root = zarr.open_group(store=store, mode="r+")
     attrs = dict(root.attrs["shardzip_decompressed"])
     attrs["status"] = "complete"
@@ -414,7 +453,7 @@ def format_summary(manifest: dict) -> str:
         cm = a["chunks_by_method"]
         lines.append(f"  {name:<24} {str(tuple(a['shape'])):<22} {a['dtype']:<6} {8 * a['coded_bytes'] / dims:>7.4f} "
                      f"{nll:>8} {8 * a['zstd_bytes'] / dims:>9.4f} {a['raw_bytes'] / max(1, a['coded_bytes']):>7.2f}"
-                     f"  {cm['model']}/{cm['zstd']}/{cm['raw']}/{cm.get('masked', 0)}"
+                     f"  {cm['model'] + cm.get('masked-model', 0)}/{cm['zstd']}/{cm['raw']}/{cm.get('masked', 0)}"
                      + ("" if a.get("model") else f"  (fallback: {a.get('reason')})"))
         tot["bits"] += 8 * a["coded_bytes"]
         tot["dims"] += a["dims"]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from shardzip.errors import SourceError
-from shardzip.format.chunk import Packing, model_fits
+from shardzip.format.chunk import Packing, masked_model, model_fits
 from shardzip.format.layout import canonical, channels_of, infer_layout
 from shardzip.format.store import Location, is_local, local_path
 
@@ -136,7 +136,13 @@ def plan_array(path: str, arr, model, model_sha: str | None, layout: str | None 
     shape, dtype = tuple(arr.shape), np.dtype(arr.dtype)
     attrs = {k: v for k, v in dict(arr.attrs).items() if k != "_ARRAY_DIMENSIONS"}
     layout = layout or attrs.get("shardzip_layout") or attrs.get("layout")
-    inferred = layout or (infer_layout(shape) if dtype.kind == "u" else None)
+    rasters = model is not None and masked_model(model)  # codes any numeric dtype, with missing values
+    if layout:
+        inferred = layout
+    elif rasters and dtype.kind in "uif":
+        inferred = infer_layout(shape, model.channels if model.channels > 1 else None)
+    else:
+        inferred = infer_layout(shape) if dtype.kind == "u" else None
     use_model, reason = None, None
     if model is None:
         reason = "no model given"
@@ -159,6 +165,15 @@ def plan_array(path: str, arr, model, model_sha: str | None, layout: str | None 
         chunks = tuple(n if i == n_axis else max(1, s) for i, s in enumerate(shape))
         k = max(1, min(shard_chunks, math.ceil(math.ceil(shape[n_axis] / n) / 4)))  # >= 4 shards where possible
         shards = tuple(min(n * k, math.ceil(shape[i] / n) * n) if i == n_axis else c for i, c in enumerate(chunks))
+    elif inferred is not None and math.prod(shape) * dtype.itemsize > 4 * chunk_bytes:
+        # One large raster (no item axis): square-ish spatial tiles of ~chunk_bytes, 2 x 4 tiles per shard.
+        lay = canonical(inferred)
+        h_axis, w_axis = lay.index("H"), lay.index("W")
+        per_pixel = dtype.itemsize * (shape[lay.index("C")] if "C" in lay else 1)
+        side = max(64, int(math.sqrt(chunk_bytes / per_pixel)) // 64 * 64)
+        chunks = tuple(min(side, s) if i in (h_axis, w_axis) else max(1, s) for i, s in enumerate(shape))
+        shards = tuple(min(c * (2 if i == h_axis else 4), math.ceil(shape[i] / c) * c) if i in (h_axis, w_axis) else c
+                       for i, c in enumerate(chunks))
     elif inferred is not None:
         chunks = shards = tuple(max(1, s) for s in shape)
     else:
@@ -168,6 +183,6 @@ def plan_array(path: str, arr, model, model_sha: str | None, layout: str | None 
                        for i, (c, s) in enumerate(zip(chunks, shape, strict=True)))
     fill = arr.fill_value
     fill = fill.item() if hasattr(fill, "item") else fill
-    packing = Packing.from_attrs(attrs, fill).as_dict() if dtype.kind == "f" else None
+    packing = Packing.from_attrs(attrs, fill).as_dict() if dtype.kind == "f" or (rasters and use_model) else None
     return ArrayPlan(path, shape, dtype.str, chunks, shards, inferred, use_model, reason, fill, attrs,
                      _dimension_names(arr, path, inferred), packing)

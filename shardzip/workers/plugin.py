@@ -1,7 +1,8 @@
 """`ModelPlugin`: a Dask WorkerPlugin that holds each model once per worker, by sha256.
 
-On setup it takes the job's device kind (the client chooses CUDA only when it sends the tasks to
-workers that advertise a `GPU` resource: one device kind per job, as decoding must repeat it),
+On setup it takes the job's device kind (the client chooses CUDA only when every worker its tasks
+may run on sees a CUDA device, `pipeline.cluster.placement`: one device kind per job, as decoding
+must repeat it),
 limits torch's threads to the worker's share of the cores, and preloads the job's models, so
 tasks find them loaded instead of reading weights per task.
 """

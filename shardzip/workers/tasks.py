@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from shardzip.errors import ChunkChecksumError, FormatError
+from shardzip.errors import ChunkChecksumError, CodingError, FormatError, ShardzipError
 from shardzip.format import shard as shardfmt
 from shardzip.format.chunk import METHODS, Packing, decode_chunk, encode_chunk
 from shardzip.format.store import Location, record_key
@@ -122,12 +122,19 @@ def compress_shard(spec: dict) -> dict:
 
 
 def decode_shard(blob: bytes, spec: dict, shape: tuple[int, ...], index: tuple[int, ...]) -> np.ndarray:
-    """The source values of shard `index`, decoded from its bytes (checks every chunk's CRC32)."""
+    """The source values of shard `index`, decoded from its bytes (checks every chunk's CRC32).
+
+    Errors name the array, the shard (index and store key) and a damaged chunk by its index in the
+    array's chunk grid (and its place in the shard)."""
     from shardzip.workers.plugin import worker_model
 
     chunk = tuple(spec["chunks"])
     per_shard = tuple(s // c for s, c in zip(spec["shards"], chunk, strict=True))
-    parts = shardfmt.unpack_shard(blob, int(np.prod(per_shard)))
+    where = f"array {spec['array'] or '/'} shard {index} (key {shardfmt.shard_key(spec['array'], index)})"
+    try:
+        parts = shardfmt.unpack_shard(blob, int(np.prod(per_shard)))
+    except ShardzipError as exc:
+        raise type(exc)(f"{where}: {exc}") from exc
     reg = shardfmt.region(index, tuple(spec["shards"]), shape)
     out = np.empty(tuple(s.stop - s.start for s in reg), dtype=np.dtype(spec["dtype"]))
     loader = (lambda: worker_model(spec["model"])[0]) if spec["model"] else None
@@ -135,13 +142,14 @@ def decode_shard(blob: bytes, spec: dict, shape: tuple[int, ...], index: tuple[i
         start = tuple(r.start + i * c for r, i, c in zip(reg, idx, chunk, strict=True))
         if any(st >= s for st, s in zip(start, shape, strict=True)):
             continue
+        grid_index = tuple(i * n + j for i, n, j in zip(index, per_shard, idx, strict=True))
         if part is None:
-            raise FormatError(f"array {spec['array'] or '/'} shard {index}: inner chunk {idx} is missing")
+            raise FormatError(f"{where}: chunk {grid_index} (inner chunk {idx} of the shard) is missing")
         try:
             block = decode_chunk(part, chunk, np.dtype(spec["dtype"]), spec["layout"], loader,
                                  Packing(**spec["packing"]) if spec.get("packing") else None)
-        except ChunkChecksumError as exc:
-            raise ChunkChecksumError(f"array {spec['array'] or '/'} shard {index} chunk {idx}: {exc}") from exc
+        except ShardzipError as exc:
+            raise type(exc)(f"{where}: chunk {grid_index} (inner chunk {idx} of the shard): {exc}") from exc
         local = tuple(slice(st - r.start, min(st + c, s) - r.start) for st, r, c, s in zip(start, reg, chunk, shape,
                                                                                           strict=True))
         out[local] = block[tuple(slice(0, sl.stop - sl.start) for sl in local)]
@@ -149,14 +157,26 @@ def decode_shard(blob: bytes, spec: dict, shape: tuple[int, ...], index: tuple[i
 
 
 def verify_shard(spec: dict) -> dict:
-    """Decode one committed shard and compare its CRC32 with the record written at compression."""
+    """Decode one committed shard and compare its CRC32 with the record written at compression.
+
+    A shard that is missing, damaged or decodes to other values is reported (`ok` false, `error` naming
+    array, shard and chunk), not raised: verify lists every bad shard."""
     t0 = time.perf_counter()
     shape, index = tuple(spec["shape"]), tuple(spec["shard"])
     dst = _location(spec["dst"], _freeze(spec["dst_options"]))
-    data = decode_shard(dst.read_bytes(shardfmt.shard_key(spec["array"], index)), spec, shape, index)
-    ok = region_crc(data) == spec["crc32"]
-    return {"array": spec["array"], "shard": list(index), "ok": ok, "dims": int(data.size),
-            "raw_bytes": int(data.nbytes), "seconds": time.perf_counter() - t0, "worker": _worker_name()}
+    key = shardfmt.shard_key(spec["array"], index)
+    error, dims, raw_bytes = None, 0, 0
+    try:
+        data = decode_shard(dst.read_bytes(key), spec, shape, index)
+    except (FormatError, CodingError) as exc:  # damaged or missing bytes; I/O, cluster, numerics: raised
+        error = str(exc)
+    else:
+        dims, raw_bytes = int(data.size), int(data.nbytes)
+        if region_crc(data) != spec["crc32"]:
+            error = (f"array {spec['array'] or '/'} shard {index} (key {key}): decodes to values whose CRC32 differs "
+                     "from the source's in the manifest")
+    return {"array": spec["array"], "shard": list(index), "key": key, "ok": error is None, "error": error,
+            "dims": dims, "raw_bytes": raw_bytes, "seconds": time.perf_counter() - t0, "worker": _worker_name()}
 
 
 def decompress_shard(spec: dict) -> dict:
