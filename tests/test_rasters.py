@@ -218,8 +218,10 @@ def test_radar_sequence_importer_keeps_every_stored_value(sweeps):
             assert np.array_equal(seq[...], stored[index])
             assert seq.attrs["shardzip_layout"] == "TYX"
             assert seq.attrs["scale_factor"] == pytest.approx(float(f.variables[name].scale_factor))
-    # every frame's rows come from its own sweep
+    # every frame's rows come from its own sweep, each ray at most once, in azimuth order
     assert all(((index[t] >= starts[t]) & (index[t] <= ends[t])).all() for t in range(len(starts)))
+    assert all(len(np.unique(row)) == len(row) for row in index)
+    assert (np.diff(g["azimuth"][...], axis=1) >= 0).all()
 
 
 def test_raster_splits_take_hold_out_windows(sweeps, landsat, tmp_path):
@@ -233,3 +235,20 @@ def test_raster_splits_take_hold_out_windows(sweeps, landsat, tmp_path):
     assert train["moments/snr"].shape == (20, 1, 184, 71) and test["moments/snr"].shape == (11, 1, 184, 71)
     with pytest.raises(ImportDataError, match="window"):
         read_rasters(root, "moments@cols=0:3", sweeps)
+
+
+def test_large_rasters_are_tiled_and_edge_tiles_code_only_their_values(landsat):
+    from shardzip.format.chunk import PARTIAL
+    from shardzip.models import load_catalog_model
+    from shardzip.pipeline.plan import plan_array
+
+    model = load_catalog_model("msp-landsat")
+    plan = plan_array("landsat_multiband", landsat, model, "sha", chunk_bytes=1 << 18)
+    assert plan.layout == "CHW" and plan.model == "sha"
+    assert plan.chunks == (5, 128, 128) and plan.shards == (5, 256, 489 // 128 * 128 + 128)
+    assert plan.packing["fill"] == -99999.0
+    edge = landsat[:, 384:443, 384:489]  # the bottom-right tile: 59 x 105 valid of 128 x 128
+    out, stats = encode_chunk(edge, model, "CHW", packing=_packing(landsat), full_shape=(5, 128, 128))
+    assert out[3] == PARTIAL and stats.method == "masked-model"
+    back = decode_chunk(out, (5, 128, 128), edge.dtype, "CHW", lambda: model, _packing(landsat))
+    assert back[:, :59, :105].tobytes() == edge.tobytes()

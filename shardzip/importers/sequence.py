@@ -1,13 +1,13 @@
 """Radar sweep sequences: a CF/Radial file of repeated sector scans -> one (T, Y, X) array per moment.
 
 A raster or sector-scanning radar sweeps the same sector again and again; each sweep is one frame.
-Sweeps hold different numbers of rays (and alternate direction), so frames are put on a common
-azimuth grid: `rays` azimuths spaced evenly over the sector all sweeps cover, each taking the
-stored values of the sweep's ray nearest in azimuth (no interpolation: every value in the output
-is a value the radar stored). The stored integers stay packed (`scale_factor`, `add_offset`,
+Sweeps hold different numbers of rays (and alternate direction), so every frame takes `rays` of its
+sweep's rays: the sweep's rays in azimuth order, at evenly spaced ranks (row i of every frame is at
+the same relative position across the sector; no ray is used twice, none is interpolated: every
+value in the output is one the radar stored). The stored integers stay packed (`scale_factor`, `add_offset`,
 `_FillValue` kept) in group `moments`; each array gets `shardzip_layout: TYX` so shardzip codes it as
-a sequence, and the grid and the source ray of every (frame, row) are kept (`ray_index`, at the
-root), so the mapping back to the file's rays is exact.
+a sequence; the source ray of every (frame, row) (`ray_index`) and its azimuth are kept at the root,
+so the mapping back to the file's rays is exact.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shardzip.importers.common import ImportDataError, jsonable, require_file, write_array
+from shardzip.importers.common import ImportDataError, require_file, write_array
 from shardzip.importers.netcdf import read_variables
 
 
@@ -39,19 +39,20 @@ def import_radar_sequence(path: str | Path, store: str | Path, rays: int | None 
     starts, ends = var["sweep_start_ray_index"][0].astype(int), var["sweep_end_ray_index"][0].astype(int)
     if len(starts) < 2:
         raise ImportDataError(f"{src}: {len(starts)} sweep(s); a sequence needs at least 2")
-    lo = max(float(az[s:e + 1].min()) for s, e in zip(starts, ends, strict=True))
-    hi = min(float(az[s:e + 1].max()) for s, e in zip(starts, ends, strict=True))
     n = rays or min(int(e - s + 1) for s, e in zip(starts, ends, strict=True))
-    grid = np.linspace(lo, hi, n)
-    index = np.stack([s + np.abs(az[s:e + 1][None, :] - grid[:, None]).argmin(1)
-                      for s, e in zip(starts, ends, strict=True)])  # [T, rays]: source ray per frame and row
+    index = []
+    for s, e in zip(starts, ends, strict=True):
+        order = s + np.argsort(az[s:e + 1], kind="stable")
+        index.append(order[np.round(np.linspace(0, e - s, n)).astype(int)])
+    index = np.stack(index)  # [T, rays]: the source ray of each (frame, row), distinct within a frame
     n_rays = az.shape[0]
     root = zarr.open_group(str(store), mode="a")
     root.attrs.update({"source": src.name, "kind": "radar sweep sequence",
-                       "azimuth_grid": jsonable(grid), "description": __doc__.split("\n\n")[1].replace("\n", " ")})
+                       "description": __doc__.split("\n\n")[1].replace("\n", " ")})
     write_array(root, "ray_index", index.astype(np.int32), {"long_name": "source ray of each (sweep, row)"},
                 ["sweep", "ray"])
-    out = {"ray_index": index.shape}
+    write_array(root, "azimuth", az[index].astype(var["azimuth"][0].dtype), dict(var["azimuth"][1]), ["sweep", "ray"])
+    out = {"ray_index": index.shape, "azimuth": index.shape}
     moments = root.require_group("moments")
     for name, (data, attrs, dims) in sorted(var.items()):
         if data.ndim != 2 or data.shape[0] != n_rays or data.dtype.kind not in "iuf" or dims[0] != "time":

@@ -170,7 +170,7 @@ def plan_array(path: str, arr, model, model_sha: str | None, layout: str | None 
         lay = canonical(inferred)
         h_axis, w_axis = lay.index("H"), lay.index("W")
         per_pixel = dtype.itemsize * (shape[lay.index("C")] if "C" in lay else 1)
-        side = max(64, int(math.sqrt(chunk_bytes / per_pixel)) // 64 * 64)
+        side = max(128, int(math.sqrt(chunk_bytes / per_pixel)) // 64 * 64)  # small tiles pay headers, lanes
         chunks = tuple(min(side, s) if i in (h_axis, w_axis) else max(1, s) for i, s in enumerate(shape))
         shards = tuple(min(c * (2 if i == h_axis else 4), math.ceil(shape[i] / c) * c) if i in (h_axis, w_axis) else c
                        for i, c in enumerate(chunks))
