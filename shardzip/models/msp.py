@@ -40,11 +40,7 @@ from shardzip.models.layers import ConvNet
 MISSING = -1
 MAX_LOG_SCALE_SYMBOLS = 12.0
 
-# Interpolation kernels over the known neighbours (zero padding; divided by the valid count).
-_DIAG = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0, 1.0]])      # phase A from P00: (i..i+1, j..j+1)
-
-
-def _masked_mean(values: torch.Tensor, valid: torch.Tensor, kernels: list[tuple[torch.Tensor, torch.Tensor]]):
+def _masked_mean(values: list[torch.Tensor], valid: list[torch.Tensor], kernels: list[torch.Tensor]) -> torch.Tensor:
     """sum_k conv(values_k * valid_k) / sum_k conv(valid_k): per-channel interpolation of the valid neighbours."""
     num = den = 0
     c = values[0].shape[1]
@@ -59,6 +55,9 @@ def _k(rows: list[list[float]]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32)
 
 
+# Interpolation kernels over the known neighbours (zero padding; divided by the valid count).
+# Phase A: the block centre P11 at (2i+1, 2j+1) sees P00 (i, j), (i, j+1), (i+1, j), (i+1, j+1).
+_DIAG = _k([[0, 0, 0], [0, 1, 1], [0, 1, 1]])
 # Phase B targets: P01 at (2i, 2j+1) sees P00 (i, j), (i, j+1) and P11 (i-1, j), (i, j);
 # P10 at (2i+1, 2j) sees P00 (i, j), (i+1, j) and P11 (i, j-1), (i, j). (conv2d is a correlation.)
 _B01_FROM_00 = _k([[0, 0, 0], [0, 1, 1], [0, 0, 0]])
