@@ -252,3 +252,37 @@ def test_large_rasters_are_tiled_and_edge_tiles_code_only_their_values(landsat):
     assert out[3] == PARTIAL and stats.method == "masked-model"
     back = decode_chunk(out, (5, 128, 128), edge.dtype, "CHW", lambda: model, _packing(landsat))
     assert back[:, :59, :105].tobytes() == edge.tobytes()
+
+
+@pytest.mark.parametrize("family,bits", [("idf", 12), ("idf", 16), ("hilloc", 16)])
+def test_idf_and_hilloc_code_wide_multiband_rasters(family, bits, radar):
+    """The image families take C bands of up to 16 bits too (their inputs and priors scale with the range):
+    two real radar moments (0.01-quantized reflectivity and velocity, no-echo set to 0) as one 2-band image."""
+    hp = dict(channels=2, data_bits=bits)
+    if family == "idf":
+        hp.update(levels=2, couplings=1, hidden=8, blocks=1, mixtures=2, top_splits=1)
+    else:
+        hp.update(hidden=8, blocks=1, z1=2, z2=2, mixtures=2, tile=64)
+    torch.manual_seed(0)
+    model = build_model(family, hp).eval()
+    bands = []
+    for name in ("DBZH", "VRADH"):
+        arr = radar[f"sweep1/{name}"]
+        s = raster_symbols(arr[140:180, 0:56], _packing(arr), 16)[0]
+        bands.append(np.where(s < 0, 0, s) >> max(0, 13 - bits))  # 13-bit moments; 12-bit: the top 12 bits
+    x = torch.from_numpy(np.stack(bands))[None]
+    assert int(x.max()) >= 256  # really wider than 8 bits
+    blob = compress(model, x, batch=1)
+    assert torch.equal(torch.cat(decompress(model, blob)), x)
+
+
+def test_uint16_rasters_plan_onto_a_16_bit_image_model(tmp_path):
+    from shardzip.pipeline.plan import plan_array
+
+    arr = zarr.open_array(str(tmp_path / "u16.zarr"), mode="w", shape=(2, 64, 80), dtype="uint16", chunks=(2, 64, 80))
+    model = build_model("idf", dict(channels=2, data_bits=16, levels=1, couplings=1, hidden=4, blocks=1))
+    plan = plan_array("", arr, model, "sha")
+    assert plan.model == "sha" and plan.layout == "CHW"
+    eight = build_model("idf", dict(channels=2, data_bits=8, levels=1, couplings=1, hidden=4, blocks=1))
+    refused = plan_array("", arr, eight, "sha")  # an 8-bit model: the fallback, with the reason
+    assert refused.model is None and "8-bit" in refused.reason and "uint16" in refused.reason

@@ -80,7 +80,7 @@ class HiLLoC(LosslessModel):
 
     # ---------------------------------------------------------------- networks
     def bottom_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f1 = self.up1(x.float() / 127.5 - 1.0)
+        f1 = self.up1(x.float() / ((self.K - 1) / 2) - 1.0)  # 8-bit: / 127.5
         return f1, self.up2(f1)
 
     @staticmethod

@@ -24,11 +24,14 @@ padding is coded with the image and cropped on decode (`shardzip.models.base.pad
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from shardzip.coding import Message
+from shardzip.coding.models import MAX_ALPHABET
 from shardzip.models.base import (
     LosslessModel,
     mixture_coder,
@@ -47,8 +50,9 @@ class Coupling(nn.Module):
     """Permute channels, add round(t(first part)) to the second part, permute back (IDF++)."""
 
     def __init__(self, channels: int, hidden: int, blocks: int, seed: int, translation_scale: float,
-                 norm: str = "group") -> None:
+                 norm: str = "group", half: float = 128.0) -> None:
         super().__init__()
+        self.half = half  # half the data range: inputs scaled to about [-1, 1]
         gen = torch.Generator().manual_seed(seed)
         perm = torch.randperm(channels, generator=gen)
         self.register_buffer("perm", perm, persistent=False)
@@ -59,7 +63,7 @@ class Coupling(nn.Module):
         self.translation_scale = translation_scale
 
     def translation(self, cond: torch.Tensor) -> torch.Tensor:
-        return round_ste(self.rezero * self.translation_scale * self.net(cond / 128.0 - 1.0))
+        return round_ste(self.rezero * self.translation_scale * self.net(cond / self.half - 1.0))
 
     def forward(self, h: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         p = h[:, self.perm]
@@ -73,9 +77,10 @@ class SplitPrior(nn.Module):
     """p(z | y): a mixture of discretized logistics per element of z, parameters from a conv net on y."""
 
     def __init__(self, c_cond: int, c_out: int, hidden: int, blocks: int, mixtures: int, offset: int,
-                 norm: str = "group") -> None:
+                 norm: str = "group", half: float = 128.0) -> None:
         super().__init__()
-        self.c_out, self.mixtures, self.offset = c_out, mixtures, offset
+        self.c_out, self.mixtures, self.offset, self.half = c_out, mixtures, offset, half
+        self.gain = MEAN_GAIN * half / 128.0  # mean steps per unit of network output grow with the data range
         self.net = ConvNet(c_cond, c_out * mixtures * 3, hidden, blocks, norm=norm)
         # A linear path from the conditioning values, initialised so that every component's mean starts at
         # the average of the conditioning channels at the same position: a sensible predictor from step 0.
@@ -83,20 +88,22 @@ class SplitPrior(nn.Module):
         with torch.no_grad():
             self.skip.weight.zero_()
             self.skip.bias.zero_()
-            self.skip.weight[: c_out * mixtures, :, 1, 1] = 128.0 / MEAN_GAIN / c_cond  # mean rows: the average
+            self.skip.weight[: c_out * mixtures, :, 1, 1] = half / self.gain / c_cond  # mean rows: the average
 
     def params(self, y: torch.Tensor):
-        y = y / 128.0 - 1.0
+        y = y / self.half - 1.0
         raw = self.net(y) + self.skip(y)
-        return mixture_params(raw, self.c_out, self.mixtures, 128.0 + self.offset, MEAN_GAIN, 1.5, spread=0.4)
+        return mixture_params(raw, self.c_out, self.mixtures, self.half + self.offset, self.gain,
+                              1.5 + math.log(self.half / 128.0), spread=0.4)
 
 
 class TopPrior(nn.Module):
     """p(z): a mixture per channel whose parameters depend on pixel coordinates only, or on nothing."""
 
-    def __init__(self, c_out: int, hidden: int, mixtures: int, offset: int, use_coords: bool = True) -> None:
+    def __init__(self, c_out: int, hidden: int, mixtures: int, offset: int, use_coords: bool = True,
+                 half: float = 128.0) -> None:
         super().__init__()
-        self.c_out, self.mixtures, self.offset, self.use_coords = c_out, mixtures, offset, use_coords
+        self.c_out, self.mixtures, self.offset, self.use_coords, self.half = c_out, mixtures, offset, use_coords, half
         self.net = nn.Sequential(nn.Conv2d(2, hidden, 1), nn.SiLU(), nn.Conv2d(hidden, hidden, 1), nn.SiLU(),
                                  nn.Conv2d(hidden, c_out * mixtures * 3, 1))
         nn.init.zeros_(self.net[-1].weight)
@@ -105,7 +112,8 @@ class TopPrior(nn.Module):
     def params(self, b: int, h: int, w: int, device: torch.device):
         grid = coordinates(b, h, w, device)
         raw = self.net(grid if self.use_coords else torch.zeros_like(grid))
-        return mixture_params(raw, self.c_out, self.mixtures, 127.5 + self.offset, 64.0, 3.5)
+        return mixture_params(raw, self.c_out, self.mixtures, self.half - 0.5 + self.offset, self.half / 2,
+                              3.5 + math.log(self.half / 128.0))
 
 
 class IDF(LosslessModel):
@@ -115,17 +123,24 @@ class IDF(LosslessModel):
 
     def __init__(self, channels: int = 1, data_bits: int = 8, levels: int = 2, couplings: int = 4,
                  hidden: int = 64, blocks: int = 2, prior_hidden: int | None = None, prior_blocks: int | None = None,
-                 mixtures: int = 5, top_splits: int = 2, latent_offset: int = 512, latent_alphabet: int = 1536,
-                 translation_scale: float = 16.0, seed: int = 0, norm: str = "group",
-                 top_prior: str = "coords") -> None:
+                 mixtures: int = 5, top_splits: int = 2, latent_offset: int | None = None,
+                 latent_alphabet: int | None = None, translation_scale: float | None = None, seed: int = 0,
+                 norm: str = "group", top_prior: str = "coords") -> None:
+        if not 1 <= data_bits <= 16:
+            raise ValueError("idf models code 1- to 16-bit data")
+        half = float(1 << (data_bits - 1))
+        # Latents leave the data range by what the couplings add: 8-bit data gets [-512, 1023] (alphabet 1536);
+        # wider data gets 12 x half the range, capped by the coder's 2**16 symbols (16-bit data: no margin).
+        latent_alphabet = latent_alphabet or min(MAX_ALPHABET, 12 * int(half))
+        latent_offset = latent_offset if latent_offset is not None else min(
+            4 * int(half), (latent_alphabet - (1 << data_bits)) // 2)
+        translation_scale = translation_scale or 16.0 * half / 128.0
         super().__init__(channels=channels, data_bits=data_bits, levels=levels, couplings=couplings, hidden=hidden,
                          blocks=blocks, prior_hidden=prior_hidden, prior_blocks=prior_blocks, mixtures=mixtures,
                          top_splits=top_splits, latent_offset=latent_offset, latent_alphabet=latent_alphabet,
                          translation_scale=translation_scale, seed=seed, norm=norm, top_prior=top_prior)
         if top_prior not in ("coords", "const"):
             raise ValueError(f"top_prior must be 'coords' or 'const', got {top_prior!r}")
-        if data_bits != 8:
-            raise ValueError("idf models 8-bit data (latent alphabet sized for it)")
         ph, pb = prior_hidden or hidden, prior_blocks if prior_blocks is not None else blocks
         self.levels, self.offset, self.K = levels, latent_offset, latent_alphabet
         self.flows = nn.ModuleList()
@@ -134,16 +149,16 @@ class IDF(LosslessModel):
         for level in range(levels):
             c *= 4
             self.flows.append(nn.ModuleList(
-                Coupling(c, hidden, blocks, seed * 1000 + level * 100 + i, translation_scale, norm)
+                Coupling(c, hidden, blocks, seed * 1000 + level * 100 + i, translation_scale, norm, half)
                 for i in range(couplings)))
             splits = 1 if level < levels - 1 else top_splits
             for _ in range(splits):
                 if c < 2:
                     break
                 z = c // 2
-                self.priors.append(SplitPrior(c - z, z, ph, pb, mixtures, latent_offset, norm))
+                self.priors.append(SplitPrior(c - z, z, ph, pb, mixtures, latent_offset, norm, half))
                 c -= z
-        self.top = TopPrior(c, ph, mixtures, latent_offset, use_coords=top_prior == "coords")
+        self.top = TopPrior(c, ph, mixtures, latent_offset, use_coords=top_prior == "coords", half=half)
         self.top_channels = c
 
     # ------------------------------------------------------------------ analysis (x -> latents)

@@ -141,8 +141,9 @@ def plan_array(path: str, arr, model, model_sha: str | None, layout: str | None 
         inferred = layout
     elif rasters and dtype.kind in "uif":
         inferred = infer_layout(shape, model.channels if model.channels > 1 else None)
-    else:
-        inferred = infer_layout(shape) if dtype.kind == "u" else None
+    else:  # a model with an unusual channel count (2, 5, ...) says which axis holds the channels
+        hint = model.channels if model is not None and model.channels not in (1, 3, 4) else None
+        inferred = infer_layout(shape, hint) if dtype.kind == "u" else None
     use_model, reason = None, None
     if model is None:
         reason = "no model given"
