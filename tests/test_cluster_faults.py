@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import free_port, start_moto_s3
 
 from shardzip.cli import main
 from shardzip.errors import ShardzipError
@@ -41,12 +42,6 @@ BUCKET = "shardzip-faults"
 SHARDS = 8 + 1  # 4 images per chunk, 2 chunks per shard: 8 image shards, and one for the labels
 LAYOUT = ["--chunk-bytes", str(4 * 784), "--shard-chunks", "2"]
 DASK = Path(sys.executable).with_name("dask")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(condition, timeout: float, what: str, interval: float = 0.05) -> None:
@@ -145,18 +140,12 @@ class S3:
 
 @pytest.fixture(scope="module")
 def s3():
-    moto_server = pytest.importorskip("moto.server")
-    s3fs = pytest.importorskip("s3fs")
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    import s3fs
+
+    server, port = start_moto_s3(BUCKET)
     creds = {"key": "testing", "secret": "testing", "client_kwargs": {"region_name": "us-east-1"}}
     fs = s3fs.S3FileSystem(endpoint_url=f"http://127.0.0.1:{port}", skip_instance_cache=True,
                            use_listings_cache=False, **creds)
-    import boto3
-
-    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="testing",
-                 aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket=BUCKET)
     proxy = TcpProxy(port)
     # botocore retries a refused connection 4 times with exponential backoff by default (s3fs adds its own
     # retries for other errors): 2 attempts and short timeouts make a store that is gone fail in seconds.

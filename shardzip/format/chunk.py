@@ -122,23 +122,43 @@ class Packing:
         return asdict(self)
 
 
-def _encode_masked(chunk: np.ndarray, packing: Packing, zstd_level: int) -> bytes | None:
-    """Method 3's payload for a float chunk, or None when it does not apply."""
-    v = np.ascontiguousarray(chunk).astype(chunk.dtype.newbyteorder("<"))
+def _float_missing_kinds(v: np.ndarray, packing: Packing) -> np.ndarray | None:
+    """Per value of a little-endian float chunk: 0 a value, 1 the fill value, 2 NaN; None when a NaN
+    carries a payload (those keep every bit, via zstd of the raw bytes)."""
     nan = np.isnan(v)
     if nan.any() and not np.array_equal(v[nan].view(f"u{v.itemsize}"),
                                         np.full(int(nan.sum()), np.nan, v.dtype).view(f"u{v.itemsize}")):
-        return None  # NaNs with payloads: keep every bit, via zstd of the raw bytes
-    mask = nan.astype(np.uint8) * 2
+        return None
+    kinds = nan.astype(np.uint8) * 2
     if packing.fill is not None:
-        mask[v == v.dtype.type(packing.fill)] = 1
+        kinds[v == v.dtype.type(packing.fill)] = 1
+    return kinds
+
+
+def _exact_ints(values: np.ndarray, step: float, offset: float, limit: float = 2**40) -> np.ndarray | None:
+    """Integers q (|q| < limit) with (q * step + offset) cast to the values' dtype == values, bit for bit;
+    else None."""
+    if values.size == 0:
+        return np.zeros(0, np.int64)
+    q = np.round((values.astype(np.float64) - offset) / step)
+    if not np.isfinite(q).all() or np.abs(q).max() >= limit:
+        return None
+    back = (q * step + offset).astype(values.dtype)
+    width = f"u{values.itemsize}"
+    return q.astype(np.int64) if np.array_equal(back.view(width), values.view(width)) else None
+
+
+def _encode_masked(chunk: np.ndarray, packing: Packing, zstd_level: int) -> bytes | None:
+    """Method 3's payload for a float chunk, or None when it does not apply."""
+    v = np.ascontiguousarray(chunk).astype(chunk.dtype.newbyteorder("<"))
+    mask = _float_missing_kinds(v, packing)
+    if mask is None:
+        return None
     values = v[mask == 0]
     ints = None
     if packing.scale_factor:
-        q = np.round((values.astype(np.float64) - packing.add_offset) / packing.scale_factor)
-        if q.size == 0 or (np.abs(q).max() < 2**31 and np.array_equal(
-                (q * packing.scale_factor + packing.add_offset).astype(v.dtype).view(f"u{v.itemsize}"),
-                values.view(f"u{v.itemsize}"))):
+        q = _exact_ints(values, packing.scale_factor, packing.add_offset, limit=2**31)
+        if q is not None:
             lo = q.min() if q.size else 0
             ints = (q - lo).astype(np.uint32 if q.size and q.max() - lo >= 2**16 else np.uint16)
             ints_lo = int(lo)
@@ -228,18 +248,6 @@ def _decode_masked(payload: memoryview, shape: tuple[int, ...], dtype: np.dtype,
     return out.tobytes()
 
 
-def _exact_ints(values: np.ndarray, step: float, offset: float) -> np.ndarray | None:
-    """Integers q with (q * step + offset) cast to the values' dtype == values, bit for bit; else None."""
-    if values.size == 0:
-        return np.zeros(0, np.int64)
-    q = np.round((values.astype(np.float64) - offset) / step)
-    if not np.isfinite(q).all() or np.abs(q).max() >= 2**40:
-        return None
-    back = (q * step + offset).astype(values.dtype)
-    width = f"u{values.itemsize}"
-    return q.astype(np.int64) if np.array_equal(back.view(width), values.view(width)) else None
-
-
 def _step_candidates(values: np.ndarray) -> list[float]:
     """Quantization steps to try, coarsest first: 1, decimal 1/2/2.5/5 x 10**k and powers of two near the
     smallest gap between distinct values (quantized radar moments: 0.01 dBZ, 0.5 dBZ, ...)."""
@@ -270,13 +278,9 @@ def raster_symbols(chunk: np.ndarray, packing: Packing | None, data_bits: int):
     v = np.ascontiguousarray(chunk)
     if v.dtype.kind == "f":
         v = v.astype(v.dtype.newbyteorder("<"))
-        nan = np.isnan(v)
-        if nan.any() and not np.array_equal(v[nan].view(f"u{v.itemsize}"),
-                                            np.full(int(nan.sum()), np.nan, v.dtype).view(f"u{v.itemsize}")):
+        kinds = _float_missing_kinds(v, packing)
+        if kinds is None:
             return None  # NaN payloads would be lost
-        kinds = nan.astype(np.uint8) * 2
-        if packing.fill is not None:
-            kinds[v == v.dtype.type(packing.fill)] = 1
     else:
         kinds = np.zeros(v.shape, np.uint8)
         if packing.fill is not None and float(packing.fill).is_integer():
@@ -320,6 +324,14 @@ def _values_from_symbols(symbols: np.ndarray, kinds: np.ndarray, lo: int, step: 
     return out
 
 
+def _image_nll(model, images: torch.Tensor, batch: int) -> list[float]:
+    """-log2 p of each image under `model`, scored in batches of `batch` (as they are coded)."""
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        return [float(v) for i in range(0, images.shape[0], batch)
+                for v in model.nll_bits(images[i:i + batch].to(device)).cpu()]
+
+
 def _encode_masked_model(chunk: np.ndarray, model, layout: str, packing: Packing | None, batch: int | None,
                          zstd_level: int):
     """Method 5's payload and per-image NLL bits, or None when the chunk's values don't fit the model."""
@@ -332,9 +344,7 @@ def _encode_masked_model(chunk: np.ndarray, model, layout: str, packing: Packing
     images = torch.from_numpy(to_images(symbols, layout))
     b = batch or (images.shape[0] if model.hparams.get("cond_channels") else
                   max(1, (1 << 20) // max(1, images[0].numel())))
-    with torch.no_grad():
-        device = next(model.parameters()).device
-        nll = [float(v) for i in range(0, images.shape[0], b) for v in model.nll_bits(images[i:i + b].to(device)).cpu()]
+    nll = _image_nll(model, images, b)
     single = int(kinds[0]) if kinds.size and kinds.min() == kinds.max() else 0
     kind_bytes = bytes(_zstd(zstd_level).encode(kinds.tobytes())) if kinds.size and not single else b""
     head = _MM_HEAD.pack(step, offset, lo, single, len(kind_bytes))
@@ -405,11 +415,9 @@ def encode_chunk(chunk: np.ndarray, model=None, layout: str | None = None, batch
         # Bits-back models: small batches, so that only the first needs initial bits and the rest pop the bits
         # the previous batches pushed (one batch of a whole 1 MB MNIST chunk costs 2.03 bpd, batches of 32 1.51).
         b = batch or (BITS_BACK_BATCH if model.bits_back else max(1, (1 << 20) // max(1, images[0].numel())))
+        image_nll = _image_nll(model, images, b)
+        nll = sum(image_nll)
         with torch.no_grad():
-            device = next(model.parameters()).device
-            image_nll = [float(v) for i in range(0, images.shape[0], b)
-                         for v in model.nll_bits(images[i:i + b].to(device)).cpu()]
-            nll = sum(image_nll)
             candidates[MODEL] = compress(model, images, batch=b)
         model_bytes = len(candidates[MODEL])
     method = min(candidates, key=lambda m: (len(candidates[m]), -m))

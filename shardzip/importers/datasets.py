@@ -165,6 +165,7 @@ def read_rasters(root, name: str, path: Path) -> dict[str, np.ndarray]:
     import zarr
 
     from shardzip.format.chunk import Packing, raster_symbols
+    from shardzip.pipeline.plan import source_arrays
 
     base, _, window = name.partition("@")
     axis, _, span = window.partition("=")
@@ -173,7 +174,7 @@ def read_rasters(root, name: str, path: Path) -> dict[str, np.ndarray]:
     cut = slice(*(int(v) if v else None for v in span.split(":"))) if window else slice(None)
     node = root[base]
     arrays = [(base, node)] if isinstance(node, zarr.Array) else [
-        (f"{base}/{p}", a) for p, a in sorted(_all_arrays(node))]
+        (f"{base}/{p}", a) for p, a in sorted(source_arrays(node))]
     out = {}
     for key, arr in arrays:
         if arr.ndim not in (2, 3) or min(arr.shape[-2:]) < 16:
@@ -189,12 +190,3 @@ def read_rasters(root, name: str, path: Path) -> dict[str, np.ndarray]:
         raise ImportDataError(f"{path}: {name!r} holds no integer-packable rasters")
     return out
 
-
-def _all_arrays(group, prefix: str = ""):
-    import zarr
-
-    for k, v in group.members():
-        if isinstance(v, zarr.Group):
-            yield from _all_arrays(v, f"{prefix}{k}/")
-        else:
-            yield f"{prefix}{k}", v

@@ -27,7 +27,7 @@ def import_radar_sequence(path: str | Path, store: str | Path, rays: int | None 
     src = require_file(path, "CF/Radial file")
     try:
         var = {name: (data, attrs, dims) for name, data, attrs, dims in read_variables(src)[0]}
-    except ImportDataError:
+    except ImportDataError:  # already names the file and what is wrong
         raise
     except Exception as exc:  # noqa: BLE001 - h5py/scipy raise many types for a bad file
         raise ImportDataError(f"{src}: not a readable CF/Radial netCDF file: {exc}") from exc
