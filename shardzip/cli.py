@@ -122,6 +122,15 @@ def _resources_option(p: argparse.ArgumentParser) -> None:
                         "recorded in the store, and decode, verify and --resume run on that kind or refuse")
 
 
+def _numerics_option(p: argparse.ArgumentParser, default: str) -> None:
+    from shardzip.numerics import NUMERICS
+
+    p.add_argument("--numerics", choices=NUMERICS, default=None,
+                   help="how the model's networks compute: exact-1 (exactly reproducible: the store decodes on any "
+                        "thread count, CPU or GPU) or float (plain torch: faster, but it decodes only under the same "
+                        f"threads, CPU kernels, device kind and torch); default exact-1 ({default})")
+
+
 def _compress(args: argparse.Namespace) -> int:
     from shardzip.pipeline import jobs
     from shardzip.pipeline.cluster import parse_resources
@@ -130,7 +139,7 @@ def _compress(args: argparse.Namespace) -> int:
     manifest = jobs.compress(args.src, args.dst, args.model, scheduler=args.scheduler, workers=args.workers,
                              storage_options=opts, verify=args.verify, resume=args.resume, overwrite=args.overwrite,
                              chunk_bytes=args.chunk_bytes, shard_chunks=args.shard_chunks, progress=not args.quiet,
-                             resources=parse_resources(args.resources))
+                             resources=parse_resources(args.resources), numerics=args.numerics)
     print(jobs.format_summary(manifest))
     return 0
 
@@ -161,6 +170,8 @@ def _verify(args: argparse.Namespace) -> int:
               "values", file=sys.stderr)
         return 1
     print(f"{args.dst}: all {out['shards']} shards decode to the source values ({out['dims']} values)")
+    for line in jobs.format_decode_notes(out["decoded"]):
+        print(f"  {line}")
     return 0
 
 
@@ -185,13 +196,15 @@ def _print_written(paths: dict) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from shardzip.numerics import EXACT
     from shardzip.pipeline.evaluate import ALL_BASELINES, evaluate
     from shardzip.report.render import write_report
 
     baselines = tuple(b for b in (args.baselines or ",".join(ALL_BASELINES)).split(",") if b)
     report = evaluate(args.datasets, args.model, baselines=baselines, scheduler=args.scheduler,
                       workers=args.workers, storage_options=storage_options(args.storage_option),
-                      progress=not args.quiet, command=["shardzip", *sys.argv[1:]])
+                      progress=not args.quiet, command=["shardzip", *sys.argv[1:]],
+                      numerics=args.numerics or EXACT)
     paths = write_report(report, args.out)
     print(f"report written to {args.out}:")
     _print_written(paths)
@@ -245,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     co.add_argument("--chunk-bytes", type=int, default=1 << 18, help="raw bytes per inner chunk of image stacks")
     co.add_argument("--shard-chunks", type=int, default=8, help="inner chunks per shard (one task per shard)")
+    _numerics_option(co, "with --resume: the job's own")
     co.set_defaults(handler=_compress)
 
     de = commands.add_parser("decompress", help="write a compressed store back as plain zarr (zstd)")
@@ -273,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--baselines", help="comma-separated subset of png,webp,jpegxl,jpegls,jpeg2000,zstd,lzma,bz2,"
                                         "blosc2 (default: all; empty string: none)")
     _dask_options(ev)
+    _numerics_option(ev, "what compress writes")
     ev.add_argument("--out", required=True, help="report directory (JSON, Markdown, LaTeX, CSV, HTML, plots)")
     ev.set_defaults(handler=_eval)
 

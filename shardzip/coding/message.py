@@ -24,11 +24,13 @@ Serialized layout (little endian), version 1::
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 from shardzip.coding import kernels as K_
 from shardzip.coding.bitio import BitReader, BitWriter
@@ -62,6 +64,16 @@ def default_lanes(n_symbols: int, ideal_bits: float, lane_bits: float = LANE_OVE
     return max(1, min(target, n_symbols, MAX_DEFAULT_LANES))
 
 
+def _plain(method):
+    """Run a coding step outside any torch dispatch mode: the coder is integer arithmetic, exact as it is, and
+    `shardzip.numerics.exact_numerics` (under which models build their entropy models) would only slow it."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with _disable_current_modes():
+            return method(*args, **kwargs)
+    return wrapper
+
+
 class Message:
     """A stack of rANS-coded symbols over `lanes` interleaved states on one device."""
 
@@ -78,6 +90,7 @@ class Message:
         self._top = 0
 
     # ------------------------------------------------------------------ coding
+    @_plain
     def push(self, symbols: torch.Tensor, model: EntropyModel) -> None:
         """Encode `symbols` (shape = model.shape) on top of the message."""
         self._check_device(model)
@@ -117,6 +130,7 @@ class Message:
         if model.device != self.device:
             raise ModelParameterError(f"model lives on {model.device} but the message on {self.device}")
 
+    @_plain
     def pop(self, model: EntropyModel) -> torch.Tensor:
         """Decode the top `model.numel` symbols (the inverse of the last push with this model)."""
         self._check_device(model)

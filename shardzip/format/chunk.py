@@ -34,6 +34,7 @@ import torch
 
 from shardzip.errors import ChunkChecksumError, FormatError
 from shardzip.format.layout import from_images, to_images
+from shardzip.numerics import EXACT
 
 MAGIC = b"SZ"
 VERSION = 1
@@ -333,7 +334,7 @@ def _image_nll(model, images: torch.Tensor, batch: int) -> list[float]:
 
 
 def _encode_masked_model(chunk: np.ndarray, model, layout: str, packing: Packing | None, batch: int | None,
-                         zstd_level: int):
+                         zstd_level: int, numerics: str = EXACT):
     """Method 5's payload and per-image NLL bits, or None when the chunk's values don't fit the model."""
     from shardzip.models.codec import compress
 
@@ -348,7 +349,7 @@ def _encode_masked_model(chunk: np.ndarray, model, layout: str, packing: Packing
     single = int(kinds[0]) if kinds.size and kinds.min() == kinds.max() else 0
     kind_bytes = bytes(_zstd(zstd_level).encode(kinds.tobytes())) if kinds.size and not single else b""
     head = _MM_HEAD.pack(step, offset, lo, single, len(kind_bytes))
-    return head + kind_bytes + compress(model, images, batch=b), nll
+    return head + kind_bytes + compress(model, images, batch=b, numerics=numerics), nll
 
 
 def _decode_masked_model(payload: memoryview, shape: tuple[int, ...], dtype: np.dtype, layout: str, model,
@@ -382,12 +383,12 @@ def _full(chunk: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def encode_chunk(chunk: np.ndarray, model=None, layout: str | None = None, batch: int | None = None,
                  zstd_level: int = ZSTD_LEVEL, packing: Packing | None = None,
-                 full_shape: tuple[int, ...] | None = None) -> tuple[bytes, ChunkStats]:
+                 full_shape: tuple[int, ...] | None = None, numerics: str = EXACT) -> tuple[bytes, ChunkStats]:
     """Code `chunk` with `model` (if given), with zstd, and float chunks split into mask and values;
     keep the smallest, never worse than zstd. With `full_shape` larger than the chunk (an edge chunk),
-    only the valid values are coded (method 4)."""
+    only the valid values are coded (method 4). The model codes under `numerics` (`shardzip.models.codec`)."""
     if full_shape is not None and tuple(full_shape) != chunk.shape:
-        inner, stats = encode_chunk(chunk, model, layout, batch, zstd_level, packing)
+        inner, stats = encode_chunk(chunk, model, layout, batch, zstd_level, packing, numerics=numerics)
         head = struct.pack(f"<B{chunk.ndim}I", chunk.ndim, *chunk.shape)
         out = _HEAD.pack(MAGIC, VERSION, PARTIAL, zlib.crc32(_raw(_full(chunk, tuple(full_shape))))) + head + inner
         stats.coded_bytes, stats.zstd_bytes = len(out), stats.zstd_bytes + len(head) + _HEAD.size
@@ -404,7 +405,7 @@ def encode_chunk(chunk: np.ndarray, model=None, layout: str | None = None, batch
             candidates[MASKED] = masked
     nll = model_bytes = image_nll = None
     if model is not None and chunk.size and masked_model(model):
-        coded = _encode_masked_model(chunk, model, layout, packing, batch, zstd_level)
+        coded = _encode_masked_model(chunk, model, layout, packing, batch, zstd_level, numerics)
         if coded is not None:
             candidates[MASKED_MODEL], image_nll = coded
             nll, model_bytes = sum(image_nll), len(coded[0])
@@ -418,7 +419,7 @@ def encode_chunk(chunk: np.ndarray, model=None, layout: str | None = None, batch
         image_nll = _image_nll(model, images, b)
         nll = sum(image_nll)
         with torch.no_grad():
-            candidates[MODEL] = compress(model, images, batch=b)
+            candidates[MODEL] = compress(model, images, batch=b, numerics=numerics)
         model_bytes = len(candidates[MODEL])
     method = min(candidates, key=lambda m: (len(candidates[m]), -m))
     out = _HEAD.pack(MAGIC, VERSION, method, crc) + candidates[method]

@@ -4,7 +4,7 @@ It sits inside zarr's sharding codec as the inner chunk codec of every array sha
 `zarr.open(dst)` and `xarray.open_zarr(dst)` decode chunks lazily through it. Configuration::
 
     {"name": "shardzip", "configuration": {"model": <sha256 or null>, "family": ..., "layout": "NCHW",
-     "profile": {"device": "cpu", "dtype": "float32", "torch": "2.13.0"}, "zstd_level": 9,
+     "profile": {"numerics": "exact-1", "device": "cpu", "dtype": "float32", "torch": "2.13.0"}, "zstd_level": 9,
      "packing": {"scale_factor": 0.5, "add_offset": 0.0, "fill": -9999.0} or null}}
 
 Without a model (arrays that are not images a model fits) every chunk is zstd or raw. See
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from shardzip.format.chunk import ZSTD_LEVEL, Packing, decode_chunk, encode_chunk
-from shardzip.format.weights import PROCESS_CACHE, decode_device
+from shardzip.format.weights import PROCESS_CACHE, decode_device, profile_numerics
 
 try:
     from zarr.abc.codec import ArrayBytesCodec
@@ -73,7 +73,8 @@ class ShardzipCodec(ArrayBytesCodec):
     def encode_array(self, chunk: np.ndarray) -> bytes:
         model = self._model() if self.model else None
         return encode_chunk(chunk, model, self.layout, zstd_level=self.zstd_level,
-                            packing=Packing(**self.packing) if self.packing else None)[0]
+                            packing=Packing(**self.packing) if self.packing else None,
+                            numerics=profile_numerics(self.profile))[0]
 
     def _decode_sync(self, chunk_bytes, chunk_spec):
         dtype = chunk_spec.dtype.to_native_dtype()

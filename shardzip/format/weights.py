@@ -7,10 +7,12 @@ pipeline for a store's own weights), in shardzip's shipped weights, and in the u
 (`$SHARDZIP_CACHE`, default `~/.cache/shardzip/weights`). Models are loaded once per process and
 device (`ModelCache`); the Dask worker plugin holds one such cache per worker.
 
-The numerics profile (device kind, dtype, torch version) is stored with every coded array: a
-different profile at decode time may change the floats that build the CDFs, so it is refused for
-device kind and dtype, and warned about for library versions (the per-chunk CRC32 still catches
-any actual difference).
+The numerics profile (numerics, device kind, dtype, torch version) is stored with every coded
+array. Stores coded with exact numerics (`exact-1`, the default; `shardzip.numerics`) decode on any
+device, thread count and CPU. Stores coded with plain floats (`float`, or stores that predate the
+field) may decode differently elsewhere: another device kind is refused, another torch version is
+warned about, and each chunk records the thread count to repeat (the per-chunk CRC32 still
+catches any actual difference).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from shardzip.catalog import sha256_file
 from shardzip.errors import FormatError, NumericsError
+from shardzip.numerics import EXACT, FLOAT, NUMERICS
 
 SHIPPED = Path(__file__).resolve().parents[1] / "weights"
 _dirs: list[Path] = []
@@ -67,14 +70,32 @@ def find_weights(sha256: str) -> Path:
         f"to {cache_dir()}")
 
 
-def numerics_profile(device: torch.device | str = "cpu") -> dict[str, str]:
-    """What decoding must reproduce: device kind, float dtype, torch version."""
-    return {"device": torch.device(device).type, "dtype": "float32", "torch": torch.__version__.split("+")[0]}
+def numerics_profile(device: torch.device | str = "cpu", numerics: str = EXACT) -> dict[str, str]:
+    """How a store was coded: numerics, device kind, float dtype, torch version (see the module docstring)."""
+    if numerics not in NUMERICS:
+        raise NumericsError(f"unknown numerics {numerics!r}; shardzip codes with {' or '.join(NUMERICS)}")
+    return {"numerics": numerics, "device": torch.device(device).type, "dtype": "float32",
+            "torch": torch.__version__.split("+")[0]}
+
+
+def profile_numerics(profile: dict[str, str]) -> str:
+    """The numerics a store's profile records (float for stores that predate the field)."""
+    return profile.get("numerics", FLOAT)
+
+
+def portable(profile: dict[str, str]) -> bool:
+    """Whether a store coded under `profile` decodes on any device kind (exact numerics)."""
+    return profile_numerics(profile) == EXACT
 
 
 def decode_device(profile: dict[str, str]) -> torch.device:
-    """The device to decode a store coded under `profile` on; refuses a different device kind."""
+    """The device to decode a store coded under `profile` on: for exact numerics the store's kind where this
+    process has it, else the CPU; for float numerics the store's kind, refused where this process lacks it."""
     kind = profile.get("device", "cpu")
+    if portable(profile):
+        if kind not in ("cpu", "cuda"):
+            raise NumericsError(f"unknown device kind {kind!r} in the store's numerics profile")
+        return torch.device("cuda" if kind == "cuda" and torch.cuda.is_available() else "cpu")
     if profile.get("dtype", "float32") != "float32":
         raise NumericsError(f"store was coded with dtype {profile['dtype']}; this shardzip decodes float32 only")
     if kind == "cuda" and not torch.cuda.is_available():

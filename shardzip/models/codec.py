@@ -7,29 +7,46 @@ models with `coding_tiles` (HiLLoC) cut each image into tiles. The decoder pops 
 reverse, runs the same networks on the same shapes, and finally checks that the message is back
 at its initial state and that the CRC32 of the decoded pixels matches the encoder's.
 
-Layout (little endian), version 1::
+Numerics. The decoder must rebuild the encoder's CDFs bit for bit. By default the networks run
+under `shardzip.numerics.exact_numerics` (`exact-1`): the same bits on any thread count, CPU kernel
+set, CPU or CUDA, so the container decodes anywhere. `numerics="float"` runs plain torch floats
+(faster, not portable): the container records the encoder's torch thread count and the decoder
+repeats it; it still needs the same device kind, kernels and library. Containers of version 1
+(written before numerics were recorded) are plain floats of unknown thread count: the decoder tries
+this process's count, then 1 ... the machine's cores, and says which one worked (`decode_notes`).
 
-    b"SZMC" | version u8 | flags u8 (1: bits-back) | family length u8 | family | lanes u32
-    | clean words per lane u32 | items u32 | per item: C, H, W, B u32 | crc32 of pixels u32
-    | crc32 of everything before u32 | message (shardzip.coding.Message.to_bytes)
+Layout (little endian), version 2::
+
+    b"SZMC" | version u8 | flags u8 (1: bits-back) | family length u8 | family | numerics u8 (0 float,
+    1 exact-1) | torch threads at encoding u16 (float; 0 for exact) | lanes u32 | clean words per lane u32
+    | items u32 | per item: C, H, W, B u32 | crc32 of pixels u32 | crc32 of everything before u32
+    | message (shardzip.coding.Message.to_bytes)
+
+Version 1 is the same without the numerics and threads fields.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import struct
+import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from shardzip.coding import Message
-from shardzip.errors import DecodeMismatchError, MessageFormatError, MessageUnderflowError
+from shardzip.errors import CodingError, DecodeMismatchError, MessageFormatError, MessageUnderflowError, NumericsError
 from shardzip.models.base import LosslessModel
+from shardzip.numerics import EXACT, FLOAT, NUMERICS, exact_numerics
 
 MAGIC = b"SZMC"
-VERSION = 1
+VERSION = 2
+LEGACY_VERSION = 1
 _HEAD = struct.Struct("<4sBBB")
+_NUMERICS = struct.Struct("<BH")
 _GEOM = struct.Struct("<III")
 _DIMS = struct.Struct("<IIII")
 _U32 = struct.Struct("<I")
@@ -59,9 +76,28 @@ def _pixels_crc(items: Sequence[torch.Tensor]) -> int:
     return crc
 
 
+def _numerics_context(numerics: str):
+    return exact_numerics() if numerics == EXACT else torch.no_grad()
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if threads and threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def compress(model: LosslessModel, images: torch.Tensor | Sequence[torch.Tensor], batch: int = 16,
-             lanes: int | None = None) -> bytes:
-    """Code `images` (a stack [N, C, H, W] or a list of [C, H, W]) into bytes."""
+             lanes: int | None = None, numerics: str = EXACT) -> bytes:
+    """Code `images` (a stack [N, C, H, W] or a list of [C, H, W]) into bytes, under `numerics`
+    (`exact-1`: decodes on any machine; `float`: plain torch, decodes only under the same threads and kernels)."""
+    if numerics not in NUMERICS:
+        raise NumericsError(f"unknown numerics {numerics!r}; shardzip codes with {', '.join(NUMERICS)}")
     items = [x.long() for x in _items(images, batch)]
     units = [u for item in items for u in _units(model, item)]
     if not units:
@@ -72,8 +108,10 @@ def compress(model: LosslessModel, images: torch.Tensor | Sequence[torch.Tensor]
     for _ in range(MAX_RETRIES):
         msg = Message.with_clean_bits(lanes, words, device=device) if model.bits_back else Message(lanes, device)
         try:
-            for unit in units:
-                model.encode(msg, unit.to(device))
+            with _FLOAT_LOCK if numerics == FLOAT else contextlib.nullcontext(), _numerics_context(numerics):
+                for unit in units:
+                    model.encode(msg, unit.to(device))
+                threads = torch.get_num_threads() if numerics == FLOAT else 0
             break
         except MessageUnderflowError:
             if not model.bits_back:
@@ -83,6 +121,7 @@ def compress(model: LosslessModel, images: torch.Tensor | Sequence[torch.Tensor]
         raise MessageUnderflowError(f"bits-back coding still ran out of initial bits with {words} words per lane")
     family = model.family.encode()
     head = _HEAD.pack(MAGIC, VERSION, int(model.bits_back), len(family)) + family
+    head += _NUMERICS.pack(NUMERICS.index(numerics), threads)
     head += _GEOM.pack(lanes, words, len(items))
     head += b"".join(_DIMS.pack(x.shape[1], x.shape[2], x.shape[3], x.shape[0]) for x in items)
     head += _U32.pack(_pixels_crc(items))
@@ -96,11 +135,20 @@ def read_header(data: bytes) -> dict:
         magic, version, flags, n = _HEAD.unpack_from(view, 0)
         if magic != MAGIC:
             raise MessageFormatError(f"not a shardzip model container (magic {bytes(magic)!r})")
-        if version != VERSION:
-            raise MessageFormatError(f"model container version {version} is not supported (this is {VERSION})")
+        if version not in (LEGACY_VERSION, VERSION):
+            raise MessageFormatError(f"model container version {version} is not supported (this shardzip reads "
+                                     f"{LEGACY_VERSION} and {VERSION}); upgrade shardzip")
         pos = _HEAD.size
         family = bytes(view[pos:pos + n]).decode()
         pos += n
+        numerics, threads = FLOAT, 0  # version 1: plain floats, thread count not recorded
+        if version >= 2:
+            code, threads = _NUMERICS.unpack_from(view, pos)
+            pos += _NUMERICS.size
+            if code >= len(NUMERICS):
+                raise MessageFormatError(f"model container names numerics {code}, unknown to this shardzip "
+                                         f"(it knows {', '.join(NUMERICS)}); upgrade shardzip")
+            numerics = NUMERICS[code]
         lanes, words, count = _GEOM.unpack_from(view, pos)
         pos += _GEOM.size
         if count > (len(view) - pos) // _DIMS.size:
@@ -118,14 +166,75 @@ def read_header(data: bytes) -> dict:
     if zlib.crc32(view[:pos]) != head_crc:
         raise MessageFormatError("model container header CRC32 does not match: the bytes are damaged")
     return {"family": family, "bits_back": bool(flags & 1), "lanes": lanes, "words": words, "shapes": shapes,
-            "crc": crc, "message_offset": pos + _U32.size}
+            "crc": crc, "message_offset": pos + _U32.size, "version": version, "numerics": numerics,
+            "threads": threads}
+
+
+_notes = threading.local()
+# torch's thread count is per process: float coding holds it steady (and recorded) while it runs
+_FLOAT_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def decode_notes() -> Iterator[list[dict]]:
+    """Collect, per container decoded in this thread, how it was decoded: numerics, threads, attempts."""
+    outer = getattr(_notes, "sink", None)
+    sink: list[dict] = []
+    _notes.sink = sink
+    try:
+        yield sink
+    finally:
+        _notes.sink = outer
+        if outer is not None:
+            outer.extend(sink)
+
+
+def _note(**what) -> None:
+    sink = getattr(_notes, "sink", None)
+    if sink is not None:
+        sink.append(what)
+
+
+def legacy_thread_counts() -> list[int]:
+    """Thread counts a version-1 container may have been coded with: this process's first, then 1 ... cores."""
+    here = torch.get_num_threads()
+    return [here] + [t for t in range(1, max(here, os.cpu_count() or 1) + 1) if t != here]
 
 
 def decompress(model: LosslessModel, data: bytes) -> list[torch.Tensor]:
-    """Decode the items (batches [B, C, H, W]) of a `compress` output."""
+    """Decode the items (batches [B, C, H, W]) of a `compress` output, under the numerics it records."""
     head = read_header(data)
     if head["family"] != model.family:
         raise DecodeMismatchError(f"these bytes were coded with a {head['family']!r} model, not {model.family!r}")
+    if head["numerics"] == EXACT:
+        with exact_numerics():
+            items = _decode_items(model, data, head)
+        _note(numerics=EXACT, threads=None, attempts=1)
+        return items
+    if head["version"] >= 2:  # float numerics: repeat the encoder's thread count
+        with _FLOAT_LOCK, _torch_threads(head["threads"]), torch.no_grad():
+            items = _decode_items(model, data, head)
+        _note(numerics=FLOAT, threads=head["threads"], attempts=1)
+        return items
+    Message.from_bytes(memoryview(data)[head["message_offset"]:])  # damaged framing fails alike for every count
+    tried, first_error = [], None
+    for threads in legacy_thread_counts():
+        tried.append(threads)
+        try:
+            with _FLOAT_LOCK, _torch_threads(threads), torch.no_grad():
+                items = _decode_items(model, data, head)
+        except CodingError as exc:  # other CDFs than the encoder's: CRC, underflow or an impossible state
+            first_error = first_error or exc
+            continue
+        _note(numerics=FLOAT, threads=threads, attempts=len(tried), legacy=True)
+        return items
+    raise DecodeMismatchError(
+        f"this container was coded before shardzip recorded numerics (float networks, thread count unknown) and "
+        f"does not decode with {', '.join(map(str, tried))} torch threads on this machine ({first_error}); decode it "
+        "on the kind of machine, device and torch version that wrote it")
+
+
+def _decode_items(model: LosslessModel, data: bytes, head: dict) -> list[torch.Tensor]:
     device = next(model.parameters()).device
     msg, _ = Message.from_bytes(memoryview(data)[head["message_offset"]:], device)
     items = [torch.zeros(shape, dtype=torch.int64) for shape in head["shapes"]]

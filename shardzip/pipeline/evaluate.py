@@ -24,6 +24,7 @@ from shardzip import __version__
 from shardzip.errors import SourceError
 from shardzip.format.chunk import ZSTD_LEVEL
 from shardzip.format.store import Location, read_manifest
+from shardzip.numerics import EXACT
 from shardzip.pipeline.plan import ArrayPlan, open_source, plan_array, resolve_source, source_arrays
 
 SCHEMA = "shardzip.report"
@@ -119,8 +120,9 @@ def _baseline_row(dataset: str, array: str, name: str, recs: list[dict]) -> dict
 def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ...] = ALL_BASELINES,
              scheduler: str | None = None, workers: int | None = None,
              storage_options: dict[str, Any] | None = None, progress: bool = True, catalog=None,
-             command: list[str] | None = None, chunk_bytes: int | None = None) -> dict:
-    """Coded bpd, NLL and baselines for every dataset x array x model: a report dict (schema v1)."""
+             command: list[str] | None = None, chunk_bytes: int | None = None, numerics: str = EXACT) -> dict:
+    """Coded bpd, NLL and baselines for every dataset x array x model: a report dict (schema v1); models code
+    under `numerics` (`shardzip.models.codec`), as `compress` would."""
     from shardzip.pipeline.cluster import job_client, placement
     from shardzip.pipeline.jobs import _array_spec, _load_model, _Progress, _run_tasks
     from shardzip.pipeline.plan import CHUNK_BYTES
@@ -151,7 +153,8 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
                     plan = plan_array(path, arr, None, None, chunk_bytes=chunk_bytes or CHUNK_BYTES)
                     why = str(exc)
                 plans[(shown, path, name)] = (plan, why)
-                job = {"src": url, "dst": "", "storage_options": storage_options or {}, "zstd_level": ZSTD_LEVEL}
+                job = {"src": url, "dst": "", "storage_options": storage_options or {}, "zstd_level": ZSTD_LEVEL,
+                       "profile": {"numerics": numerics}}
                 base = _array_spec(plan, job)
                 base.update(dataset=shown, grid=list(plan.shard_grid), run=run,
                             baselines=list(baselines) if k == 0 else [], model_name=name)
@@ -191,7 +194,7 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
     rows += aggregate_rows(rows)
     models_sha = {n: e.sha256 for n, (_, e, _) in loaded.items()}
     return {"schema": SCHEMA, "version": SCHEMA_VERSION, "rows": rows, "shards": shards,
-            "reproducibility": reproducibility(command or sys.argv, models_sha, checksums)}
+            "reproducibility": {**reproducibility(command or sys.argv, models_sha, checksums), "numerics": numerics}}
 
 
 def aggregate_rows(rows: list[dict]) -> list[dict]:

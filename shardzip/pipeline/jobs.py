@@ -32,7 +32,8 @@ from shardzip.format.store import (
     read_manifest,
     weights_key,
 )
-from shardzip.format.weights import numerics_profile
+from shardzip.format.weights import numerics_profile, portable, profile_numerics
+from shardzip.numerics import EXACT
 from shardzip.pipeline.cluster import AUTO, format_resources
 from shardzip.pipeline.plan import (
     CHUNK_BYTES,
@@ -85,7 +86,8 @@ def _array_spec(plan: ArrayPlan, job: dict) -> dict:
     return {"array": plan.path, "src": job["src"], "src_options": job["storage_options"], "src_path": plan.path,
             "dst": job["dst"], "dst_options": job["storage_options"], "shape": list(plan.shape), "dtype": plan.dtype,
             "chunks": list(plan.chunks), "shards": list(plan.shards), "layout": plan.layout, "model": plan.model,
-            "zstd_level": job["zstd_level"], "packing": plan.packing}
+            "zstd_level": job["zstd_level"], "packing": plan.packing,
+            "numerics": profile_numerics(job.get("profile", {}))}
 
 
 def _create_layout(dst: Location, src_root, plans: list[ArrayPlan], job: dict) -> None:
@@ -204,11 +206,13 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
              storage_options: dict[str, Any] | None = None, verify: bool = False, resume: bool = False,
              overwrite: bool = False, chunk_bytes: int = CHUNK_BYTES, shard_chunks: int = SHARD_CHUNKS,
              zstd_level: int = ZSTD_LEVEL, progress: bool = True, catalog=None, log=print,
-             resources: dict[str, float] | str | None = AUTO) -> dict:
+             resources: dict[str, float] | str | None = AUTO, numerics: str | None = None) -> dict:
     """Compress every array of `src` into the shardzip store `dst` with catalog model `model`; the manifest.
 
     `resources`: what each task asks of a worker ("auto": {"GPU": 1} where workers with a GPU resource have
-    CUDA, else nothing; None: nothing; or a dict such as {"GPU": 1}); see `cluster.placement`."""
+    CUDA, else nothing; None: nothing; or a dict such as {"GPU": 1}); see `cluster.placement`.
+    `numerics`: how the model's networks compute (`exact-1`, the default: the store decodes on any machine;
+    `float`: plain torch, faster, decodes only under the encoder's threads, kernels and device kind)."""
     from shardzip.pipeline.cluster import job_client, placement
     from shardzip.workers.plugin import ModelPlugin
     from shardzip.workers.tasks import compress_shard
@@ -245,6 +249,9 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         elif job["model"]["sha256"] != entry.sha256:
             raise DestinationError(f"{dst} was started with model {job['model']['name']} (sha256 "
                                    f"{job['model']['sha256'][:12]}), not {model}; resume with the same model")
+        elif numerics is not None and numerics != profile_numerics(job["profile"]):
+            raise DestinationError(f"{dst} was started with {profile_numerics(job['profile'])} numerics, not "
+                                   f"{numerics}; resume with --numerics {profile_numerics(job['profile'])}")
     arrays = source_arrays(src_root)
     if not arrays:
         raise SourceError(f"source {src_url} holds no arrays")
@@ -254,13 +261,15 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
                  for p, a in arrays]
     with job_client(scheduler, workers) as client:
         _wait_for_workers(client)
-        resources, device = placement(client, resources, job["profile"]["device"] if job else None)
+        keep = job["profile"]["device"] if job and not portable(job["profile"]) else None
+        resources, device = placement(client, resources, keep)
         log(f"tasks ask workers for resources {format_resources(resources)}; device {device}")
         if job is None:
             job = {"job_id": uuid.uuid4().hex[:12], "src": src_url, "dst": dst,
                    "storage_options": storage_options or {},
                    "model": {"name": model, "sha256": entry.sha256, "family": entry.family},
-                   "profile": numerics_profile(device), "zstd_level": zstd_level, "created": _now(),
+                   "profile": numerics_profile(device, numerics or EXACT), "zstd_level": zstd_level,
+                   "created": _now(),
                    "code_version": __version__, "plans": [p.as_dict() for p in plans],
                    "groups": source_groups(src_root)}
             try:  # first: whatever follows is recognisably part of an unfinished job
@@ -359,7 +368,8 @@ def _run_on_store(loc: Location, manifest: dict, fn, specs: list[dict], schedule
     fetch_weights(loc, sha)
     with job_client(scheduler, workers) as client:
         _wait_for_workers(client)
-        resources, device = placement(client, resources, manifest["profile"]["device"])
+        profile = manifest["profile"]  # exact numerics decode on any device kind; float ones on the store's
+        resources, device = placement(client, resources, None if portable(profile) else profile["device"])
         client.register_plugin(ModelPlugin(preload=(sha,), device=device, store=(loc.url, loc.options)),
                                name="shardzip-models")
         bar = _Progress(len(specs), 0, progress, what)
@@ -383,7 +393,16 @@ def verify(dst: str, *, scheduler: str | None = None, workers: int | None = None
     specs = _committed_specs(dloc, manifest, storage_options)
     out = _run_on_store(dloc, manifest, verify_shard, specs, scheduler, workers, progress, "verify", resources)
     bad = [r for r in out if not r["ok"]]
-    return {"shards": len(out), "bad": bad, "dims": sum(r["dims"] for r in out)}
+    decoded: dict[str, int] = {}
+    for r in out:
+        for label, n in (r.get("decoded") or {}).items():
+            decoded[label] = decoded.get(label, 0) + n
+    return {"shards": len(out), "bad": bad, "dims": sum(r["dims"] for r in out), "decoded": decoded}
+
+
+def format_decode_notes(decoded: dict[str, int]) -> list[str]:
+    """Lines saying how the model-coded chunks decoded (numerics, and the thread count legacy chunks needed)."""
+    return [f"{n} model-coded chunk(s): {label}" for label, n in sorted(decoded.items())]
 
 
 def decompress(src: str, out: str, *, scheduler: str | None = None, workers: int | None = None,
@@ -443,6 +462,8 @@ def format_summary(manifest: dict) -> str:
     """A few lines for people: per array, how it was coded and the bits per dimension next to zstd's."""
     lines = [f"{manifest['dst']}: committed job {manifest['job_id']}, model {manifest['model']['name']} "
              f"(sha256 {manifest['model']['sha256'][:12]}), device {manifest['profile']['device']}, "
+             f"numerics {profile_numerics(manifest['profile'])}"
+             f"{'' if portable(manifest['profile']) else ' (decodes only where it was coded)'}, "
              f"{'verified' if manifest.get('verified') else 'not verified'}"]
     lines.append(f"  {'array':<24} {'shape':<22} {'dtype':<6} {'bpd':>7} {'nll bpd':>8} {'zstd bpd':>9} "
                  f"{'ratio':>7}  chunks model/zstd/raw/masked")

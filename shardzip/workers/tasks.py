@@ -21,6 +21,8 @@ from shardzip.errors import ChunkChecksumError, CodingError, FormatError, Shardz
 from shardzip.format import shard as shardfmt
 from shardzip.format.chunk import METHODS, Packing, decode_chunk, encode_chunk
 from shardzip.format.store import Location, record_key
+from shardzip.models.codec import decode_notes
+from shardzip.numerics import FLOAT
 
 
 def _freeze(options: dict[str, Any] | None) -> str:
@@ -91,7 +93,7 @@ def compress_shard(spec: dict) -> dict:
             coded.append(None)
             continue
         out, stats = encode_chunk(block, model, spec["layout"], zstd_level=spec["zstd_level"], packing=packing,
-                                  full_shape=tuple(spec["chunks"]))
+                                  full_shape=tuple(spec["chunks"]), numerics=spec.get("numerics", FLOAT))
         coded.append(out)
         totals[f"{stats.method}_chunks"] += 1
         totals["zstd_bytes"] += stats.zstd_bytes
@@ -167,7 +169,8 @@ def verify_shard(spec: dict) -> dict:
     key = shardfmt.shard_key(spec["array"], index)
     error, dims, raw_bytes = None, 0, 0
     try:
-        data = decode_shard(dst.read_bytes(key), spec, shape, index)
+        with decode_notes() as notes:
+            data = decode_shard(dst.read_bytes(key), spec, shape, index)
     except (FormatError, CodingError) as exc:  # damaged or missing bytes; I/O, cluster, numerics: raised
         error = str(exc)
     else:
@@ -176,7 +179,23 @@ def verify_shard(spec: dict) -> dict:
             error = (f"array {spec['array'] or '/'} shard {index} (key {key}): decodes to values whose CRC32 differs "
                      "from the source's in the manifest")
     return {"array": spec["array"], "shard": list(index), "key": key, "ok": error is None, "error": error,
-            "dims": dims, "raw_bytes": raw_bytes, "seconds": time.perf_counter() - t0, "worker": _worker_name()}
+            "dims": dims, "raw_bytes": raw_bytes, "seconds": time.perf_counter() - t0, "worker": _worker_name(),
+            "decoded": tally_decodes(notes)}
+
+
+def tally_decodes(notes: list[dict]) -> dict[str, int]:
+    """How many model containers decoded how: "exact-1", "float, 2 threads", or for containers that predate
+    recorded numerics "float (not recorded), decoded with 2 threads"."""
+    out: dict[str, int] = {}
+    for n in notes:
+        if n["numerics"] != FLOAT:
+            label = n["numerics"]
+        elif n.get("legacy"):
+            label = f"float (threads not recorded), decoded with {n['threads']} threads"
+        else:
+            label = f"float, {n['threads']} threads"
+        out[label] = out.get(label, 0) + 1
+    return out
 
 
 def decompress_shard(spec: dict) -> dict:
@@ -223,7 +242,7 @@ def eval_shard(spec: dict) -> dict:
         t0 = time.perf_counter()
         full = tuple(spec["chunks"])
         out, stats = encode_chunk(block, model, spec["layout"], zstd_level=spec["zstd_level"], packing=packing,
-                                  full_shape=full)
+                                  full_shape=full, numerics=spec.get("numerics", FLOAT))
         rec["encode_seconds"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         back = decode_chunk(out, full, block.dtype, spec["layout"], (lambda: model) if model else None, packing)

@@ -1,0 +1,253 @@
+"""Elementary functions (exp, log, sigmoid, ...) that give the same bits on every machine.
+
+Library `exp`/`log` are not correctly rounded: their last bit depends on the CPU kernel set
+(SLEEF on AVX2/AVX-512, libm in the scalar path), on the library version and on CPU vs CUDA. The
+functions here are built only from operations IEEE 754 requires to be correctly rounded (+, -, *,
+/, sqrt), rounding to integers, integer bit operations and lookups in small tables of constants,
+each applied as its own tensor operation in a fixed order, so no compiler can fuse or reorder
+them. Every machine that rounds IEEE float64 operations to nearest computes the same results.
+
+They work in float64 (accurate to a few units in the last place, far beyond what a network needs)
+and are part of the `exact-1` numerics of `shardzip.numerics`: changing a constant or the order of
+an operation would change what old stores decode to. A better implementation is a new numerics
+version, not an edit.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, getcontext
+from fractions import Fraction
+from functools import cache
+from math import factorial
+
+import torch
+
+_TABLE = 64  # exp: 2**(j/64) for j < 64; log: grid points 3/4 + j/64
+_LOG_ENTRIES = 49  # 3/4 ... 3/2
+
+
+def _correctly_rounded(value: Decimal) -> float:
+    return float(value)  # Decimal -> float conversion is correctly rounded
+
+
+@cache
+def _constants() -> dict[str, object]:
+    """Constants as correctly rounded float64, computed with 50-digit decimal arithmetic (platform-free)."""
+    ctx = getcontext().copy()
+    ctx.prec = 50
+    ln2 = ctx.ln(Decimal(2))
+    step = ln2 / _TABLE  # exp: x = k * ln2 / 64 + r
+    # step = hi + lo with hi on a 2**-42 grid (36 significant bits): k * hi is exact for |k| < 2**17
+    hi = float(Fraction(int((step * (1 << 42)).to_integral_value()), 1 << 42))
+    lo = _correctly_rounded(step - Decimal(hi))
+    exp_table = [_correctly_rounded(ctx.power(Decimal(2), Decimal(j) / _TABLE)) for j in range(_TABLE)]
+    # log: m in [3/4, 3/2) is split as c_j * (1 + u), c_j = 3/4 + j/64 the nearest grid point (c_16 = 1)
+    centres = [Fraction(3, 4) + Fraction(j, _TABLE) for j in range(_LOG_ENTRIES)]
+    log_table = [_correctly_rounded(ctx.ln(Decimal(c.numerator) / Decimal(c.denominator))) for c in centres]
+    ln2_hi = float(Fraction(int((ln2 * (1 << 32)).to_integral_value()), 1 << 32))  # e * ln2_hi is exact
+    # float32 exp: |k| < 2**13, so hi32 (on a 2**-17 grid: <= 11 significant bits) makes k * hi32 exact
+    hi32 = float(Fraction(int((step * (1 << 17)).to_integral_value()), 1 << 17))
+    return {
+        "inv_step": _correctly_rounded(1 / step), "step_hi": hi, "step_lo": lo, "exp_table": exp_table,
+        "step_hi32": hi32, "step_lo32": _correctly_rounded(step - Decimal(hi32)),
+        "exp_poly32": [1.0, 1.0, 0.5, float(Fraction(1, 6))],
+        "log_table": log_table,
+        "ln2_hi": ln2_hi, "ln2_lo": _correctly_rounded(ln2 - Decimal(ln2_hi)),
+        "inv_ln2": _correctly_rounded(1 / ln2), "ln2": _correctly_rounded(ln2),
+        "exp_poly": [float(Fraction(1, factorial(n))) for n in range(6)],  # 1, 1, 1/2, ..., 1/120
+        "log_poly": [float(Fraction((-1) ** (n + 1), n)) for n in range(1, 8)],  # u - u^2/2 + ... + u^7/7
+    }
+
+
+_DEVICE_TABLES: dict[tuple[str, str], torch.Tensor] = {}
+
+
+def _table(name: str, device: torch.device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A table of float64 constants on `device`, rounded once (correctly) to `dtype`."""
+    key = (name, str(device), str(dtype))
+    t = _DEVICE_TABLES.get(key)
+    if t is None:
+        t = torch.tensor(_constants()[name], dtype=torch.float64).to(dtype).to(device)
+        _DEVICE_TABLES[key] = t
+    return t
+
+
+def _pow2(m: torch.Tensor) -> torch.Tensor:
+    """2**m for int64 m in [-1022, 1023], built from the exponent bits (exact)."""
+    return ((m + 1023) << 52).view(torch.float64)
+
+
+# exp is 0 below EXP_MIN and saturates at e**EXP_MAX: no subnormal or infinite intermediate results
+EXP_MIN, EXP_MAX = -700.0, 709.0
+EXP_MIN32, EXP_MAX32 = -87.0, 88.0  # the same for float32
+
+
+def _pow2_32(m: torch.Tensor) -> torch.Tensor:
+    """2**m as float32 for int32 m in [-126, 127] (exact)."""
+    return ((m + 127) << 23).view(torch.float32)
+
+
+def _f32(value: float) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float32)  # a float32 0-d operand keeps the arithmetic in float32
+
+
+def _exp32(x: torch.Tensor) -> torch.Tensor:
+    """e**x in float32 (for float32 networks): the same reduction as `exp`, a cubic for |r| <= ln2/128."""
+    c = _constants()
+    dev = x.device
+    live = (x >= EXP_MIN32).to(x.dtype)  # below: e**x is under float32's normal range, and 0 here
+    x = x.clamp(EXP_MIN32, EXP_MAX32)
+    k = torch.round(x * _f32(c["inv_step"]).to(dev))
+    r = (x - k * _f32(c["step_hi32"]).to(dev)) - k * _f32(c["step_lo32"]).to(dev)
+    c0, c1, c2, c3 = (_f32(v).to(dev) for v in c["exp_poly32"])
+    p = ((r * c3 + c2) * r + c1) * r + c0
+    ki = k.to(torch.int32)
+    j = _table("exp_table", dev, torch.float32).index_select(0, (ki & (_TABLE - 1)).reshape(-1)).view(ki.shape)
+    return p * j * _pow2_32(ki >> 6) * live
+
+
+def exp(x: torch.Tensor) -> torch.Tensor:
+    """e**x; float32 in float32, anything else in float64: x = (64 m + j) ln2/64 + r, e**x = 2**m 2**(j/64) P(r),
+    |r| <= ln2/128 (P of degree 5 in float64, 3 in float32)."""
+    if x.dtype == torch.float32:
+        return _exp32(x)
+    c = _constants()
+    x = x.double()
+    live = (x >= EXP_MIN).double()
+    x = x.clamp(EXP_MIN, EXP_MAX)
+    k = torch.round(x * c["inv_step"])
+    r = (x - k * c["step_hi"]) - k * c["step_lo"]
+    c0, c1, c2, c3, c4, c5 = c["exp_poly"]
+    p = ((((r * c5 + c4) * r + c3) * r + c2) * r + c1) * r + c0  # Horner, one rounding per operation
+    ki = k.long()
+    j = _table("exp_table", x.device).index_select(0, (ki & (_TABLE - 1)).reshape(-1)).view(ki.shape)
+    return p * j * _pow2(ki >> 6) * live
+
+
+def _split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x > 0 as (e float64, m in [3/4, 3/2)) with x = 2**e * m, exactly (subnormals scaled up first)."""
+    tiny = x < 2.0**-1022
+    bits = torch.where(tiny, x * 2.0**60, x).view(torch.int64)
+    e = (bits >> 52) - 1023 - tiny.long() * 60
+    m = ((bits & ((1 << 52) - 1)) | (1023 << 52)).view(torch.float64)  # [1, 2)
+    high = m >= 1.5
+    return (e + high.long()).double(), torch.where(high, m * 0.5, m)
+
+
+def _log_mantissa(m: torch.Tensor) -> torch.Tensor:
+    """log m for m in [3/4, 3/2): log c_j + log1p(u), u = (m - c_j) / c_j, |u| <= 1/96 (m - c_j is exact)."""
+    c = _constants()
+    j = torch.round((m - 0.75) * _TABLE)
+    centre = j * (1.0 / _TABLE) + 0.75
+    u = (m - centre) / centre
+    c1, c2, c3, c4, c5, c6, c7 = c["log_poly"]
+    p = ((((((u * c7 + c6) * u + c5) * u + c4) * u + c3) * u + c2) * u + c1) * u
+    return _table("log_table", m.device)[j.long()] + p
+
+
+def _special_logs(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    out = torch.where(x == 0, torch.full_like(out, float("-inf")), out)
+    out = torch.where((x < 0) | torch.isnan(x), torch.full_like(out, float("nan")), out)
+    return torch.where(torch.isinf(x) & (x > 0), x, out)
+
+
+def log(x: torch.Tensor) -> torch.Tensor:
+    """Natural log in float64: x = 2**e m, log x = (e ln2_hi + log m) + e ln2_lo; exactly 0 at 1."""
+    c = _constants()
+    x = x.double()
+    e, m = _split(x.abs())
+    return _special_logs(x, (e * c["ln2_hi"] + _log_mantissa(m)) + e * c["ln2_lo"])
+
+
+def log1p(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + x), accurate for small x: log(u) - ((u - 1) - x) / u with u = 1 + x (u rounded)."""
+    x = x.double()
+    u = x + 1.0
+    return log(u) - ((u - 1.0) - x) / u
+
+
+def expm1(x: torch.Tensor) -> torch.Tensor:
+    """e**x - 1, accurate for small x (Kahan): (u - 1) * x / log(u) with u = e**x."""
+    x = x.double()
+    u = exp(x)
+    d = u - 1.0
+    small = (u != 1.0) & (d.abs() < 0.5)
+    lu = log(torch.where(small, u, torch.full_like(u, 2.0)))
+    return torch.where(u == 1.0, x, torch.where(small, d * x / lu, d))
+
+
+def exp2(x: torch.Tensor) -> torch.Tensor:
+    """2**x: exact for integer x in the normal range, else 2**floor(x) * e**(frac(x) ln2)."""
+    c = _constants()
+    x = x.double().clamp(-1022.0, 1023.0)
+    k = torch.floor(x)
+    f = x - k
+    return exp(f * c["ln2"]) * _pow2(k.long())
+
+
+def log2(x: torch.Tensor) -> torch.Tensor:
+    """log2 x = e + log(m) / ln2: exact for powers of two."""
+    c = _constants()
+    x = x.double()
+    e, m = _split(x.abs())
+    return _special_logs(x, e + _log_mantissa(m) * c["inv_ln2"])
+
+
+def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a where mask else b, for finite a and b, as mask * a + (1 - mask) * b: every product is exactly a value or
+    0 and the sum exactly the chosen one (faster than torch.where on CPU)."""
+    m = mask.to(a.dtype)
+    return m * a + (1.0 - m) * b
+
+
+def sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """1 / (1 + e**-x), from e = e**-|x| (no overflow): 1/(1+e) for x >= 0, e/(1+e) below; in x's precision
+    (float32 or float64)."""
+    if x.dtype != torch.float32:
+        x = x.double()
+    e = exp(-x.abs())
+    inv = 1.0 / (e + 1.0)
+    return _select(x < 0, e * inv, inv)
+
+
+def log_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """log sigmoid(x) = min(x, 0) - log1p(e**-|x|)."""
+    x = x.double()
+    return x.clamp(max=0.0) - log1p(exp(-x.abs()))
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e**x) = max(x, 0) + log1p(e**-|x|)."""
+    x = x.double()
+    return x.clamp(min=0.0) + log1p(exp(-x.abs()))
+
+
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh x = sign(x) * -t / (2 + t), t = expm1(-2|x|) (accurate near 0 too)."""
+    x = x.double()
+    t = expm1(x.abs() * -2.0)
+    return torch.where(x < 0, -1.0, 1.0) * (-t / (t + 2.0))
+
+
+def power(x: torch.Tensor, exponent: float) -> torch.Tensor:
+    """x ** exponent: repeated products for small integer exponents (exact rounding sequence), sqrt for 1/2,
+    else e**(exponent log x) for x > 0."""
+    x = x.double()
+    if exponent == 0:
+        return torch.ones_like(x)
+    if exponent == 0.5:
+        return torch.sqrt(x)
+    if exponent == -0.5:
+        return 1.0 / torch.sqrt(x)
+    if float(exponent).is_integer() and abs(exponent) <= 16:
+        n = int(abs(exponent))
+        out, base = None, x
+        while n:  # square-and-multiply, always in the same order
+            if n & 1:
+                out = base if out is None else out * base
+            n >>= 1
+            if n:
+                base = base * base
+        return out if exponent > 0 else 1.0 / out
+    return torch.where(x == 0, torch.zeros_like(x) if exponent > 0 else torch.full_like(x, float("inf")),
+                       exp(log(x) * float(exponent)))

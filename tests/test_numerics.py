@@ -1,0 +1,309 @@
+"""Exact numerics (`shardzip.numerics`): elementary functions, exact sums of products, the dispatch mode,
+numerics recorded in model containers, legacy containers, and what it is all for: every shipped model's
+code decodes under every thread count, CPU kernel set and oneDNN setting (tools/cross_decode.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from decimal import Decimal, getcontext
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shardzip.catalog import load_catalog
+from shardzip.errors import DecodeMismatchError, MessageFormatError, NumericsError
+from shardzip.models import load_catalog_model
+from shardzip.models.codec import compress, decode_notes, decompress, read_header
+from shardzip.numerics import EXACT, FLOAT, exact_numerics
+from shardzip.numerics import elementary as E
+from shardzip.numerics.exact import exact_convolution, exact_matmul, exact_sum, quantize_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import cross_decode  # noqa: E402
+
+MNIST = torch.from_numpy(np.load(Path(__file__).parent / "data" / "mnist_test_64.npy")).long()
+SHIPPED = sorted(n for n, e in load_catalog().models.items() if e.sha256)
+
+
+@pytest.fixture
+def threads():
+    """Restore torch's thread count after a test that changes it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------ elementary functions
+def _ulps(got: torch.Tensor, ref: list[Decimal], eps: float) -> float:
+    worst = 0.0
+    for g, r in zip(got.double().tolist(), ref, strict=True):
+        if r != 0:
+            worst = max(worst, float(abs((Decimal(g) - r) / r)) / eps)
+    return worst
+
+
+REF = {"exp": lambda d: d.exp(), "log": lambda d: d.ln(), "log2": lambda d: d.ln() / Decimal(2).ln(),
+       "log1p": lambda d: (1 + d).ln(), "sigmoid": lambda d: 1 / (1 + (-d).exp()),
+       "tanh": lambda d: (1 - (-2 * d).exp()) / (1 + (-2 * d).exp()), "expm1": lambda d: d.exp() - 1}
+
+
+@pytest.mark.parametrize("name", sorted(REF))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_elementary_functions_are_accurate_to_a_few_units_in_the_last_place(name, dtype):
+    getcontext().prec = 40
+    gen = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.randn(300, generator=gen, dtype=torch.float64) * 8,
+                   torch.randn(100, generator=gen, dtype=torch.float64) * 1e-4,
+                   torch.linspace(-60, 60, 101, dtype=torch.float64)]).to(dtype)
+    if name in ("log", "log2"):
+        x = x.abs() + 1e-30
+    if name == "log1p":
+        x = x.abs()
+    got = getattr(E, name)(x)
+    ref = [REF[name](Decimal(v)) for v in x.double().tolist()]
+    eps = 2.0**-52 if got.dtype == torch.float64 else 2.0**-23
+    assert _ulps(got, ref, eps) < 4, name
+
+
+def test_elementary_special_values():
+    assert E.exp(torch.tensor([0.0], dtype=torch.float64)).item() == 1.0
+    assert E.log(torch.tensor([1.0], dtype=torch.float64)).item() == 0.0
+    powers = torch.tensor([2.0**k for k in range(-30, 31)], dtype=torch.float64)
+    assert torch.equal(E.log2(powers), torch.arange(-30, 31, dtype=torch.float64))
+    assert torch.equal(E.exp2(torch.arange(-30, 31, dtype=torch.float64)), powers)
+    specials = E.log(torch.tensor([0.0, -1.0, float("inf")], dtype=torch.float64))
+    assert specials[0] == float("-inf") and torch.isnan(specials[1]) and specials[2] == float("inf")
+    assert E.sigmoid(torch.tensor([0.0, 1e4, -1e4])).tolist() == [0.5, 1.0, 0.0]
+    assert E.power(torch.tensor([3.0], dtype=torch.float64), 2).item() == 9.0
+
+
+_ELEMENTARY_PROBE = """
+import hashlib, sys, torch
+from shardzip.numerics import elementary as E
+torch.set_num_threads(int(sys.argv[1]))
+gen = torch.Generator().manual_seed(7)
+x = torch.randn(1 << 16, generator=gen, dtype=torch.float64) * 10
+h = hashlib.sha256()
+for dtype in (torch.float64, torch.float32):
+    v = x.to(dtype)
+    for f in (E.exp, E.log1p, E.sigmoid, E.tanh, E.softplus, E.expm1):
+        h.update(f(v.abs() if f is E.log1p else v).contiguous().numpy().tobytes())
+    h.update(E.log(v.abs() + 1e-3).contiguous().numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_elementary_functions_give_the_same_bits_under_every_cpu_kernel_set_and_thread_count():
+    outs = set()
+    for capability in ("default", None):
+        for n in ("1", "2"):
+            env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+            if capability:
+                env["ATEN_CPU_CAPABILITY"] = capability
+            outs.add(subprocess.run([sys.executable, "-c", _ELEMENTARY_PROBE, n], env=env, capture_output=True,
+                                    text=True, check=True).stdout)
+    assert len(outs) == 1
+
+
+# ------------------------------------------------------------------------------ exact sums of products
+def _int_reference_conv(xq: torch.Tensor, wq: torch.Tensor, stride, padding, dilation, groups) -> torch.Tensor:
+    """The same convolution in int64 (im2col + integer matrix product): exact by construction."""
+    n, c, h, w = xq.shape
+    o, cg, kh, kw = wq.shape
+    cols = torch.nn.functional.unfold(xq, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    oh = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    ow = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    cols = cols.long().view(n, groups, cg * kh * kw, oh * ow)
+    wmat = wq.long().view(groups, o // groups, cg * kh * kw)
+    out = torch.einsum("gok,ngkl->ngol", wmat, cols)  # int64: no rounding
+    return out.reshape(n, o, oh, ow)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9),
+       st.sampled_from([1, 3]), st.integers(1, 2), st.integers(0, 2), st.integers(1, 2), st.booleans(),
+       st.floats(-6, 6), st.integers(0, 2**31 - 1))
+def test_exact_convolution_is_the_exact_sum_of_products_of_its_quantized_operands(
+        n, groups, cg, h, w, k, stride, padding, dilation, bias, log_scale, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, groups * cg, h + dilation * k, w + dilation * k, generator=gen) * 10.0**log_scale
+    wt = torch.randn(2 * groups, cg, k, k, generator=gen)
+    b = torch.randn(2 * groups, generator=gen) if bias else None
+    got = exact_convolution(x, wt, b, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], groups)
+    wq, wbits = quantize_weights(wt)
+    assert float(wq.abs().max()) <= 2**20
+    from shardzip.numerics.exact import _amax, _grid_bits, _on_grid
+
+    l1 = float(wq.abs().flatten(1).sum(1).amax())
+    xbits = _grid_bits(_amax(x), l1)
+    ref = _int_reference_conv(_on_grid(x, xbits), wq, stride, padding, dilation, groups)
+    assert int(ref.abs().max()) < 2**53
+    want = ref.double() * 2.0**-(xbits + wbits)
+    if b is not None:
+        want = want + b.double().view(1, -1, 1, 1)
+    assert torch.equal(got, want.float())
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 300), st.integers(1, 40), st.integers(0, 2**31 - 1))
+def test_exact_matmul_equals_integer_arithmetic_and_sums_ignore_order(m, k, n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(m, k, generator=gen, dtype=torch.float64), torch.randn(k, n, generator=gen)
+    got = exact_matmul(a, b)
+    bq, bbits = quantize_weights(b)
+    from shardzip.numerics.exact import _grid_bits, _on_grid
+
+    abits = _grid_bits(float(a.abs().max()), float(bq.abs().sum(0).max()))
+    ref = _on_grid(a, abits).long() @ bq.long()
+    assert torch.equal(got, ref.double() * 2.0**-(abits + bbits))
+    flat = a.flatten()
+    perm = torch.randperm(flat.numel(), generator=gen)
+    assert torch.equal(exact_sum(flat), exact_sum(flat[perm]))
+
+
+def test_exact_operations_do_not_depend_on_the_thread_count(threads):
+    gen = torch.Generator().manual_seed(3)
+    x, w = torch.randn(2, 64, 96, 96, generator=gen), torch.randn(64, 64, 3, 3, generator=gen) * 0.05
+    outs = []
+    for n in (1, 2, 4):
+        torch.set_num_threads(n)
+        with exact_numerics():
+            y = torch.nn.functional.silu(torch.nn.functional.conv2d(x, w, padding=1))
+            outs.append((y, y.mean(1), torch.nn.functional.group_norm(y, 8), torch.logsumexp(y, 1)))
+    for other in outs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(outs[0], other, strict=True))
+
+
+# ------------------------------------------------------------------------------ the dispatch mode
+def test_float_operations_without_an_exact_implementation_are_refused_by_name():
+    x = torch.rand(4)
+    with exact_numerics():
+        with pytest.raises(NumericsError, match="erf"):
+            torch.erf(x)
+        with pytest.raises(NumericsError, match="randn"):
+            torch.randn(3)
+        with pytest.raises(NumericsError, match="index_add"):
+            torch.zeros(2).index_add_(0, torch.tensor([0, 0, 1, 1]), x)
+        with pytest.raises(NumericsError, match="NaN or infinite"):
+            torch.tensor([float("nan")]).long()
+        assert torch.equal(torch.arange(5) * 3 // 2, torch.tensor([0, 1, 3, 4, 6]))  # integers pass
+        with exact_numerics():  # re-entrant
+            assert torch.equal(torch.exp(torch.zeros(2)), torch.ones(2))
+
+
+@pytest.mark.parametrize("name", ["idf-photos", "msp-radar"])
+def test_exact_numerics_change_a_models_likelihood_by_less_than_a_millionth(name):
+    """The portable mode computes the trained float function to within rounding: its NLL is the float NLL."""
+    model = load_catalog_model(name)
+    if name == "idf-photos":
+        import skimage.data as skdata
+
+        x = torch.from_numpy(np.ascontiguousarray(skdata.astronaut()[:64, :96].transpose(2, 0, 1))).long()[None]
+    else:
+        x = torch.from_numpy(np.random.default_rng(0).integers(-3, 4, (1, 1, 64, 64)).cumsum(-1).cumsum(-2)
+                              + 3000).long()
+        x[..., :16, :24] = -1
+    float_nll = float(model.nll_bits(x).sum())
+    with exact_numerics():
+        exact_nll = float(model.nll_bits(x).sum())
+    assert abs(exact_nll - float_nll) < 1e-6 * float_nll
+
+
+# ------------------------------------------------------------------------------ containers
+def test_containers_record_their_numerics_and_float_ones_their_thread_count(threads):
+    model = load_catalog_model("bbans-mnist")
+    torch.set_num_threads(1)
+    exact, floats = compress(model, MNIST[:8], numerics=EXACT), compress(model, MNIST[:8], numerics=FLOAT)
+    assert read_header(exact)["numerics"] == EXACT and read_header(exact)["threads"] == 0
+    assert read_header(floats)["numerics"] == FLOAT and read_header(floats)["threads"] == 1
+    torch.set_num_threads(2)  # the decoder repeats the float encoder's thread count, then restores this one
+    with decode_notes() as notes:
+        assert torch.equal(decompress(model, floats)[0], MNIST[:8])
+        assert torch.equal(decompress(model, exact)[0], MNIST[:8])
+    assert torch.get_num_threads() == 2
+    assert notes == [{"numerics": FLOAT, "threads": 1, "attempts": 1}, {"numerics": EXACT, "threads": None,
+                                                                          "attempts": 1}]
+    with pytest.raises(NumericsError, match="unknown numerics"):
+        compress(model, MNIST[:8], numerics="fast")
+
+
+def _as_version_1(blob: bytes) -> bytes:
+    """The same container as shardzip wrote it before numerics were recorded (version 1 layout)."""
+    head = read_header(blob)
+    n = blob[6]
+    start = 7 + n  # magic, version, flags, family length, family
+    body = blob[:4] + bytes([1]) + blob[5:start] + blob[start + 3:head["message_offset"] - 4]
+    return body + struct.pack("<I", zlib.crc32(body)) + blob[head["message_offset"]:]
+
+
+def test_legacy_containers_decode_by_trying_the_thread_counts_their_encoder_may_have_used(threads):
+    """Containers written before this change (float networks, thread count not recorded) still decode: the
+    decoder tries this process's thread count, then 1 ... cores, and says which worked."""
+    model = load_catalog_model("bbans-mnist")
+    torch.set_num_threads(1)
+    one = _as_version_1(compress(model, MNIST[:32], numerics=FLOAT))
+    torch.set_num_threads(2)
+    two = _as_version_1(compress(model, MNIST[:32], numerics=FLOAT))
+    assert read_header(one)["version"] == 1 and read_header(one)["numerics"] == FLOAT
+    if one == two:
+        pytest.skip("on this machine 1 and 2 torch threads give the same floats for this model")
+    with decode_notes() as notes:  # this process runs 2 threads: the 1-thread container needs a second try
+        assert torch.equal(torch.cat(decompress(model, one)), MNIST[:32])
+        assert torch.equal(torch.cat(decompress(model, two)), MNIST[:32])
+    assert notes == [{"numerics": FLOAT, "threads": 1, "attempts": 2, "legacy": True},
+                     {"numerics": FLOAT, "threads": 2, "attempts": 1, "legacy": True}]
+    damaged = bytearray(one)
+    damaged[-5] ^= 0x40
+    with pytest.raises(MessageFormatError, match="CRC32"):  # damage is found before decoding: no retries
+        decompress(model, bytes(damaged))
+    other = load_catalog_model("bbans-mnist")
+    with torch.no_grad():
+        other.decoder[-1].bias.add_(0.05)  # other weights: no thread count can help, and the error says so
+    with pytest.raises(DecodeMismatchError, match="does not decode with 2, 1 torch threads"):
+        decompress(other, one)
+
+
+# ------------------------------------------------------------------------------ across configurations
+def test_every_shipped_model_decodes_under_every_thread_count_cpu_kernel_set_and_onednn_setting(tmp_path):
+    """Bytes written under {1, 2, 4 threads} x {default, best CPU kernels, best without oneDNN} decode under every
+    other combination, for every shipped model, on real data (and are in fact the same bytes)."""
+    out = cross_decode.cross_decode(SHIPPED, list(cross_decode.DEFAULT_CONFIGS), "1,2,4", work=tmp_path,
+                                    log=lambda *_: None)
+    failed = {m: r["failed"][:2] for m, r in out["rows"].items() if r["failed"]}
+    assert not failed
+    assert all(r["writers"] == 9 and r["decodes"] == 9 * r["distinct_bytes"] for r in out["rows"].values())
+    assert out["same_bytes"], {m: r["distinct_bytes"] for m, r in out["rows"].items()}
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() == "DEFAULT",
+                    reason="this CPU has no vector kernel set to compare the scalar kernels with")
+def test_the_cross_check_catches_what_plain_float_numerics_do(tmp_path):
+    """The same check with plain floats fails: it can tell (the bug it guards against is real)."""
+    out = cross_decode.cross_decode(["bbans-mnist", "idf-photos"], ["cpu/default", "cpu/best"], "1,2",
+                                    numerics=FLOAT, work=tmp_path, log=lambda *_: None)
+    assert not out["ok"] and not out["same_bytes"]
+
+
+@pytest.mark.parametrize("name", ["idf-mnist", "msp-radar"])
+def test_exact_numerics_bytes_are_stable(name):
+    """exact-1 is part of the format: a change that alters what it computes changes these bytes, and must then
+    be a new numerics version (old stores keep decoding with the old one)."""
+    model = load_catalog_model(name)
+    x = MNIST[:8] if name == "idf-mnist" else MNIST[8:10] * 200  # real digits, as 16-bit values for msp
+    digest = hashlib.sha256(compress(model, x, batch=8)).hexdigest()
+    assert digest == GOLDEN[name], digest
+
+
+GOLDEN = {"idf-mnist": "d331a410db3c93abe844d1105e02481aa28d56b709613e71afee2859e9c79cfa",
+          "msp-radar": "0e3dfdb3444b02b77d38592b4d93ef109138e0c0ff15e5da1b1e034a1dd7237e"}

