@@ -19,7 +19,8 @@ LINT_PATHS := $(wildcard shardzip tests benchmarks tools)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint bench bench-pipeline rates data clean distclean install bench-scaling
+.PHONY: demo test lint bench bench-pipeline rates data clean distclean install bench-scaling bench-numerics \
+	cross-decode
 
 install: $(STAMP)
 
@@ -34,8 +35,9 @@ $(STAMP): pyproject.toml | $(PY)
 
 # The main job on embedded defaults: scikit-image's lossless RGB photographs (a registry package)
 # -> zarr -> compressed with a shipped model on a LocalCluster of 2 worker processes -> verified;
-# prints bpd per image next to zstd's; ends with the evaluation report (model vs PNG, WebP, JPEG-XL, ...)
-# in data/demo/report/. DEMO_DATA=mnist runs the MNIST test split instead.
+# prints bpd per image next to zstd's; writes the evaluation report (model vs PNG, WebP, JPEG-XL, ...)
+# to data/demo/report/; ends by reading the store back with plain zarr in a fresh process (other torch
+# threads than the workers'). DEMO_DATA=mnist runs the MNIST test split instead.
 DEMO := data/demo
 DEMO_DATA ?= photos
 demo: $(STAMP)
@@ -44,9 +46,9 @@ demo: $(STAMP)
 		$(PY) -m shardzip.cli import $(DEMO_DATA) $(DEMO)/$(DEMO_DATA)-test.zarr --split test
 	$(PY) -m shardzip.cli compress $(DEMO)/$(DEMO_DATA)-test.zarr $(DEMO)/$(DEMO_DATA)-test.szip \
 		--model $(DEMO_MODEL) --workers 2 --verify --overwrite
-	$(PY) -m shardzip.cli verify $(DEMO)/$(DEMO_DATA)-test.szip --workers 2
 	$(PY) -m shardzip.cli eval $(DEMO)/$(DEMO_DATA)-test.zarr --model $(DEMO_MODEL) --workers 2 --quiet \
 		--out $(DEMO)/report
+	$(PY) tools/read_back.py $(DEMO)/$(DEMO_DATA)-test.zarr $(DEMO)/$(DEMO_DATA)-test.szip
 
 test: $(STAMP)
 	$(PY) -m ruff check $(LINT_PATHS)
@@ -85,6 +87,16 @@ data: $(STAMP)
 # Shipped models against classical codecs on their test sets (benchmarks/rates.py).
 rates: data
 	$(PY) benchmarks/rates.py
+
+# Exact numerics next to plain floats: rate and MB/s per shipped model (benchmarks/numerics.py).
+bench-numerics: data
+	$(PY) benchmarks/numerics.py
+
+# Every shipped model's code decoded across thread counts, CPU kernel sets and oneDNN (and CUDA, on a GPU
+# machine: make cross-decode CONFIGS=cpu/best,cuda).
+CONFIGS ?= cpu/default,cpu/best,cpu/best-noonednn
+cross-decode: $(STAMP)
+	$(PY) tools/cross_decode.py --configs $(CONFIGS) --same-bytes
 
 # Build outputs and tool caches; keeps the venv (see distclean).
 clean:

@@ -132,3 +132,19 @@ def test_models_and_messages_on_different_devices_are_refused():
     cpu_msg.push(torch.zeros(4, dtype=torch.int64), cpu_model)
     with pytest.raises(ModelParameterError):
         cpu_msg.pop(uniform(16, (4,), device=CUDA))
+
+
+def test_every_shipped_model_decodes_across_cuda_and_cpu(tmp_path):
+    """Exact numerics: bytes written on CUDA decode on the CPU and the reverse, for every shipped model
+    (tools/cross_decode.py, the script to run on any GPU machine)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import cross_decode
+
+    from shardzip.catalog import load_catalog
+
+    models = sorted(n for n, e in load_catalog().models.items() if e.sha256)
+    out = cross_decode.cross_decode(models, ["cpu/best", "cuda"], "1,2", work=tmp_path, log=print)
+    assert out["ok"], {m: r["failed"][:2] for m, r in out["rows"].items() if r["failed"]}

@@ -6,6 +6,7 @@ code decodes under every thread count, CPU kernel set and oneDNN setting (tools/
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 import subprocess
@@ -272,6 +273,43 @@ def test_legacy_containers_decode_by_trying_the_thread_counts_their_encoder_may_
         other.decoder[-1].bias.add_(0.05)  # other weights: no thread count can help, and the error says so
     with pytest.raises(DecodeMismatchError, match="does not decode with 2, 1 torch threads"):
         decompress(other, one)
+
+
+LEGACY = Path(__file__).parent / "data" / "legacy"
+
+
+def _machine() -> dict:
+    import platform
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": cpu, "capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__.split("+")[0], "machine": platform.machine()}
+
+
+def test_a_store_written_before_numerics_were_recorded_still_reads_back(tmp_path):
+    """A real store of the previous release (float networks, version-1 containers): plain zarr reads it
+    bit-exactly and verify says how its chunks decoded. Float numerics decode only on the kind of machine that
+    wrote them, so elsewhere this is skipped, saying so."""
+    import shutil
+
+    import skimage.data as skdata
+    import zarr
+
+    from shardzip.pipeline import jobs
+
+    meta = json.loads((LEGACY / "coffee-idf-photos.json").read_text())
+    if meta["machine"] != _machine():
+        pytest.skip(f"the legacy store was written on {meta['machine']}, this is {_machine()}: float numerics "
+                    "from another kind of machine need not decode here")
+    store = tmp_path / "legacy.szip"
+    shutil.copytree(LEGACY / "coffee-idf-photos.szip", store)
+    want = np.ascontiguousarray(skdata.coffee()[100:196, 200:328].transpose(2, 0, 1))
+    assert np.array_equal(zarr.open(str(store), mode="r")["coffee"][...], want)
+    out = jobs.verify(str(store), workers=1, progress=False)
+    assert out["bad"] == [] and len(out["decoded"]) == 1
+    assert next(iter(out["decoded"])).startswith("float (threads not recorded), decoded with")
+    assert "float" in jobs.format_summary(jobs.info(str(store)))
 
 
 # ------------------------------------------------------------------------------ across configurations

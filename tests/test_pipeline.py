@@ -155,6 +155,21 @@ def test_photograph_group_v2_source_keeps_groups_and_attributes(cluster, photo_s
     assert g.attrs["source"] == "scikit-image" and g["test"].attrs["split"] == "test"
     assert g["test/chelsea"].attrs["licence"] == "CC0"
     _same_store(photo_src, dst)
+    assert m["profile"]["numerics"] == "exact-1"
+    # coded by worker processes with 1 torch thread each; read back where nothing matches: an ordinary Python
+    # process with plain zarr, 2 threads (torch's default here) and the scalar CPU kernels, and 4 threads
+    read = ("import sys, numpy as np, torch, zarr; torch.set_num_threads(int(sys.argv[3])); "
+            "a = zarr.open(sys.argv[1], mode='r')['test/chelsea'][...]; "
+            "b = zarr.open(sys.argv[2], mode='r')['test/chelsea'][...]; "
+            "print(a.dtype == b.dtype and np.array_equal(a, b))")
+    for threads, capability in (("2", "default"), ("4", None)):
+        env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS")}
+        env.update({"ATEN_CPU_CAPABILITY": capability} if capability else {})
+        out = subprocess.run([sys.executable, "-c", read, dst, photo_src, threads], env=env, capture_output=True,
+                             text=True, cwd=tmp_path)
+        assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-2000:]
+    checked = jobs.verify(dst, scheduler=client.scheduler.address, progress=False)
+    assert checked["bad"] == [] and checked["decoded"] == {"exact-1": a["chunks_by_method"]["model"]}
 
 
 def test_worker_killed_mid_job_still_completes_bit_exact(mnist_src, tmp_path):

@@ -141,14 +141,10 @@ def read_header(data: bytes) -> dict:
         pos = _HEAD.size
         family = bytes(view[pos:pos + n]).decode()
         pos += n
-        numerics, threads = FLOAT, 0  # version 1: plain floats, thread count not recorded
+        code, threads = 0, 0  # version 1: plain floats, thread count not recorded
         if version >= 2:
             code, threads = _NUMERICS.unpack_from(view, pos)
             pos += _NUMERICS.size
-            if code >= len(NUMERICS):
-                raise MessageFormatError(f"model container names numerics {code}, unknown to this shardzip "
-                                         f"(it knows {', '.join(NUMERICS)}); upgrade shardzip")
-            numerics = NUMERICS[code]
         lanes, words, count = _GEOM.unpack_from(view, pos)
         pos += _GEOM.size
         if count > (len(view) - pos) // _DIMS.size:
@@ -165,8 +161,11 @@ def read_header(data: bytes) -> dict:
         raise MessageFormatError(f"model container header is truncated or damaged: {exc}") from exc
     if zlib.crc32(view[:pos]) != head_crc:
         raise MessageFormatError("model container header CRC32 does not match: the bytes are damaged")
+    if code >= len(NUMERICS):
+        raise MessageFormatError(f"model container names numerics {code}, unknown to this shardzip (it knows "
+                                 f"{', '.join(NUMERICS)}): it was written by a newer shardzip; upgrade")
     return {"family": family, "bits_back": bool(flags & 1), "lanes": lanes, "words": words, "shapes": shapes,
-            "crc": crc, "message_offset": pos + _U32.size, "version": version, "numerics": numerics,
+            "crc": crc, "message_offset": pos + _U32.size, "version": version, "numerics": NUMERICS[code],
             "threads": threads}
 
 

@@ -214,7 +214,8 @@ def _softplus(func, args, kwargs):
     x, beta, threshold = (list(args) + [1.0, 20.0])[:3]
     beta, threshold = kwargs.get("beta", beta), kwargs.get("threshold", threshold)
     xb = x.double() * beta
-    out = torch.where(xb > threshold, x.double(), E.softplus(xb) / beta if beta != 1 else E.softplus(xb))
+    out = torch.where(xb > threshold, x.double(), _divide(E.softplus(xb), float(beta)) if beta != 1 else
+                      E.softplus(xb))
     return out.to(x.dtype)
 
 
@@ -255,7 +256,10 @@ def _pow(func, args, kwargs):
     if isinstance(base, torch.Tensor) and not isinstance(exponent, torch.Tensor):
         if not _float(base):
             return func(*args, **kwargs)
-        out = E.power(base, float(exponent)).to(base.dtype)
+        if float(exponent) == 2.0 and base.dtype in (torch.float32, torch.float64):
+            out = base * base  # = E.power's float64 square rounded to float32 (a float32 square is exact in float64)
+        else:
+            out = E.power(base, float(exponent)).to(base.dtype)
     elif not isinstance(base, torch.Tensor):  # number ** tensor
         dtype = exponent.dtype if _float(exponent) else torch.get_default_dtype()
         if float(base) == 2.0:
