@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from shardzip.errors import NumericsError
@@ -651,16 +651,5 @@ def exact_numerics() -> Iterator[None]:
         yield
 
 
-def outside_modes(fn):
-    """Decorator: run `fn` outside every dispatch mode (for integer code such as the coder, at full speed)."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with _disable_current_modes():
-            return fn(*args, **kwargs)
-    return wrapper
-
-
 __all__ = ["EXACT", "NUMERICS_VERSION", "WEIGHT_BITS", "ExactNumerics", "exact_convolution", "exact_matmul",
-           "exact_mean", "exact_numerics", "exact_sum", "outside_modes", "quantize_weights"]
+           "exact_mean", "exact_numerics", "exact_sum", "quantize_weights"]
