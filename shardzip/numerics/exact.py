@@ -106,11 +106,17 @@ def _device_scalar(value: Any, like: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ exact sums of products
+def _reduced(x: torch.Tensor, dims: list[int] | None) -> tuple[list[int], int]:
+    """The dimensions a reduction over `dims` covers (all when None/empty), non-negative, and how many values
+    each reduced element sums."""
+    dims = list(range(x.dim())) if not dims else [d % max(1, x.dim()) for d in dims]
+    return dims, math.prod(x.shape[d] for d in dims) if x.dim() else 1
+
+
 def exact_sum(x: torch.Tensor, dims: list[int] | None = None, keepdim: bool = False) -> torch.Tensor:
     """Sum over `dims` (all when None/empty) in float64, exactly the sum of x rounded to a common grid."""
     xd = x.double()
-    dims = list(range(xd.dim())) if not dims else [d % max(1, xd.dim()) for d in dims]
-    n = math.prod(xd.shape[d] for d in dims) if xd.dim() else 1
+    dims, n = _reduced(xd, dims)
     a = _amax(xd)
     if not math.isfinite(a):  # inf/NaN dominate any order of summation alike
         return xd.sum(dims, keepdim=keepdim) if xd.dim() else xd.clone()
@@ -127,9 +133,7 @@ def _divide(a: torch.Tensor, b: Any) -> torch.Tensor:
 
 def exact_mean(x: torch.Tensor, dims: list[int] | None = None, keepdim: bool = False) -> torch.Tensor:
     xd = x.double()
-    dims_ = list(range(xd.dim())) if not dims else [d % max(1, xd.dim()) for d in dims]
-    n = math.prod(xd.shape[d] for d in dims_) if xd.dim() else 1
-    return _divide(exact_sum(xd, dims, keepdim), float(n))
+    return _divide(exact_sum(xd, dims, keepdim), float(_reduced(xd, dims)[1]))
 
 
 def exact_convolution(x, w, b, stride, padding, dilation, transposed, output_padding, groups) -> torch.Tensor:
@@ -178,12 +182,14 @@ def _float(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and t.is_floating_point()
 
 
+def _written(func, target: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`out`, or for an in-place variant (`exp_`, `div_`, ...) `target` overwritten with it."""
+    return target.copy_(out) if func.overloadpacket.__name__.endswith("_") else out
+
+
 def _inplace(fn: Callable[[torch.Tensor], torch.Tensor]) -> Handler:
     def handler(func, args, kwargs):
-        out = fn(*args, **kwargs)
-        if func.overloadpacket.__name__.endswith("_"):
-            return args[0].copy_(out)
-        return out
+        return _written(func, args[0], fn(*args, **kwargs))
     return handler
 
 
@@ -238,7 +244,7 @@ def _elu(func, args, kwargs):
 def _rsqrt(func, args, kwargs):
     x = args[0]
     out = 1.0 / torch.sqrt(x)  # two IEEE operations (CUDA's rsqrt is not correctly rounded)
-    return args[0].copy_(out) if func.overloadpacket is aten.rsqrt_ else out
+    return _written(func, args[0], out)
 
 
 @_handles(aten.reciprocal, aten.reciprocal_)
@@ -247,7 +253,7 @@ def _reciprocal(func, args, kwargs):
     if not _float(x):
         x = x.to(torch.get_default_dtype())
     out = torch.ones_like(x) / x
-    return args[0].copy_(out) if func.overloadpacket is aten.reciprocal_ else out
+    return _written(func, args[0], out)
 
 
 @_handles(aten.pow, aten.pow_)
@@ -273,7 +279,7 @@ def _pow(func, args, kwargs):
         b, e = torch.broadcast_tensors(base.double(), exponent.double())
         out = torch.where(b == 0, torch.where(e == 0, 1.0, torch.where(e > 0, 0.0, math.inf)),
                           E.exp(E.log(b) * e)).to(dtype)
-    return args[0].copy_(out) if func.overloadpacket is aten.pow_ else out
+    return _written(func, args[0], out)
 
 
 def _alpha_split(func, args, kwargs, reverse: bool = False):
@@ -288,8 +294,7 @@ def _alpha_split(func, args, kwargs, reverse: bool = False):
     scaled = torch.mul(b, alpha * sign)
     if reverse:  # rsub: b - alpha * a
         return torch.sub(b if isinstance(b, torch.Tensor) else _device_scalar(b, a), torch.mul(a, alpha))
-    out = torch.add(a, scaled)
-    return a.copy_(out) if name.endswith("_") else out
+    return _written(func, a, torch.add(a, scaled))
 
 
 _handles(aten.add, aten.add_, aten.sub, aten.sub_)(_alpha_split)
@@ -308,7 +313,7 @@ def _div(func, args, kwargs):
         q = torch.floor(q)
     elif mode == "trunc":
         q = torch.trunc(q)
-    return a.copy_(q) if func.overloadpacket is aten.div_ else q
+    return _written(func, a, q)
 
 
 @_handles(aten.addcmul, aten.addcmul_, aten.addcdiv, aten.addcdiv_)
@@ -318,14 +323,14 @@ def _addc(func, args, kwargs):
     name = func.overloadpacket.__name__
     term = t1 * t2 if name.startswith("addcmul") else t1 / t2
     out = s + (term * value if value != 1 else term)
-    return s.copy_(out) if name.endswith("_") else out
+    return _written(func, s, out)
 
 
 @_handles(aten.lerp, aten.lerp_)
 def _lerp(func, args, kwargs):
     start, end, weight = args[:3]
     out = start + (end - start) * weight
-    return start.copy_(out) if func.overloadpacket is aten.lerp_ else out
+    return _written(func, start, out)
 
 
 @_handles(aten.convolution)
@@ -405,14 +410,13 @@ def _cumsum(func, args, kwargs):
     else:
         bits = _grid_bits(a, float(max(1, x.shape[dim] if x.dim() else 1)))
         out = _scaled(torch.cumsum(_on_grid(x, bits), dim), bits).to(dtype or x.dtype)
-    return args[0].copy_(out) if func.overloadpacket is aten.cumsum_ else out
+    return _written(func, args[0], out)
 
 
 def _var(x: torch.Tensor, dims: list[int] | None, correction: float,
          keepdim: bool) -> tuple[torch.Tensor, torch.Tensor]:
     xd = x.double()
-    dims_ = list(range(xd.dim())) if not dims else [d % xd.dim() for d in dims]
-    n = math.prod(xd.shape[d] for d in dims_)
+    dims_, n = _reduced(xd, dims)
     mean = _divide(exact_sum(xd, dims_, True), float(n))
     d = xd - mean
     var = _divide(exact_sum(d * d, dims_, keepdim), float(max(0.0, n - correction)))
