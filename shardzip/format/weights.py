@@ -7,12 +7,14 @@ pipeline for a store's own weights), in shardzip's shipped weights, and in the u
 (`$SHARDZIP_CACHE`, default `~/.cache/shardzip/weights`). Models are loaded once per process and
 device (`ModelCache`); the Dask worker plugin holds one such cache per worker.
 
-The numerics profile (numerics, device kind, dtype, torch version) is stored with every coded
-array. Stores coded with exact numerics (`exact-1`, the default; `shardzip.numerics`) decode on any
-device, thread count and CPU. Stores coded with plain floats (`float`, or stores that predate the
-field) may decode differently elsewhere: another device kind is refused, another torch version is
-warned about, and each chunk records the thread count to repeat (the per-chunk CRC32 still
-catches any actual difference).
+The numerics profile (numerics, device kind, dtype, torch version) is stored with every coded array.
+Stores coded with exact numerics (`exact-2`, the default; `shardzip.numerics`) decode on any device,
+thread count and CPU. `exact-1` stores (their sqrt was torch's, not correctly rounded on every CPU)
+decode on their own device kind, like float ones, and where torch's sqrt rounds as the encoder's
+did. Stores coded with plain floats (`float`, or stores that predate the field) may decode
+differently elsewhere: another device kind is refused, another torch version is warned about, and
+each chunk records the thread count to repeat (the per-chunk CRC32 still catches any actual
+difference).
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def profile_numerics(profile: dict[str, str]) -> str:
 
 
 def portable(profile: dict[str, str]) -> bool:
-    """Whether a store coded under `profile` decodes on any device kind (exact numerics)."""
+    """Whether a store coded under `profile` decodes on any device kind and CPU (the current exact numerics)."""
     return profile_numerics(profile) == EXACT
 
 

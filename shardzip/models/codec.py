@@ -7,18 +7,20 @@ models with `coding_tiles` (HiLLoC) cut each image into tiles. The decoder pops 
 reverse, runs the same networks on the same shapes, and finally checks that the message is back
 at its initial state and that the CRC32 of the decoded pixels matches the encoder's.
 
-Numerics. The decoder must rebuild the encoder's CDFs bit for bit. By default the networks run
-under `shardzip.numerics.exact_numerics` (`exact-1`): the same bits on any thread count, CPU kernel
-set, CPU or CUDA, so the container decodes anywhere. `numerics="float"` runs plain torch floats
-(faster, not portable): the container records the encoder's torch thread count and the decoder
-repeats it; it still needs the same device kind, kernels and library. Containers of version 1
-(written before numerics were recorded) are plain floats of unknown thread count: the decoder tries
-this process's count, then 1 ... the machine's cores, and says which one worked (`decode_notes`).
+Numerics. The decoder must rebuild the encoder's CDFs bit for bit. By default the networks run under
+`shardzip.numerics.exact_numerics` (`exact-2`): the same bits on any thread count, CPU kernel set,
+CPU vendor, CPU or CUDA, so the container decodes anywhere (`exact-1` containers, whose sqrt was
+torch's, decode under exact-1 again: where torch's sqrt rounds as the encoder's did).
+`numerics="float"` runs plain torch floats (faster, not portable): the container records the
+encoder's torch thread count and the decoder repeats it; it still needs the same device kind,
+kernels and library. Containers of version 1 (written before numerics were recorded) are plain
+floats of unknown thread count: the decoder tries this process's count, then 1 ... the machine's
+cores, and says which one worked (`decode_notes`).
 
 Layout (little endian), version 2::
 
     b"SZMC" | version u8 | flags u8 (1: bits-back) | family length u8 | family | numerics u8 (0 float,
-    1 exact-1) | torch threads at encoding u16 (float; 0 for exact) | lanes u32 | clean words per lane u32
+    1 exact-1, 2 exact-2) | torch threads at encoding u16 (float; 0 for exact) | lanes u32 | clean words per lane u32
     | items u32 | per item: C, H, W, B u32 | crc32 of pixels u32 | crc32 of everything before u32
     | message (shardzip.coding.Message.to_bytes)
 
@@ -40,7 +42,7 @@ import torch
 from shardzip.coding import Message
 from shardzip.errors import CodingError, DecodeMismatchError, MessageFormatError, MessageUnderflowError, NumericsError
 from shardzip.models.base import LosslessModel
-from shardzip.numerics import EXACT, FLOAT, NUMERICS, exact_numerics
+from shardzip.numerics import EXACT, FLOAT, NUMERICS, is_exact, numerics_context
 
 MAGIC = b"SZMC"
 VERSION = 2
@@ -76,10 +78,6 @@ def _pixels_crc(items: Sequence[torch.Tensor]) -> int:
     return crc
 
 
-def _numerics_context(numerics: str):
-    return exact_numerics() if numerics == EXACT else torch.no_grad()
-
-
 @contextlib.contextmanager
 def _torch_threads(threads: int) -> Iterator[None]:
     before = torch.get_num_threads()
@@ -95,7 +93,7 @@ def _torch_threads(threads: int) -> Iterator[None]:
 def compress(model: LosslessModel, images: torch.Tensor | Sequence[torch.Tensor], batch: int = 16,
              lanes: int | None = None, numerics: str = EXACT) -> bytes:
     """Code `images` (a stack [N, C, H, W] or a list of [C, H, W]) into bytes, under `numerics`
-    (`exact-1`: decodes on any machine; `float`: plain torch, decodes only under the same threads and kernels)."""
+    (`exact-2`: decodes on any machine; `float`: plain torch, decodes only under the same threads and kernels)."""
     if numerics not in NUMERICS:
         raise NumericsError(f"unknown numerics {numerics!r}; shardzip codes with {', '.join(NUMERICS)}")
     items = [x.long() for x in _items(images, batch)]
@@ -108,7 +106,7 @@ def compress(model: LosslessModel, images: torch.Tensor | Sequence[torch.Tensor]
     for _ in range(MAX_RETRIES):
         msg = Message.with_clean_bits(lanes, words, device=device) if model.bits_back else Message(lanes, device)
         try:
-            with _FLOAT_LOCK if numerics == FLOAT else contextlib.nullcontext(), _numerics_context(numerics):
+            with _FLOAT_LOCK if numerics == FLOAT else contextlib.nullcontext(), numerics_context(numerics):
                 for unit in units:
                     model.encode(msg, unit.to(device))
                 threads = torch.get_num_threads() if numerics == FLOAT else 0
@@ -205,10 +203,10 @@ def decompress(model: LosslessModel, data: bytes) -> list[torch.Tensor]:
     head = read_header(data)
     if head["family"] != model.family:
         raise DecodeMismatchError(f"these bytes were coded with a {head['family']!r} model, not {model.family!r}")
-    if head["numerics"] == EXACT:
-        with exact_numerics():
+    if is_exact(head["numerics"]):  # the container's own exact version (exact-1 with torch's sqrt)
+        with numerics_context(head["numerics"]):
             items = _decode_items(model, data, head)
-        _note(numerics=EXACT, threads=None, attempts=1)
+        _note(numerics=head["numerics"], threads=None, attempts=1)
         return items
     if head["version"] >= 2:  # float numerics: repeat the encoder's thread count
         with _FLOAT_LOCK, _torch_threads(head["threads"]), torch.no_grad():

@@ -8,7 +8,10 @@ dispatch mode that admits only operations with one defined result:
 - layout, indexing, comparison, selection and integer operations (exact by nature);
 - single IEEE 754 operations on floats (+, -, *, /, sqrt, rounding), which every conforming CPU
   and GPU rounds identically; fused variants (alpha, FMA-prone composites) are split into them,
-  and a scalar divisor is moved to the device (CUDA would multiply by its reciprocal);
+  and a scalar divisor is moved to the device (CUDA would multiply by its reciprocal). sqrt is
+  IEEE's correctly rounded one from `elementary.sqrt`: torch's CPU sqrt goes through MKL, which is
+  not correctly rounded on every CPU (AMD EPYC: 1 in 6 float32 roots one unit off; Intel Xeon:
+  correctly rounded), so stores coded on one vendor's CPUs did not decode on the other's;
 - sums of products made exact: convolutions, matrix products and reductions quantize their
   operands to integers on a power-of-two grid chosen so that every partial sum is an integer
   below 2**53, then run in float64, where such sums are exact in any order, on any number of
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -41,8 +45,13 @@ from torch.utils._pytree import tree_flatten
 from shardzip.errors import NumericsError
 from shardzip.numerics import elementary as E
 
-NUMERICS_VERSION = 1
-EXACT = f"exact-{NUMERICS_VERSION}"
+NUMERICS_VERSION = 2
+EXACT = f"exact-{NUMERICS_VERSION}"  # what new stores are coded with
+# Every exact version this shardzip decodes, by name. exact-1 took sqrt from torch, which on CPUs is MKL's and
+# is not correctly rounded on every CPU: exact-1 stores decode where torch's sqrt rounds as the encoder's did
+# (the same CPU vendor and torch build). exact-2 computes a correctly rounded sqrt itself (`elementary.sqrt`).
+EXACT_VERSIONS = {"exact-1": 1, "exact-2": 2}
+_STATE = threading.local()  # the version of the innermost active exact_numerics() in this thread
 WEIGHT_BITS = 20  # weights: integers of at most 20 bits on a per-tensor power-of-two grid
 EXACT_LIMIT_BITS = 52  # |every partial sum| < 2**52 (float64 integers are exact up to 2**53)
 
@@ -182,6 +191,16 @@ def _float(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and t.is_floating_point()
 
 
+def version() -> int:
+    """The exact numerics version in force in this thread (that of the innermost `exact_numerics()`)."""
+    return getattr(_STATE, "version", NUMERICS_VERSION)
+
+
+def _root(x: torch.Tensor) -> torch.Tensor:
+    """sqrt as the numerics version in force defines it: correctly rounded (exact-2), torch's own (exact-1)."""
+    return E.sqrt(x) if version() >= 2 else torch.sqrt(x)
+
+
 def _written(func, target: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """`out`, or for an in-place variant (`exp_`, `div_`, ...) `target` overwritten with it."""
     return target.copy_(out) if func.overloadpacket.__name__.endswith("_") else out
@@ -240,10 +259,18 @@ def _elu(func, args, kwargs):
     return (out * scale if scale != 1 else out).to(x.dtype)
 
 
+@_handles(aten.sqrt, aten.sqrt_)
+def _sqrt(func, args, kwargs):
+    x = args[0]
+    if not _float(x):
+        return func(*args, **kwargs)
+    return _written(func, x, _root(x))  # torch's CPU sqrt (MKL) is not correctly rounded on every CPU
+
+
 @_handles(aten.rsqrt, aten.rsqrt_)
 def _rsqrt(func, args, kwargs):
     x = args[0]
-    out = 1.0 / torch.sqrt(x)  # two IEEE operations (CUDA's rsqrt is not correctly rounded)
+    out = 1.0 / _root(x)  # two correctly rounded operations (CUDA's rsqrt is not correctly rounded)
     return _written(func, args[0], out)
 
 
@@ -444,7 +471,7 @@ def _variance(func, args, kwargs):
     keepdim = kwargs.get("keepdim", False)
     var, mean = _var(x, _var_dims(args, kwargs), _correction(args, kwargs), keepdim)
     name = func.overloadpacket.__name__
-    spread = torch.sqrt(var) if name.startswith("std") else var
+    spread = _root(var) if name.startswith("std") else var
     spread = spread.to(x.dtype)
     return (spread, mean.to(x.dtype)) if name.endswith("_mean") else spread
 
@@ -454,7 +481,7 @@ def _group_norm(func, args, kwargs):
     x, weight, bias, N, C, HxW, group, eps = args
     xd = x.double().reshape(N, group, -1)
     var, mean = _var(xd, [-1], 0.0, True)
-    rstd = 1.0 / torch.sqrt(var + eps)
+    rstd = 1.0 / _root(var + eps)
     y = ((xd - mean) * rstd).reshape(x.shape)
     shape = [1, C] + [1] * (x.dim() - 2)
     if weight is not None:
@@ -469,7 +496,7 @@ def _layer_norm(func, args, kwargs):
     x, shape, weight, bias, eps = args
     dims = list(range(x.dim() - len(shape), x.dim()))
     var, mean = _var(x, dims, 0.0, True)
-    rstd = 1.0 / torch.sqrt(var + eps)
+    rstd = 1.0 / _root(var + eps)
     y = (x.double() - mean) * rstd
     if weight is not None:
         y = y * weight.double()
@@ -482,7 +509,7 @@ def _layer_norm(func, args, kwargs):
 def _batch_norm_eval(func, args, kwargs):
     x, weight, bias, running_mean, running_var, momentum, eps = args
     shape = [1, -1] + [1] * (x.dim() - 2)
-    y = (x.double() - running_mean.double().view(shape)) / torch.sqrt(running_var.double().view(shape) + eps)
+    y = (x.double() - running_mean.double().view(shape)) / _root(running_var.double().view(shape) + eps)
     if weight is not None:
         y = y * weight.double().view(shape)
     if bias is not None:
@@ -523,7 +550,7 @@ def _vector_norm(func, args, kwargs):
     keepdim = args[3] if len(args) > 3 else kwargs.get("keepdim", False)
     xd = x.double()
     if ord_ == 2:
-        out = torch.sqrt(exact_sum(xd * xd, dims, keepdim))
+        out = _root(exact_sum(xd * xd, dims, keepdim))
     elif ord_ == 1:
         out = exact_sum(xd.abs(), dims, keepdim)
     elif ord_ == math.inf:
@@ -610,7 +637,7 @@ roll narrow as_strided unfold eq ne lt le gt ge logical_and logical_or logical_n
 isneginf isposinf any all amax amin max min maximum minimum fmax fmin argmax argmin sort topk kthvalue median abs
 abs_ neg neg_ sign sgn clamp clamp_ clamp_min clamp_max clamp_min_ clamp_max_ floor floor_ ceil ceil_ trunc trunc_
 frac relu relu_ hardtanh hardtanh_ leaky_relu nonzero count_nonzero masked_select searchsorted bucketize
-_local_scalar_dense isin nan_to_num nan_to_num_ mul mul_ sqrt sqrt_ fmod heaviside copysign square equal is_nonzero
+_local_scalar_dense isin nan_to_num nan_to_num_ mul mul_ fmod heaviside copysign square equal is_nonzero
 is_same_size
 diagonal tril triu im2col col2im _reshape_alias set_ resize_ zero_ sym_size sym_stride sym_numel
 """.split())
@@ -648,12 +675,27 @@ def active() -> bool:
 
 
 @contextlib.contextmanager
-def exact_numerics() -> Iterator[None]:
-    """Run torch code with exactly reproducible float results (see the module docstring). Re-entrant: inside
-    another `exact_numerics()` it changes nothing (a second mode would see the first one's own operations)."""
-    with torch.no_grad(), (contextlib.nullcontext() if active() else ExactNumerics()):
-        yield
+def exact_numerics(numerics_version: int = NUMERICS_VERSION) -> Iterator[None]:
+    """Run torch code with exactly reproducible float results (see the module docstring) of exact numerics
+    version `numerics_version` (a store's own, to decode it). Re-entrant: inside another `exact_numerics()`
+    of the same version it changes nothing (a second mode would see the first one's own operations)."""
+    if numerics_version not in EXACT_VERSIONS.values():
+        raise NumericsError(f"exact numerics version {numerics_version} is unknown to this shardzip (it knows "
+                            f"{', '.join(EXACT_VERSIONS)}); upgrade shardzip")
+    nested = active()
+    if nested and version() != numerics_version:
+        raise NumericsError(f"exact-{numerics_version} numerics inside exact-{version()}: one version at a time")
+    before = getattr(_STATE, "version", None)
+    _STATE.version = numerics_version
+    try:
+        with torch.no_grad(), (contextlib.nullcontext() if nested else ExactNumerics()):
+            yield
+    finally:
+        if before is None:
+            del _STATE.version
+        else:
+            _STATE.version = before
 
 
-__all__ = ["EXACT", "NUMERICS_VERSION", "WEIGHT_BITS", "ExactNumerics", "exact_convolution", "exact_matmul",
-           "exact_mean", "exact_numerics", "exact_sum", "quantize_weights"]
+__all__ = ["EXACT", "EXACT_VERSIONS", "NUMERICS_VERSION", "WEIGHT_BITS", "ExactNumerics", "exact_convolution",
+           "exact_matmul", "exact_mean", "exact_numerics", "exact_sum", "quantize_weights", "version"]
