@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ class ModelEntry(_Strict):
     training: TrainingEntry
     validation_bpd: float | None = None
     test: str  # "name/split" the benchmark reports on
-    # coded bits per dimension on the whole test split, per numerics ("exact-1", "float"): what a store costs
+    # coded bits per dimension on the whole test split, per numerics ("exact-2", "float"): what a store costs
     # (benchmarks/numerics.py --full); None until measured
     coded_bpd: dict[str, float] | None = None
 
@@ -124,3 +125,53 @@ def entry_yaml(name: str, entry: ModelEntry) -> str:
     """The catalog text of one model entry (what `shardzip train` prints when it finishes)."""
     data = {name: entry.model_dump(exclude_none=True)}
     return yaml.safe_dump({"models": data}, sort_keys=False)
+
+
+def record_trained(path: str | os.PathLike, name: str, entry: ModelEntry) -> None:
+    """Write a trained model's sha256 and validation bpd into catalog file `path`, keeping everything else.
+
+    The two lines are edited in place (comments and layout stay); a catalog whose model block cannot be
+    found line by line (flow style) is rewritten from its parsed data. Checked by reading it back."""
+    p = Path(path)
+    lines = p.read_text().splitlines(keepends=True)
+    values = {"sha256": entry.sha256, "validation_bpd": entry.validation_bpd}
+    models = next((i for i, line in enumerate(lines) if re.match(r"models:\s*(#.*)?$", line)), len(lines))
+    start = next((i for i in range(models + 1, len(lines))
+                  if re.fullmatch(rf"\s+{re.escape(name)}:\s*(#.*)?\n?", lines[i])), None)
+    edited = False
+    if start is not None:
+        indent = len(lines[start]) - len(lines[start].lstrip())
+        end = start + 1
+        while end < len(lines) and (not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) > indent):
+            end += 1
+        body = [i for i in range(start + 1, end) if lines[i].strip()]
+        if body:
+            child = " " * (len(lines[body[0]]) - len(lines[body[0]].lstrip()))
+            for key, value in values.items():
+                text = f"{child}{key}: {value}\n"
+                at = next((i for i in body if lines[i].startswith(f"{child}{key}:")), None)
+                if at is not None:
+                    lines[at] = text
+                else:
+                    after = next((i for i in body if lines[i].startswith(f"{child}checkpoint:")), body[0])
+                    lines.insert(after + 1, text)
+                    body = [i + 1 if i > after else i for i in body] + [after + 1]
+            edited = True
+    if edited:
+        new_text = "".join(lines)
+    else:
+        raw = yaml.safe_load(p.read_text()) or {}
+        raw.setdefault("models", {}).setdefault(name, {}).update(values)
+        new_text = yaml.safe_dump(raw, sort_keys=False)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(new_text)
+    try:
+        back = Catalog(**(yaml.safe_load(tmp.read_text()) or {}), root=p.parent.resolve()).model(name)
+    except (yaml.YAMLError, ValidationError, TypeError, CatalogError) as exc:
+        tmp.unlink()
+        raise CatalogError(f"could not record model {name!r} in {p}: {exc}; add sha256: {entry.sha256} by hand"
+                           ) from exc
+    if back.sha256 != entry.sha256:
+        tmp.unlink()
+        raise CatalogError(f"could not record model {name!r} in {p}; add sha256: {entry.sha256} by hand")
+    tmp.replace(p)

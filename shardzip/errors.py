@@ -56,3 +56,9 @@ class DestinationError(ShardzipError):
 
 class ClusterError(ShardzipError):
     """The Dask scheduler cannot be reached or has no worker that can run the job."""
+
+
+class JobInterrupted(ShardzipError):
+    """The user stopped a job (Ctrl-C); the message says what was committed. The command exits 130."""
+
+    exit_code = 130

@@ -91,3 +91,68 @@ def test_report_from_manifests_and_cli_eval_write_all_formats(cluster, sources, 
     for name in ("report.json", "report.md", "report.tex", "report.csv", "report.html"):
         assert (out2 / name).is_file(), name
     assert "data:image/png;base64," in (out2 / "report.html").read_text()
+
+
+def test_eval_reports_float_arrays_with_nans_whatever_method_coded_them(cluster, tmp_path):
+    """A store as a user has it: images the raster model fits, a float32 field with NaNs whose values are on
+    no grid (the raster model cannot take them: the masked float method codes it) and one on a 0.5 grid (the
+    raster model codes it, NaNs as its mask). Every array gets a row with the bits its method wrote, and the
+    report is written in every format; the field's chunks carry no NLL, so it gets none and no per-image spread."""
+    from shardzip.format.chunk import Packing, encode_chunk
+    from shardzip.format.shard import pack_shard
+
+    y, x = np.mgrid[0:40, 0:56]
+    smooth = 280 + 10 * np.sin(x / 9) * np.cos(y / 7)
+    field = (smooth + 0.37 * np.random.default_rng(0).standard_normal(smooth.shape)).astype(np.float32)
+    field[5:12, 10:30] = np.nan
+    field[30:, :8] = np.nan
+    gridded = (np.round(2 * smooth) / 2).astype(np.float32)
+    gridded[20:26, 30:50] = np.nan
+    src = tmp_path / "mixed.zarr"
+    g = zarr.open_group(str(src), mode="w", zarr_format=3)
+    g.create_array("images", data=MNIST[:16], chunks=(16, 1, 28, 28))
+    g.create_array("temperature", data=field, fill_value=np.nan)
+    g.create_array("pressure", data=gridded, fill_value=np.nan)
+    out = tmp_path / "rep"
+    assert main(["eval", str(src), "--model", "msp-radar", "--baselines", "zstd", "--scheduler", cluster,
+                 "--out", str(out), "--quiet"]) == 0
+    for name in ("report.json", "report.md", "report.tex", "report.csv", "report.html"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    ds = str(src)
+    temp = _row(report, ds, "temperature", "msp-radar")
+    # the bytes the masked float method writes for the field (one chunk, one shard), recomputed here
+    coded, stats = encode_chunk(field, None, packing=Packing.from_attrs({}, np.nan), full_shape=field.shape)
+    assert stats.method == "masked"
+    assert temp["chunks_by_method"]["masked"] == 1 and temp["verified"]
+    assert temp["bpd"] == pytest.approx(8 * len(pack_shard([coded])) / field.size, rel=1e-12)
+    assert temp["nll_bpd"] is None and temp["overhead_pct"] is None and temp["per_image_bpd"] == []
+    assert temp["images"] == 1 and temp["dims"] == field.size
+    pres = _row(report, ds, "pressure", "msp-radar")
+    assert pres["chunks_by_method"]["masked-model"] == 1 and pres["verified"]
+    assert pres["nll_bpd"] > 0 and len(pres["per_image_bpd"]) == 1
+    images = _row(report, ds, "images", "msp-radar")
+    assert images["verified"] and images["nll_bpd"] > 0 and len(images["per_image_bpd"]) == 16
+    markdown, csv = (out / "report.md").read_text(), (out / "report.csv").read_text()
+    for array in ("temperature", "pressure", "images"):
+        assert _row(report, ds, array, "zstd")["applicable"]
+        assert f"| {array} | msp-radar | model |" in markdown and f"{ds},{array},msp-radar,model,True" in csv
+    assert "temperature" in (out / "report.tex").read_text() and "temperature" in (out / "report.html").read_text()
+
+
+def test_eval_per_image_figures_of_a_tiled_raster_are_its_tiles(cluster, tmp_path):
+    """One raster larger than a chunk is coded as spatial tiles, each one image to the model (edge tiles just
+    their valid part): the row's per-image NLL figures are per tile, weighted by the tile's values."""
+    y, x = np.mgrid[0:136, 0:200]
+    raster = (np.round(4 * (20 + 10 * np.sin(x / 20) * np.cos(y / 15))) / 4).astype(np.float32)
+    raster[50:80, 100:180] = np.nan
+    src = tmp_path / "tiled.zarr"
+    zarr.open_group(str(src), mode="w", zarr_format=3).create_array("field", data=raster, fill_value=np.nan)
+    report = evaluate([str(src)], ["msp-radar"], baselines=(), scheduler=cluster, progress=False, command=["test"],
+                      chunk_bytes=4096)
+    row = _row(report, str(src), "field", "msp-radar")
+    assert row["chunks_by_method"]["masked-model"] == 4 and row["verified"]
+    assert row["images"] == 4 and len(row["per_image_bpd"]) == 4 and row["dims"] == raster.size
+    tile_dims = [128 * 128, 128 * 72, 8 * 128, 8 * 72]  # C order over the 2 x 2 tiles of 128 x 128
+    nll_bits = sum(b * d for b, d in zip(row["per_image_bpd"], tile_dims, strict=True))
+    assert nll_bits == pytest.approx(row["nll_bpd"] * raster.size, rel=1e-9)

@@ -146,3 +146,34 @@ def test_importers_name_what_is_wrong(tmp_path):
     with pytest.raises(ImportDataError, match="no images"):
         (tmp_path / "empty").mkdir()
         import_images(tmp_path / "empty", tmp_path / "z.zarr")
+
+
+def test_catalog_datasets_import_where_the_catalog_looks_from_anywhere(tmp_path, monkeypatch, capsys):
+    """`shardzip import mnist` without a path writes the catalog's store, and `mnist/test` then names its split
+    from any working directory; before the import, the error says which command builds it."""
+    import shutil
+
+    import yaml
+
+    from shardzip.catalog import REPO_CATALOG, load_catalog
+    from shardzip.errors import SourceError
+    from shardzip.pipeline.plan import resolve_source
+
+    raw = yaml.safe_load(REPO_CATALOG.read_text())
+    home = tmp_path / "home"
+    home.mkdir()
+    cat = home / "catalog.yaml"
+    cat.write_text(yaml.safe_dump({"datasets": {"mnist": raw["datasets"]["mnist"]}, "models": {}}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(SourceError, match="run `shardzip import mnist`"):
+        resolve_source("mnist/test", load_catalog(cat))
+    assert main(["import", "mnist", "--catalog", str(cat), "--split", "test"]) == 0
+    assert f"{home / 'data' / 'mnist.zarr'}: test (10000, 1, 28, 28)" in capsys.readouterr().out
+    assert not list(elsewhere.iterdir())
+    assert resolve_source("mnist/test", load_catalog(cat)) == str(home / "data" / "mnist.zarr" / "test")
+    assert resolve_source("mnist", load_catalog(cat)) == str(home / "data" / "mnist.zarr")
+    with pytest.raises(SourceError, match="has no split 'valid'"):
+        resolve_source("mnist/valid", load_catalog(cat))
+    shutil.rmtree(home / "data")

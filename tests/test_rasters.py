@@ -279,3 +279,71 @@ def test_uint16_rasters_plan_onto_a_16_bit_image_model(tmp_path):
     eight = build_model("idf", dict(channels=2, data_bits=8, levels=1, couplings=1, hidden=4, blocks=1))
     refused = plan_array("", arr, eight, "sha")  # an 8-bit model: the fallback, with the reason
     assert refused.model is None and "8-bit" in refused.reason and "uint16" in refused.reason
+
+
+# ------------------------------------------------------------------ inner chunks sized for window reads
+def _tiles_touched(chunks: tuple[int, ...], window: tuple[slice, ...]) -> int:
+    return int(np.prod([(w.stop - 1) // c - w.start // c + 1 for c, w in zip(chunks, window, strict=True)]))
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 18, 1 << 20])
+def test_raster_chunks_bound_what_a_window_read_decodes(chunk_bytes, tmp_path):
+    """The READ_TILE rule: no inner chunk of a raster spans more than 256 x 256 pixels, so a 256 x 256 window of a
+    2-band 1024 x 1024 uint16 raster decodes at most 4 tiles of all its bands, whether the bands are the channels
+    of a 2-band model (CHW) or items of a one-band model (NHW: msp-radar), and whatever chunk_bytes says."""
+    from shardzip.models import load_catalog_model
+    from shardzip.pipeline.plan import plan_array
+
+    arr = zarr.create_array(store=str(tmp_path / "r.zarr"), shape=(2, 1024, 1024), dtype="uint16",
+                            chunks=(2, 1024, 1024), fill_value=65535)
+    for model, layout in ((_small(channels=2), "CHW"), (load_catalog_model("msp-radar"), "NHW")):
+        plan = plan_array("bands", arr, model, "sha", chunk_bytes=chunk_bytes)
+        assert plan.model == "sha" and plan.layout == layout
+        assert plan.chunks == (2, 256, 256), plan.chunks
+        for y, x in ((0, 0), (128, 128), (300, 700), (768, 768)):
+            window = (slice(0, 2), slice(y, y + 256), slice(x, x + 256))
+            assert _tiles_touched(plan.chunks, window) * np.prod(plan.chunks) <= 4 * 2 * 256 * 256
+        assert all(s % c == 0 for s, c in zip(plan.shards, plan.chunks, strict=True))
+    # a radar sweep (360 x 500, under 4 chunk_bytes) is tiled too; smaller rasters and sweep sequences are not
+    sweep = zarr.create_array(store=str(tmp_path / "s.zarr"), shape=(360, 500), dtype="float32", chunks=(360, 500))
+    radar = load_catalog_model("msp-radar")
+    assert plan_array("DBZH", sweep, radar, "sha", chunk_bytes=chunk_bytes).chunks == (256, 256)
+    small = zarr.create_array(store=str(tmp_path / "m.zarr"), shape=(120, 250), dtype="float32", chunks=(120, 250))
+    assert plan_array("DBZH", small, radar, "sha", chunk_bytes=chunk_bytes).chunks == (120, 250)
+    seq = zarr.create_array(store=str(tmp_path / "t.zarr"), shape=(31, 184, 71), dtype="int16", chunks=(31, 184, 71),
+                            attributes={"shardzip_layout": "TYX"})
+    assert plan_array("snr", seq, load_catalog_model("msp-radar-seq"), "sha", chunk_bytes=chunk_bytes).chunks[1:] == \
+        (184, 71)
+
+
+def test_zarr_reads_a_raster_window_by_decoding_only_the_tiles_that_cover_it(tmp_path, monkeypatch):
+    """Behaviour through zarr: reading a 256 x 256 window of a planned 2-band 1024 x 1024 raster store decodes the
+    inner chunks that overlap it, and no more (zstd-coded here: what is counted is the chunking, not a model)."""
+    from shardzip.format.codec import ShardzipCodec
+    from shardzip.models import load_catalog_model
+    from shardzip.pipeline.plan import plan_array
+
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 4000, size=(2, 1024, 1024)) + np.arange(1024)[None, None, :] * 8).astype(np.uint16)
+    src = zarr.create_array(store=str(tmp_path / "src.zarr"), shape=x.shape, dtype=x.dtype, chunks=x.shape,
+                            fill_value=65535)
+    plan = plan_array("bands", src, load_catalog_model("msp-radar"), "sha", chunk_bytes=1 << 18)
+    out = zarr.create_array(store=str(tmp_path / "dst.zarr"), shape=x.shape, dtype=x.dtype, chunks=plan.chunks,
+                            shards=plan.shards, serializer=ShardzipCodec(packing=plan.packing), compressors=None,
+                            filters=None, fill_value=65535)
+    out[...] = x
+    decoded: list[tuple[int, ...]] = []
+    original = ShardzipCodec._decode_sync
+
+    def counting(self, chunk_bytes, chunk_spec, *args, **kwargs):
+        decoded.append(tuple(chunk_spec.shape))
+        return original(self, chunk_bytes, chunk_spec, *args, **kwargs)
+
+    monkeypatch.setattr(ShardzipCodec, "_decode_sync", counting)
+    back = zarr.open_array(str(tmp_path / "dst.zarr"), mode="r")
+    for window, tiles in (((slice(None), slice(0, 256), slice(256, 512)), 1),
+                          ((slice(None), slice(300, 556), slice(600, 856)), 4),
+                          ((0, slice(520, 600), slice(10, 90)), 1)):
+        decoded.clear()
+        assert np.array_equal(back[window], x[window])
+        assert len(decoded) == tiles and sum(int(np.prod(s)) for s in decoded) <= tiles * 2 * 256 * 256, decoded

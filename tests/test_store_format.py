@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from shardzip.errors import ChunkChecksumError, FormatError, NumericsError, SourceError
+from shardzip.errors import ChunkChecksumError, FormatError, NumericsError, ShardzipError, SourceError
 from shardzip.format import shard as shardfmt
 from shardzip.format.chunk import Packing, decode_chunk, encode_chunk
 from shardzip.format.codec import ShardzipCodec
@@ -105,9 +106,14 @@ def test_zarr_reads_shards_written_by_shardzip(tmp_path):
 
 
 def test_codec_configuration_round_trips():
-    codec = ShardzipCodec(model="ab" * 32, family="idf", layout="NCHW", profile={"device": "cpu"}, zstd_level=5)
+    codec = ShardzipCodec(model="ab" * 32, family="idf", layout="NCHW", profile={"device": "cpu"}, zstd_level=5,
+                          array="test/chelsea")
     again = ShardzipCodec.from_dict(codec.to_dict())
-    assert again.to_dict() == codec.to_dict()
+    assert again.to_dict() == codec.to_dict() and again.array == "test/chelsea"
+    # stores written before the `array` field: read as not recorded, and written back without it
+    old = {"name": "shardzip", "configuration": {"model": None, "family": None, "layout": None, "profile": {},
+                                                 "zstd_level": 9, "packing": None}}
+    assert ShardzipCodec.from_dict(old).array is None and ShardzipCodec.from_dict(old).to_dict() == old
     with pytest.raises(ValueError):
         ShardzipCodec.from_dict({"name": "bytes"})
 
@@ -179,3 +185,122 @@ def test_edge_chunks_code_only_their_valid_part_and_zarr_reads_them(tmp_path):
     back = decode_chunk(chunks[-1], (8, 1, 28, 28), np.uint8, "NCHW", lambda: model)
     assert np.array_equal(back[:5], x[32:]) and not back[5:].any()
     assert np.array_equal(zarr.open_array(str(tmp_path), mode="r")[:], x)
+
+
+@pytest.fixture(scope="module")
+def dbzh(tmp_path_factory) -> tuple[np.ndarray, dict]:
+    """Real radar reflectivity (ODIM sweep 2, 0.01 dBZ steps, -9999 no echo) and its attributes."""
+    pytest.importorskip("h5py")
+    import zarr
+    from conftest import package_file
+
+    from shardzip.importers.odim import import_odim
+
+    path = tmp_path_factory.mktemp("radar") / "radar.zarr"
+    import_odim(package_file("pyart", "testing/data/example_radar.polar.fikor.h5"), path)
+    arr = zarr.open_group(str(path), mode="r")["sweep2/DBZH"]
+    return arr[60:300, :], dict(arr.attrs)  # ODIM: nodata -9999
+
+
+@pytest.fixture(scope="module")
+def damaged_store(tmp_path_factory, dbzh) -> tuple[Path, np.ndarray, Exception]:
+    """A radar store as shardzip writes it (group, sharded array "sweep2/DBZH" of 240 x 500, chunks of 120 x 128
+    coded by msp-radar, 1 x 2 chunks per shard, the codec recording the array's path), with a byte in the middle
+    of inner chunk (0, 1) of shard (1, 1) flipped: chunk (1, 3) of the array's chunk grid. Also the error that
+    decoding that chunk's bytes alone raises."""
+    import zarr
+
+    from shardzip.catalog import load_catalog
+    from shardzip.format.weights import numerics_profile
+
+    x, attrs = dbzh
+    root = tmp_path_factory.mktemp("damaged") / "radar.szip"
+    packing = Packing.from_attrs(attrs).as_dict()
+    codec = ShardzipCodec(model=load_catalog().model("msp-radar").sha256, family="msp", layout="HW",
+                          profile=numerics_profile(), packing=packing, array="sweep2/DBZH")
+    g = zarr.open_group(str(root), mode="w", zarr_format=3)
+    a = g.create_array("sweep2/DBZH", shape=x.shape, dtype=x.dtype, chunks=(120, 128), shards=(120, 256),
+                       serializer=codec, compressors=None, filters=None, fill_value=packing["fill"],
+                       dimension_names=["ray", "gate"])
+    a[...] = x
+    key = root / shardfmt.shard_key("sweep2/DBZH", (1, 1))
+    blob = bytearray(key.read_bytes())
+    assert shardfmt.unpack_shard(bytes(blob), 2)[1][3] == 5  # coded by the model (a model container)
+    (_, _), (offset, size) = np.frombuffer(bytes(blob[-(2 * 16 + 4):-4]), "<u8").reshape(2, 2)
+    blob[int(offset) + int(size) // 2] ^= 0x5A
+    key.write_bytes(bytes(blob))
+    with pytest.raises(ShardzipError) as direct:
+        decode_chunk(shardfmt.unpack_shard(bytes(blob), 2)[1], (120, 128), x.dtype, "HW", codec._model,
+                     Packing(**packing))
+    return root, x, direct.value
+
+
+def _store_copy(tmp_path, damaged_store, recorded: bool) -> Path:
+    """The damaged store; without `recorded`, its codec configuration as stores written before the field have it."""
+    import json
+    import shutil
+
+    root = tmp_path / "radar.szip"
+    shutil.copytree(damaged_store[0], root)
+    if not recorded:
+        meta = root / "sweep2" / "DBZH" / "zarr.json"
+        doc = json.loads(meta.read_text())
+        inner = doc["codecs"][0]["configuration"]["codecs"][0]
+        assert inner["name"] == "shardzip" and inner["configuration"].pop("array") == "sweep2/DBZH"
+        meta.write_text(json.dumps(doc))
+    return root
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["array-recorded", "older-store"])
+def test_reading_a_damaged_chunk_names_the_array_the_chunk_and_what_to_do(tmp_path, damaged_store, recorded):
+    """Read with plain zarr (and xarray), a damaged chunk raises the error decoding raised (same class, so callers
+    that catch it keep working), its message naming the array, the shard and the chunk as `shardzip verify`
+    does, and what to do. Stores written without the codec's `array` field name the array from the shard key."""
+    import zarr
+
+    _, x, direct = damaged_store
+    root = _store_copy(tmp_path, damaged_store, recorded)
+    where = "array sweep2/DBZH shard (1, 1) (key sweep2/DBZH/c/1/1): chunk (1, 3) (inner chunk (0, 1) of the shard): "
+    arr = zarr.open(str(root), mode="r")["sweep2/DBZH"]
+    for window in (np.s_[120:240, 384:500], np.s_[200, 400], np.s_[100:200, 300:500]):  # 1, 1 and 4 chunks
+        with pytest.raises(type(direct)) as info:
+            arr[window]
+        message = str(info.value)
+        assert message.startswith(where + str(direct)), message
+        assert f"shardzip verify {root}" in message and "backup" in message
+        assert info.value.array == "sweep2/DBZH" and info.value.chunk == (1, 3)
+    assert arr[120:, 256:384].tobytes() == x[120:, 256:384].tobytes()  # the rest reads as ever
+    xr = pytest.importorskip("xarray")
+    ds = xr.open_zarr(str(root), group="sweep2", consolidated=False)
+    with pytest.raises(type(direct), match=re.escape(where)):
+        _ = ds["DBZH"][150:, 300:].values
+
+
+def test_a_damaged_chunk_is_still_named_by_its_place_in_its_shard_where_zarr_does_not_say_which_shard(
+        tmp_path, damaged_store, monkeypatch):
+    """The shard comes from a small wrapper of zarr's sharding codec (it notes the shard's key); with another zarr,
+    where it is not installed, the message still names the array and the chunk's place in its shard."""
+    import zarr
+    from zarr.codecs.sharding import ShardingCodec
+
+    from shardzip.format import codec as codec_module
+
+    assert codec_module.NOTES_SHARD_KEYS and codec_module._note_shard_keys()  # installed once, idempotent
+    wrapped = ShardingCodec.__dict__["_decode_partial_single"]
+    assert wrapped.__wrapped__ is not wrapped
+    root, direct = _store_copy(tmp_path, damaged_store, True), damaged_store[2]
+    monkeypatch.setattr(ShardingCodec, "_decode_partial_single", wrapped.__wrapped__)
+    with pytest.raises(type(direct), match=re.escape("array sweep2/DBZH inner chunk (0, 1) of one of its shards: ")):
+        zarr.open(str(root), mode="r")["sweep2/DBZH"][120:240, 384:500]
+
+
+def test_chunk_and_shard_keys_give_array_and_block():
+    from shardzip.format.codec import _block_of_key
+
+    assert _block_of_key("images/c/2/0/0/0", 4) == ("images", (2, 0, 0, 0))
+    assert _block_of_key("test/chelsea/c/0/1/0", 3) == ("test/chelsea", (0, 1, 0))
+    assert _block_of_key("c/3/1", 2) == ("", (3, 1))
+    assert _block_of_key("sweep1/DBZH/c.3.1", 2) == ("sweep1/DBZH", (3, 1))
+    assert _block_of_key("sweep1/DBZH/3.1", 2) == ("sweep1/DBZH", (3, 1))
+    assert _block_of_key("c", 0) == ("", ())
+    assert _block_of_key("images/zarr.json", 2) is None and _block_of_key("a/c/1/x", 2) is None

@@ -84,3 +84,32 @@ def test_unknown_model_and_bad_catalog_are_clear(catalog, tmp_path, capsys):
     bad.write_text("datasets: {}\nmodels: {m: {family: idf}}\n")
     assert main(["train", "m", "--catalog", str(bad)]) == 1
     assert "invalid" in capsys.readouterr().err
+
+
+def test_train_records_its_sha256_in_the_catalog_it_was_given_and_other_commands_take_it(catalog, tmp_path,
+                                                                                         capsys):
+    """`train --catalog C` writes the weights' sha256 into C (comments kept), and compress / eval with
+    `--catalog C` use the new model at once: no hash pasted by hand, no SHARDZIP_CATALOG."""
+    cat = tmp_path / "catalog.yaml"
+    cat.write_text("# my models\n" + cat.read_text().replace("models:", "models:  # trained here"))
+    with pytest.raises(CheckpointError, match="no recorded sha256"):
+        load_catalog_model("tiny-idf", load_catalog(cat))
+    assert main(["train", "tiny-idf", "--catalog", str(cat), "--quiet", "--run-dir", str(tmp_path / "run")]) == 0
+    assert f"recorded sha256 {sha256_file(tmp_path / 'weights' / 'tiny.pt')[:12]}" in capsys.readouterr().out
+    text = cat.read_text()
+    assert text.startswith("# my models\n") and "models:  # trained here" in text
+    entry = load_catalog(cat).model("tiny-idf")
+    assert entry.sha256 == sha256_file(tmp_path / "weights" / "tiny.pt") and 0 < entry.validation_bpd < 16
+    assert load_catalog_model("tiny-idf", load_catalog(cat)).hparams["hidden"] == 8
+    dst = tmp_path / "tiny.szip"
+    assert main(["compress", str(tmp_path / "tiny.zarr"), str(dst), "--model", "tiny-idf", "--catalog", str(cat),
+                 "--workers", "1", "--quiet"]) == 0
+    assert "model tiny-idf" in capsys.readouterr().out
+    assert main(["eval", "tiny/test", "--model", "tiny-idf", "--catalog", str(cat), "--workers", "1", "--quiet",
+                 "--baselines", "zstd", "--out", str(tmp_path / "report")]) == 0
+    assert "tiny-idf" in (tmp_path / "report" / "report.md").read_text()
+    # recording again replaces the lines it wrote
+    assert main(["train", "tiny-idf", "--catalog", str(cat), "--quiet", "--run-dir", str(tmp_path / "run2"),
+                 "--steps", "2"]) == 0
+    assert cat.read_text().count("sha256:") == 1
+    assert load_catalog(cat).model("tiny-idf").sha256 == sha256_file(tmp_path / "weights" / "tiny.pt")

@@ -7,8 +7,11 @@
     <dst>/_shardzip/manifest.json                          written last: the commit point
 
 A store without `manifest.json` is incomplete, whatever else it holds: `open_store` refuses it and
-`shardzip info` says so. Writes of shards, records and the manifest are atomic where the
-filesystem allows (local: write a temporary file, then rename; object stores: one PUT).
+`shardzip info` says so. The commit also writes zarr's consolidated metadata into the root `zarr.json`:
+readers (`zarr.open`, `xarray.open_zarr`) then take the hierarchy from it and never list the store,
+so they neither warn about a missing consolidation nor meet `_shardzip/`, which is not a zarr node.
+Writes of shards, records and the manifest are atomic where the filesystem allows (local: write a
+temporary file, then rename; object stores: one PUT).
 """
 
 from __future__ import annotations
@@ -169,6 +172,34 @@ def read_manifest(loc: Location) -> dict:
     return manifest
 
 
+def consolidate(loc: Location) -> None:
+    """Write zarr's consolidated metadata of the whole hierarchy into the root `zarr.json` (at the commit)."""
+    import zarr
+
+    with warnings.catch_warnings():  # "not part of the v3 spec yet" and "_shardzip is not a zarr node": expected
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(loc.zarr_store())
+
+
+def consolidated(loc: Location) -> bool:
+    """Whether the store's root `zarr.json` holds consolidated metadata (every store committed since the commit
+    started writing it; older stores are read by listing, as before)."""
+    root = loc.read_json("zarr.json") or {}
+    return bool(root.get("consolidated_metadata"))
+
+
+def store_sizes(loc: Location, manifest: dict) -> dict[str, int]:
+    """Bytes of a committed store: coded shards, the model weights it carries, shardzip's and zarr's metadata."""
+    sizes = loc.fs.du(loc.root, total=False) if loc.exists() else {}
+    root = loc.root.rstrip("/") + "/"
+    rel = {str(k)[len(root):] if str(k).startswith(root) else str(k): int(v) for k, v in sizes.items()}
+    shard_keys = {r["key"] for r in manifest.get("records", [])}
+    coded = sum(n for k, n in rel.items() if k in shard_keys)
+    weights = sum(n for k, n in rel.items() if k.startswith(f"{STATE}/weights/"))
+    total = sum(rel.values())
+    return {"coded": coded, "weights": weights, "metadata": total - coded - weights, "total": total}
+
+
 def open_store(url: str, storage_options: dict[str, Any] | None = None, group: str | None = None):
     """Open a committed compressed store with zarr, read-only, making its model weights findable."""
     import zarr
@@ -186,4 +217,5 @@ def open_zarr(url: str, storage_options: dict[str, Any] | None = None, group: st
 
     loc = Location(url, storage_options)
     open_store(url, storage_options)
-    return xarray.open_zarr(loc.zarr_store(read_only=True), group=group, consolidated=False, **kwargs)
+    kwargs.setdefault("consolidated", consolidated(loc))
+    return xarray.open_zarr(loc.zarr_store(read_only=True), group=group, **kwargs)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from collections.abc import Iterator
 
 from shardzip.errors import ClusterError
@@ -47,15 +49,35 @@ def job_client(scheduler: str | None = None, workers: int | None = None) -> Iter
             n = min(n, torch.cuda.device_count()) if workers is None else n
     except ImportError:  # pragma: no cover
         pass
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           resources=resources, silence_logs=40,
-                           env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
-    client = Client(cluster)
+    with sigint_ignored():  # the worker processes inherit SIGINT ignored: Ctrl-C reaches this process alone
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               resources=resources, silence_logs=40,
+                               env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+        client = Client(cluster)
     try:
         yield client
     finally:
-        client.close()
-        cluster.close()
+        with sigint_ignored():  # a second Ctrl-C must not break the shutdown into tracebacks
+            client.close()
+            cluster.close()
+
+
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """SIGINT (Ctrl-C) ignored inside the block, in the main thread (elsewhere signals cannot be set).
+
+    A terminal's Ctrl-C goes to the whole foreground process group. Worker processes started inside
+    the block inherit the ignored signal (Python keeps an ignored SIGINT at start-up), so only the
+    client sees it: it stops the job and shuts the cluster down itself, and no worker prints a
+    traceback of its own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 AUTO = "auto"  # task resources chosen from what the workers offer (see `placement`)

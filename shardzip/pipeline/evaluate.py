@@ -70,6 +70,20 @@ def _split_dataset(ref: str, catalog=None) -> tuple[str, str, str]:
     return ref, resolve_source(name, catalog), sub
 
 
+def _model_measures(recs: list[dict]) -> tuple[float | None, list[float], int]:
+    """The model's NLL bits over the array, its NLL bpd per coded image and the number of images it coded.
+
+    NLL and per-image figures are (None, []) where any chunk has no NLL: a chunk the model could not take
+    (a float field on no grid, coded by the masked float method or zstd) carries none, and figures over only
+    the other chunks would understate the array's. Each image's dimensions come from the worker that coded
+    it, so tiles of a raster count as the images they are."""
+    per_image = [b / d for r in recs for b, d in zip(r["image_nll_bits"], r["image_nll_dims"], strict=True)]
+    images = sum(len(r["image_nll_dims"]) for r in recs)
+    if not all(r["nll_complete"] for r in recs):
+        return None, [], images or sum(len(r["image_dims"]) for r in recs)
+    return sum(r["nll_bits"] for r in recs), per_image, images
+
+
 def _model_row(dataset: str, array: str, codec: str, recs: list[dict], plan: ArrayPlan, why: str | None) -> dict:
     if why is not None:
         return {"dataset": dataset, "array": array, "codec": codec, "kind": "model", "applicable": False,
@@ -78,16 +92,16 @@ def _model_row(dataset: str, array: str, codec: str, recs: list[dict], plan: Arr
                 "decode_mbps": None, "device": None, "verified": None}
     dims = sum(r["dims"] for r in recs)
     bits = sum(r["coded_bits"] for r in recs)
-    nll = sum(r["nll_bits"] or 0.0 for r in recs)
+    nll, per_image, images = _model_measures(recs)
     raw = sum(r["raw_bytes"] for r in recs)
-    per_image = [b / d for r in recs for b, d in zip(r["image_nll_bits"], r["image_dims"], strict=True)]
     std, ci = _stats(per_image)
     enc = sum(r["encode_seconds"] for r in recs)
     dec = sum(r["decode_seconds"] for r in recs)
     return {"dataset": dataset, "array": array, "codec": codec, "kind": "model", "applicable": True, "reason": None,
-            "bpd": bits / dims, "nll_bpd": nll / dims, "overhead_pct": 100 * (bits / nll - 1) if nll else None,
+            "bpd": bits / dims, "nll_bpd": nll / dims if nll is not None else None,
+            "overhead_pct": 100 * (bits / nll - 1) if nll else None,
             "ratio": 8 * raw / bits, "bpd_std": std, "bpd_ci95": ci, "per_image_bpd": per_image,
-            "images": len(per_image) or sum(len(r["image_dims"]) for r in recs), "dims": dims,
+            "images": images, "dims": dims,
             "encode_mbps": raw / enc / 1e6 if enc else None, "decode_mbps": raw / dec / 1e6 if dec else None,
             "device": recs[0]["device"] if recs else None, "verified": all(r["verified"] for r in recs),
             "chunks_by_method": {m: sum(r["methods"][m] for r in recs) for m in recs[0]["methods"]} if recs else {}}
@@ -209,7 +223,8 @@ def aggregate_rows(rows: list[dict]) -> list[dict]:
             dims = sum(r["dims"] for r in ok)
             bits = sum(r["bpd"] * r["dims"] for r in ok)
             nll = sum(r["nll_bpd"] * r["dims"] for r in ok) if all(r["nll_bpd"] is not None for r in ok) else None
-            per_image = [v for r in ok for v in r["per_image_bpd"]]
+            # a spread over some of the arrays' images only would misdescribe the whole: all or none
+            per_image = [v for r in ok for v in r["per_image_bpd"]] if all(r["per_image_bpd"] for r in ok) else []
             std, ci = _stats(per_image)
             raw = sum(r["ratio"] * r["bpd"] * r["dims"] / 8 for r in ok)
             out.append({**ok[0], "array": "(all)", "bpd": bits / dims, "nll_bpd": nll / dims if nll else None,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from shardzip import __version__
-from shardzip.errors import DestinationError, ShardzipError, SourceError
+from shardzip.errors import DestinationError, JobInterrupted, ShardzipError, SourceError
 from shardzip.format.chunk import METHODS, ZSTD_LEVEL
 from shardzip.format.codec import ShardzipCodec
 from shardzip.format.store import (
@@ -28,8 +28,10 @@ from shardzip.format.store import (
     JOB,
     MANIFEST,
     Location,
+    consolidate,
     fetch_weights,
     read_manifest,
+    store_sizes,
     weights_key,
 )
 from shardzip.format.weights import numerics_profile, portable, profile_numerics
@@ -83,7 +85,8 @@ def redact_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _array_spec(plan: ArrayPlan, job: dict) -> dict:
-    return {"array": plan.path, "src": job["src"], "src_options": job["storage_options"], "src_path": plan.path,
+    src_path = job.get("src_paths", {}).get(plan.path, plan.path)  # differs where the source is one array
+    return {"array": plan.path, "src": job["src"], "src_options": job["storage_options"], "src_path": src_path,
             "dst": job["dst"], "dst_options": job["storage_options"], "shape": list(plan.shape), "dtype": plan.dtype,
             "chunks": list(plan.chunks), "shards": list(plan.shards), "layout": plan.layout, "model": plan.model,
             "zstd_level": job["zstd_level"], "packing": plan.packing,
@@ -105,7 +108,7 @@ def _create_layout(dst: Location, src_root, plans: list[ArrayPlan], job: dict) -
     for plan in plans:
         codec = ShardzipCodec(model=plan.model, family=job["model"]["family"] if plan.model else None,
                               layout=plan.layout if plan.model else None, profile=job["profile"],
-                              zstd_level=job["zstd_level"], packing=plan.packing)
+                              zstd_level=job["zstd_level"], packing=plan.packing, array=plan.path)
         zarr.create_array(store=store, name=plan.path or None, shape=plan.shape, dtype=np.dtype(plan.dtype),
                           chunks=plan.chunks, shards=plan.shards, serializer=codec, compressors=None, filters=None,
                           fill_value=plan.fill_value, attributes=plan.attributes,
@@ -211,7 +214,7 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
 
     `resources`: what each task asks of a worker ("auto": {"GPU": 1} where workers with a GPU resource have
     CUDA, else nothing; None: nothing; or a dict such as {"GPU": 1}); see `cluster.placement`.
-    `numerics`: how the model's networks compute (`exact-1`, the default: the store decodes on any machine;
+    `numerics`: how the model's networks compute (`exact-2`, the default: the store decodes on any machine;
     `float`: plain torch, faster, decodes only under the encoder's threads, kernels and device kind)."""
     from shardzip.pipeline.cluster import job_client, placement
     from shardzip.workers.plugin import ModelPlugin
@@ -241,7 +244,8 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
             raise DestinationError(f"destination {dst} exists but holds no shardzip job to resume; remove it or "
                                    "pass --overwrite")
         elif dloc.exists(MANIFEST):
-            log(f"{dst}: already complete (job {job['job_id']}); nothing to do")
+            _check_complete_matches(dst, job, src_url, model, entry.sha256, numerics)
+            log(f"{dst}: already complete (job {job['job_id']}, model {job['model']['name']}); nothing to do")
             return read_manifest(dloc)
         elif job["src"] != src_url:
             raise DestinationError(f"{dst} holds an unfinished job for source {job['src']}, not {src_url}; "
@@ -255,6 +259,10 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
     arrays = source_arrays(src_root)
     if not arrays:
         raise SourceError(f"source {src_url} holds no arrays")
+    src_paths = {}
+    if arrays[0][0] == "":  # the source is one array (e.g. the split mnist/test): a named array in a root group
+        name = _array_name(src_url)
+        arrays, src_paths = [(name, arrays[0][1])], {name: ""}
     run_id = uuid.uuid4().hex[:12]
     if job is None:  # plan before starting any cluster: bad input fails fast and writes nothing
         plans = [plan_array(p, a, lmodel, entry.sha256, chunk_bytes=chunk_bytes, shard_chunks=shard_chunks)
@@ -271,7 +279,7 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
                    "profile": numerics_profile(device, numerics or EXACT), "zstd_level": zstd_level,
                    "created": _now(),
                    "code_version": __version__, "plans": [p.as_dict() for p in plans],
-                   "groups": source_groups(src_root)}
+                   "groups": source_groups(src_root), "src_paths": src_paths}
             try:  # first: whatever follows is recognisably part of an unfinished job
                 dloc.write_json(JOB, {**job, "storage_options": redact_options(job["storage_options"])})
             except Exception as exc:  # noqa: BLE001 - permission, missing bucket, credentials: name the store
@@ -283,11 +291,17 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         else:
             plans = [ArrayPlan.from_dict(p) for p in job["plans"]]  # on the device kind it was started with
         for p in plans:
-            if p.model is None:
+            if p.model is None and p.layout is not None:  # an image the model does not fit: coded, but say so
+                log(f"  {p.path or '/'}: {p.shape} {p.dtype} -> fallback codec zstd: the model does not fit it "
+                    f"({p.reason})")
+            elif p.model is None:
                 log(f"  {p.path or '/'}: {p.shape} {p.dtype} -> fallback codec zstd ({p.reason})")
             else:
                 log(f"  {p.path or '/'}: {p.shape} {p.dtype} layout {p.layout} -> model {model}, "
                     f"{p.n_shards} shard(s)")
+        if not any(p.model for p in plans):
+            log(f"warning: model {model} fits none of the arrays of {src}: every array is stored with the fallback "
+                "codec (see the reasons above)")
         done = _committed(dloc, plans, verify) if resume else {}
         specs = []
         for p in plans:
@@ -302,27 +316,57 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
                                name="shardzip-models")
         bar = _Progress(total, len(done), progress, "compress")
         t0 = time.perf_counter()
+        interrupted = False
         try:
             new = _run_tasks(client, compress_shard, specs, resources, bar, "compress")
         except ShardzipError as exc:
             raise type(exc)(f"{dst}: job {job['job_id']} stopped before its commit ({bar.done} of {total} shards "
                             f"written; the store is incomplete): {exc}. Fix the cause, then run the same command "
                             "with --resume: committed shards are kept") from exc
+        except KeyboardInterrupt:  # Ctrl-C: leave the cluster's context so that it shuts down cleanly first
+            interrupted = True
         finally:
             bar.close()
         elapsed = time.perf_counter() - t0
+    if interrupted:  # counted after the workers stopped: every record on disk is a committed shard
+        kept = len(_committed(dloc, plans, verify))
+        raise JobInterrupted(f"interrupted: {kept} of {total} shards of job {job['job_id']} are committed in {dst} "
+                             "(the store is incomplete); finish it with --resume")
     records = list(done.values()) + new
     summary = _summary(plans, records)
     manifest = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "job_id": job["job_id"], "code_version": __version__,
         "created": job["created"], "committed": _now(), "src": src_url, "dst": dst, "model": job["model"],
         "profile": job["profile"], "zstd_level": job["zstd_level"], "verified": all(r["verified"] for r in records),
-        "groups": job["groups"], "arrays": summary, "records": sorted(records, key=lambda r: (r["array"], r["shard"])),
+        "groups": job["groups"], "src_paths": job.get("src_paths", {}), "arrays": summary,
+        "records": sorted(records, key=lambda r: (r["array"], r["shard"])),
         "runs": {"this": run_id, "computed": len(new), "reused": len(done), "seconds": elapsed},
     }
     dloc.write_json(MANIFEST, manifest)  # the commit point
     _mark_root(dloc, job["job_id"], "complete")
-    return manifest
+    consolidate(dloc)
+    return {**manifest, "storage": store_sizes(dloc, manifest)}
+
+
+def _array_name(url: str) -> str:
+    """The name a source that is a single array gets in the compressed store: its last path part."""
+    name = url.rstrip("/").rpartition("/")[2].removesuffix(".zarr")
+    return name or "data"
+
+
+def _check_complete_matches(dst: str, job: dict, src_url: str, model: str, sha256: str | None,
+                            numerics: str | None) -> None:
+    """--resume on a committed job: refuse, naming the difference, when the command asks for another job."""
+    differs = []
+    if job["src"] != src_url:
+        differs.append(f"source {job['src']}, not {src_url}")
+    if job["model"]["sha256"] != sha256:
+        differs.append(f"model {job['model']['name']} (sha256 {job['model']['sha256'][:12]}), not {model}")
+    if numerics is not None and numerics != profile_numerics(job["profile"]):
+        differs.append(f"numerics {profile_numerics(job['profile'])}, not {numerics}")
+    if differs:
+        raise DestinationError(f"{dst} is already complete (job {job['job_id']}) with {'; '.join(differs)}: nothing "
+                               "was done. Pass --overwrite to recompress it as asked, or choose another destination")
 
 
 def _mark_root(dloc: Location, job_id: str, status: str) -> None:
@@ -336,7 +380,7 @@ def _committed_specs(dloc: Location, manifest: dict, storage_options) -> list[di
     plans = {p["path"]: ArrayPlan.from_dict({k: v for k, v in p.items() if k in ArrayPlan.__dataclass_fields__})
              for p in manifest["arrays"].values()}
     job = {"src": manifest["src"], "dst": dloc.url, "storage_options": storage_options or {},
-           "zstd_level": manifest["zstd_level"]}
+           "zstd_level": manifest["zstd_level"], "src_paths": manifest.get("src_paths", {})}
     specs = []
     for rec in manifest["records"]:
         base = _array_spec(plans[rec["array"]], job)
@@ -441,6 +485,7 @@ def decompress(src: str, out: str, *, scheduler: str | None = None, workers: int
     attrs = dict(root.attrs["shardzip_decompressed"])
     attrs["status"] = "complete"
     root.attrs["shardzip_decompressed"] = attrs
+    consolidate(oloc)
     return {"shards": len(recs), "raw_bytes": sum(r["raw_bytes"] for r in recs),
             "seconds": time.perf_counter() - t0}
 
@@ -449,7 +494,8 @@ def info(dst: str, storage_options: dict[str, Any] | None = None) -> dict:
     """The manifest of a committed store, or the progress of an unfinished one."""
     dloc = Location(dst, storage_options)
     try:
-        return {"complete": True, **read_manifest(dloc)}
+        manifest = read_manifest(dloc)
+        return {"complete": True, **manifest, "storage": store_sizes(dloc, manifest)}
     except DestinationError:
         job = dloc.read_json(JOB)
         plans = [ArrayPlan.from_dict(p) for p in job["plans"]]
@@ -483,4 +529,14 @@ def format_summary(manifest: dict) -> str:
     if tot["dims"]:
         lines.append(f"  total: {tot['bits'] / tot['dims']:.4f} bpd ({tot['bits'] // 8} bytes from {tot['raw']}); "
                      f"zstd alone {tot['zstd'] / tot['dims']:.4f} bpd")
+    if manifest.get("storage"):
+        st = manifest["storage"]
+        with_weights = 8 * (st["coded"] + st["weights"]) / tot["dims"] if tot["dims"] else None
+        lines.append(f"  store: {_mb(st['total'])} in all = {_mb(st['coded'])} coded shards + {_mb(st['weights'])} "
+                     f"model weights + {_mb(st['metadata'])} metadata"
+                     + (f"; {with_weights:.4f} bpd counting the weights" if with_weights is not None else ""))
     return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n} B"

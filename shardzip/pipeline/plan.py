@@ -22,6 +22,48 @@ from shardzip.format.store import Location, is_local, local_path
 CHUNK_BYTES = 1 << 20     # target raw bytes of one inner chunk of a stack of images (~1 MB): the coder's
                           # fixed costs (lane states, headers) stay well under 1 % of a chunk
 SHARD_CHUNKS = 8          # inner chunks per shard along the item axis (fewer for small arrays: >= 4 shards)
+# Inner chunks of rasters are sized for reading as well as for coding. The rule: no inner chunk of a raster
+# spans more than READ_TILE x READ_TILE pixels (rows x columns), so reading a w x w window decodes at most
+# (ceil(w / 256) + 1)^2 tiles however large the raster: a 256 x 256 window touches at most 4 tiles (1 when
+# aligned to the grid) of at most 64 Ki pixels of each band, never a whole 512 x 512 or larger image.
+# Rasters: arrays planned for a masked raster model (`msp`: radar, satellite, sequences) whatever their size,
+# also when bands or frames lie on an item axis (N/T: a one-band model coding each band), and any image array
+# too large for one chunk (> 4 chunk_bytes, no item axis). Within the bound the side follows chunk_bytes
+# (~chunk_bytes of all bands of a tile, steps of 64) but is at least MIN_TILE: smaller tiles pay per-chunk
+# costs (a 128 x 128 tile decodes at 1.7x the time per pixel of a 256 x 256 one). All bands of a pixel stay in
+# one chunk (msp predicts band c from bands < c at the same pixel); frames are grouped along N/T to
+# ~chunk_bytes as before (a sequence model codes frame t given frame t-1 of its chunk). Images of image models
+# (photographs; idf, hilloc, bbans) up to 4 chunk_bytes stay whole. Rate, shipped models on real data: radar
+# sweep 2 (7 moments, 360 x 500 whole -> 256 x 256) -0.6 % bytes; a 2-band uint16 radar raster 2 x 720 x 1000
+# ((1, 720, 1000) -> (2, 256, 256)) -0.5 %; Landsat's 5 x 187 x 489 test rows +1.9 % at 192, +3.0 % at 128.
+READ_TILE = 256
+MIN_TILE = 128
+
+
+def wider_than_a_tile(shape: tuple[int, ...], layout: str) -> bool:
+    """Whether the images of an array in `layout` have more than READ_TILE rows or columns."""
+    lay = canonical(layout)
+    return max(shape[lay.index("H")], shape[lay.index("W")]) > READ_TILE
+
+
+def raster_tiles(shape: tuple[int, ...], layout: str, itemsize: int, chunk_bytes: int = CHUNK_BYTES,
+                 shard_chunks: int = SHARD_CHUNKS) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(chunks, shards) of a raster under the READ_TILE rule: square spatial tiles of MIN_TILE..READ_TILE pixels
+    holding every band; along an item axis (N/T) ~chunk_bytes of tiles per chunk; 2 x 4 tiles per shard."""
+    lay = canonical(layout)
+    h_axis, w_axis = lay.index("H"), lay.index("W")
+    per_pixel = itemsize * (shape[lay.index("C")] if "C" in lay else 1)
+    side = min(READ_TILE, max(MIN_TILE, int(math.sqrt(chunk_bytes / per_pixel)) // 64 * 64))
+    chunks = [min(side, s) if i in (h_axis, w_axis) else max(1, s) for i, s in enumerate(shape)]
+    shards = [min(c * (2 if i == h_axis else 4), math.ceil(shape[i] / c) * c) if i in (h_axis, w_axis) else c
+              for i, c in enumerate(chunks)]
+    if "N" in lay:
+        n_axis = lay.index("N")
+        tile = max(1, math.prod(c for i, c in enumerate(chunks) if i != n_axis) * itemsize)
+        n = max(1, min(shape[n_axis], chunk_bytes // tile))
+        k = max(1, min(shard_chunks, math.ceil(math.ceil(shape[n_axis] / n) / 4)))
+        chunks[n_axis], shards[n_axis] = n, min(n * k, math.ceil(shape[n_axis] / n) * n)
+    return tuple(chunks), tuple(shards)
 
 
 @dataclass
@@ -63,23 +105,39 @@ class ArrayPlan:
 
 
 def resolve_source(src: str, catalog=None) -> str:
-    """A source URL: `src` itself, or the store of the catalog dataset named `src`."""
+    """A source URL: `src` itself, or the store of the catalog dataset named `src` ("mnist"), or the group or
+    array of one of its splits ("mnist/test"), wherever the command runs."""
     if is_local(src) and Path(local_path(src)).exists():
         return src
-    if "://" not in src and "/" not in src:
+    name, _, split = src.partition("/")
+    if "://" not in src and name and "/" not in split:
         from shardzip.catalog import CatalogError, load_catalog
 
         try:
             cat = catalog or load_catalog()
         except CatalogError:
             cat = None
-        if cat is not None and src in cat.datasets:
-            path = cat.path(cat.datasets[src].store)
+        if cat is not None and name in cat.datasets:
+            entry = cat.datasets[name]
+            path = cat.path(entry.store)
             if not path.exists():
-                raise SourceError(f"catalog dataset {src!r} has no store at {path} yet: run "
-                                  f"`{cat.datasets[src].importer}` (or `make data`)")
-            return str(path)
+                raise SourceError(f"catalog dataset {name!r} has no store at {path} yet: run "
+                                  f"`{import_command(name, entry.importer)}` (or `make data` in shardzip's checkout)")
+            if not split:
+                return str(path)
+            if split not in entry.splits:
+                raise SourceError(f"catalog dataset {name!r} has no split {split!r}; it has {', '.join(entry.splits)}")
+            inner = entry.splits[split]
+            if "@" in inner:  # a window of an array ("landsat_multiband@rows=0:256"): not a zarr node of its own
+                raise SourceError(f"split {src} is a window of an array ({inner}), not a group or array: compress "
+                                  f"the whole dataset {name!r}, or evaluate the split with `shardzip eval {src}`")
+            return str(path / inner)
     return src
+
+
+def import_command(name: str, importer: str) -> str:
+    """The command that builds a catalog dataset's store from wherever it is run."""
+    return f"shardzip import {name}" if name in ("mnist", "photos") else importer
 
 
 def open_source(src: str, storage_options: dict[str, Any] | None = None):
@@ -132,7 +190,8 @@ def _dimension_names(arr, path: str, layout: str | None) -> list[str]:
 
 def plan_array(path: str, arr, model, model_sha: str | None, layout: str | None = None,
                chunk_bytes: int = CHUNK_BYTES, shard_chunks: int = SHARD_CHUNKS) -> ArrayPlan:
-    """Chunks, shards and codec for one source array. Raises if the model cannot code a clear image array."""
+    """Chunks, shards and codec for one source array. An array the model does not fit (not an image, another
+    dtype, channel or band count) is planned for the fallback codec with the reason; it never stops a job."""
     shape, dtype = tuple(arr.shape), np.dtype(arr.dtype)
     attrs = {k: v for k, v in dict(arr.attrs).items() if k != "_ARRAY_DIMENSIONS"}
     layout = layout or attrs.get("shardzip_layout") or attrs.get("layout")
@@ -153,28 +212,20 @@ def plan_array(path: str, arr, model, model_sha: str | None, layout: str | None 
         why = model_fits(model, dtype, channels_of(shape, inferred))
         if why is None:
             use_model = model_sha
-        elif dtype.kind == "u" and dtype.itemsize == 1 and channels_of(shape, inferred) != model.channels:
-            raise SourceError(f"array {path or '/'} {shape} {dtype} (layout {inferred}): {why}; choose a model with "
-                              f"{channels_of(shape, inferred)} channel(s) (see catalog.yaml) or set its layout "
-                              "with the array attribute shardzip_layout")
-        else:
-            reason = why
-    if inferred is not None and "N" in canonical(inferred):
+        else:  # one image that does not fit (a grey or RGBA image among RGB photos) must not stop the job
+            reason = f"{why} (layout {inferred}; set the array attribute shardzip_layout if that is wrong)"
+    wide = inferred is not None and rasters and wider_than_a_tile(shape, inferred)  # the READ_TILE rule
+    if inferred is not None and "N" in canonical(inferred) and not wide:
         n_axis = canonical(inferred).index("N")
         item = max(1, math.prod(s for i, s in enumerate(shape) if i != n_axis) * dtype.itemsize)
         n = max(1, min(shape[n_axis], chunk_bytes // item))
         chunks = tuple(n if i == n_axis else max(1, s) for i, s in enumerate(shape))
         k = max(1, min(shard_chunks, math.ceil(math.ceil(shape[n_axis] / n) / 4)))  # >= 4 shards where possible
         shards = tuple(min(n * k, math.ceil(shape[i] / n) * n) if i == n_axis else c for i, c in enumerate(chunks))
-    elif inferred is not None and math.prod(shape) * dtype.itemsize > 4 * chunk_bytes:
-        # One large raster (no item axis): square-ish spatial tiles of ~chunk_bytes, 2 x 4 tiles per shard.
-        lay = canonical(inferred)
-        h_axis, w_axis = lay.index("H"), lay.index("W")
-        per_pixel = dtype.itemsize * (shape[lay.index("C")] if "C" in lay else 1)
-        side = max(128, int(math.sqrt(chunk_bytes / per_pixel)) // 64 * 64)  # small tiles pay headers, lanes
-        chunks = tuple(min(side, s) if i in (h_axis, w_axis) else max(1, s) for i, s in enumerate(shape))
-        shards = tuple(min(c * (2 if i == h_axis else 4), math.ceil(shape[i] / c) * c) if i in (h_axis, w_axis) else c
-                       for i, c in enumerate(chunks))
+    elif inferred is not None and (wide or math.prod(shape) * dtype.itemsize > 4 * chunk_bytes):
+        # A raster wider than a tile, or one large image (no item axis): square spatial tiles of at most
+        # READ_TILE x READ_TILE pixels (~chunk_bytes of all bands; see READ_TILE), 2 x 4 tiles per shard.
+        chunks, shards = raster_tiles(shape, inferred, dtype.itemsize, chunk_bytes, shard_chunks)
     elif inferred is not None:
         chunks = shards = tuple(max(1, s) for s in shape)
     else:

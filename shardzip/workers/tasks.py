@@ -184,7 +184,7 @@ def verify_shard(spec: dict) -> dict:
 
 
 def tally_decodes(notes: list[dict]) -> dict[str, int]:
-    """How many model containers decoded how: "exact-1", "float, 2 threads", or for containers that predate
+    """How many model containers decoded how: "exact-2", "float, 2 threads", or for containers that predate
     recorded numerics "float (not recorded), decoded with 2 threads"."""
     out: dict[str, int] = {}
     for n in notes:
@@ -232,7 +232,8 @@ def eval_shard(spec: dict) -> dict:
                            "grid": list(spec["grid"]), "dims": int(data.size), "raw_bytes": int(data.nbytes),
                            "coded_bits": 0, "nll_bits": 0.0 if model else None, "encode_seconds": 0.0,
                            "decode_seconds": 0.0, "verified": True, "device": device, "worker": _worker_name(),
-                           "image_nll_bits": [], "image_dims": [], "methods": {m: 0 for m in METHODS.values()}}
+                           "image_nll_bits": [], "image_nll_dims": [], "nll_complete": model is not None,
+                           "image_dims": [], "methods": {m: 0 for m in METHODS.values()}}
     origin = tuple(s.start for s in reg)
     slots = 0
     for _, block in _chunks_of(data, origin, shape, spec):
@@ -251,9 +252,13 @@ def eval_shard(spec: dict) -> dict:
         rec["verified"] &= valid.tobytes() == block.tobytes()
         rec["coded_bits"] += 8 * len(out)
         rec["methods"][stats.method] += 1
-        if model is not None:
-            rec["nll_bits"] += stats.nll_bits or 0.0
-            rec["image_nll_bits"] += stats.image_nll_bits or []  # chunks in C order = images in order
+        if model is not None and stats.nll_bits is not None and stats.image_nll_bits:
+            rec["nll_bits"] += stats.nll_bits
+            rec["image_nll_bits"] += stats.image_nll_bits  # chunks in C order = images in order
+            # the images the model saw in this chunk (a tile of a raster is one), all of one size
+            rec["image_nll_dims"] += [block.size // len(stats.image_nll_bits)] * len(stats.image_nll_bits)
+        elif model is not None:  # coded without the model (masked floats, zstd): the array's NLL is partial
+            rec["nll_complete"] = False
     rec["coded_bits"] += 8 * (16 * slots + 4)  # the shard index, as `compress` writes it: same bits
     if spec["layout"]:
         images = list(to_images(data, spec["layout"]))
