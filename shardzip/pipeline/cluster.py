@@ -123,7 +123,7 @@ def placement(client, resources: dict | str | None = AUTO, device: str | None = 
     really has CUDA, and for nothing otherwise. `device` is the kind a store was coded with
     (resume, verify, decompress): it is kept, and refused when those workers cannot run it.
     """
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    workers = workers_info(client)
     cuda = client.run(cuda_devices)
     if resources == AUTO:
         gpu = [a for a, w in workers.items() if w.get("resources", {}).get("GPU", 0) >= 1 and cuda.get(a)]
@@ -147,5 +147,16 @@ def placement(client, resources: dict | str | None = AUTO, device: str | None = 
     return resources, device
 
 
+def workers_info(client) -> dict[str, dict]:
+    """Worker address -> what the scheduler knows of it (name, resources, ...), fetched now.
+
+    Not `client.scheduler_info()`: it returns the client's cached identity, which the client's periodic
+    refresh (every 2 s, without per-worker information) can overwrite between the fetch and the return, so
+    that a busy machine now and then sees no workers at all."""
+    if hasattr(client, "sync") and getattr(client, "scheduler", None) is not None:
+        return dict(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
+    return dict(client.scheduler_info(n_workers=-1)["workers"])  # clients without an RPC handle (test fakes)
+
+
 def n_workers(client) -> int:
-    return len(client.scheduler_info(n_workers=-1)["workers"])
+    return len(workers_info(client))
