@@ -87,9 +87,11 @@ def test_unknown_model_and_bad_catalog_are_clear(catalog, tmp_path, capsys):
 
 
 def test_train_records_its_sha256_in_the_catalog_it_was_given_and_other_commands_take_it(catalog, tmp_path,
-                                                                                         capsys):
-    """`train --catalog C` writes the weights' sha256 into C (comments kept), and compress / eval with
-    `--catalog C` use the new model at once: no hash pasted by hand, no SHARDZIP_CATALOG."""
+                                                                                         capsys, monkeypatch):
+    """`train --catalog C` writes the weights' sha256 into C (comments kept), and eval / compress with
+    `--catalog C` use the new model at once: no hash pasted by hand, no SHARDZIP_CATALOG. The workers get the
+    unshipped checkpoint from the client (an empty weights cache: they cannot have it from elsewhere)."""
+    monkeypatch.setenv("SHARDZIP_CACHE", str(tmp_path / "empty-cache"))
     cat = tmp_path / "catalog.yaml"
     cat.write_text("# my models\n" + cat.read_text().replace("models:", "models:  # trained here"))
     with pytest.raises(CheckpointError, match="no recorded sha256"):
@@ -101,13 +103,13 @@ def test_train_records_its_sha256_in_the_catalog_it_was_given_and_other_commands
     entry = load_catalog(cat).model("tiny-idf")
     assert entry.sha256 == sha256_file(tmp_path / "weights" / "tiny.pt") and 0 < entry.validation_bpd < 16
     assert load_catalog_model("tiny-idf", load_catalog(cat)).hparams["hidden"] == 8
+    assert main(["eval", "tiny/test", "--model", "tiny-idf", "--catalog", str(cat), "--workers", "1", "--quiet",
+                 "--baselines", "zstd", "--out", str(tmp_path / "report")]) == 0
+    assert "tiny-idf" in (tmp_path / "report" / "report.md").read_text()
     dst = tmp_path / "tiny.szip"
     assert main(["compress", str(tmp_path / "tiny.zarr"), str(dst), "--model", "tiny-idf", "--catalog", str(cat),
                  "--workers", "1", "--quiet"]) == 0
     assert "model tiny-idf" in capsys.readouterr().out
-    assert main(["eval", "tiny/test", "--model", "tiny-idf", "--catalog", str(cat), "--workers", "1", "--quiet",
-                 "--baselines", "zstd", "--out", str(tmp_path / "report")]) == 0
-    assert "tiny-idf" in (tmp_path / "report" / "report.md").read_text()
     # recording again replaces the lines it wrote
     assert main(["train", "tiny-idf", "--catalog", str(cat), "--quiet", "--run-dir", str(tmp_path / "run2"),
                  "--steps", "2"]) == 0

@@ -19,6 +19,7 @@ difference).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import warnings
@@ -55,6 +56,30 @@ def register_weights_dir(path: str | os.PathLike) -> None:
 @cache
 def _shipped_by_sha() -> dict[str, Path]:
     return {sha256_file(p): p for p in sorted(SHIPPED.glob("*.pt"))}
+
+
+def is_shipped(sha256: str) -> bool:
+    """Whether `sha256` names one of shardzip's shipped checkpoints (found on any worker without help)."""
+    return sha256 in _shipped_by_sha()
+
+
+def install_weights(sha256: str, data: bytes) -> Path:
+    """Put checkpoint bytes `data` into this machine's weights cache as `<sha256>.pt`, checked (workers that
+    cannot see the client's files get the checkpoints of unshipped models this way)."""
+    from shardzip.catalog import CheckpointError
+
+    try:
+        return find_weights(sha256)
+    except FormatError:
+        pass
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(f"checkpoint bytes sent for sha256 {sha256[:16]}... do not have that sha256")
+    target = cache_dir() / f"{sha256}.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+    return target
 
 
 def find_weights(sha256: str) -> Path:

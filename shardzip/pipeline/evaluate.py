@@ -24,6 +24,7 @@ from shardzip import __version__
 from shardzip.errors import SourceError
 from shardzip.format.chunk import ZSTD_LEVEL
 from shardzip.format.store import Location, read_manifest
+from shardzip.format.weights import is_shipped
 from shardzip.numerics import EXACT
 from shardzip.pipeline.plan import ArrayPlan, open_source, plan_array, resolve_source, source_arrays
 
@@ -182,8 +183,10 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
         checksums[shown] = h.hexdigest()[:16]
     with job_client(scheduler, workers) as client:
         resources, device = placement(client)  # GPU=1 where workers with a GPU resource have CUDA
-        client.register_plugin(ModelPlugin(preload=tuple(e.sha256 for _, e, _ in loaded.values()), device=device),
-                               name="shardzip-models")
+        # workers find shipped checkpoints themselves; others (a user's catalog) travel with the plugin
+        weights = {e.sha256: path.read_bytes() for _, e, path in loaded.values() if not is_shipped(e.sha256)}
+        client.register_plugin(ModelPlugin(preload=tuple(e.sha256 for _, e, _ in loaded.values()), device=device,
+                                           weights=weights), name="shardzip-models")
         bar = _Progress(len(specs), 0, progress, "eval")
         try:
             recs = _run_tasks(client, eval_shard, specs, resources, bar, "eval")

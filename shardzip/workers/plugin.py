@@ -26,9 +26,10 @@ class ModelPlugin(WorkerPlugin):
 
     def __init__(self, preload: tuple[str, ...] = (), weights_dirs: tuple[str, ...] = (),
                  torch_threads: int | None = None, device: str = "cpu",
-                 store: tuple[str, dict | None] | None = None) -> None:
+                 store: tuple[str, dict | None] | None = None, weights: dict[str, bytes] | None = None) -> None:
         self.device_kind = device
         self.store = store  # (url, storage options) of a store holding the weights, fetched if not found
+        self.weights = dict(weights or {})  # sha256 -> checkpoint bytes of models workers may not have
         self.preload = tuple(preload)
         self.weights_dirs = tuple(weights_dirs)
         self.torch_threads = torch_threads
@@ -48,6 +49,11 @@ class ModelPlugin(WorkerPlugin):
             self.error = f"worker {getattr(worker, 'address', '?')} advertises a GPU but torch sees no CUDA device"
             return
         self.error = None
+        if self.weights:
+            from shardzip.format.weights import install_weights
+
+            for sha, data in self.weights.items():
+                install_weights(sha, data)
         if self.store is not None:
             from shardzip.format.store import Location, fetch_weights
 
