@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     co = commands.add_parser("compress", help="compress every array of a zarr dataset with a learned model")
     co.add_argument("src", help="source zarr store/group (v2 or v3) at a path or fsspec URL, or a catalog dataset")
     co.add_argument("dst", help="destination (path or fsspec URL, e.g. s3://bucket/x.zarr)")
-    co.add_argument("--model", required=True, help="catalog model name (e.g. idf-mnist)")
+    co.add_argument("--model", required=True, help="catalog model name (e.g. idf-mnist), or the path of a model file "
+                                                   "(e.g. RUN_DIR/weights.pt of `shardzip train --no-ship`)")
     _catalog_option(co)
     _dask_options(co)
     _resources_option(co)
@@ -321,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval", help="coded bpd, NLL and classical baselines of models on datasets: a report")
     ev.add_argument("datasets", nargs="+", help="catalog datasets (mnist/test, photos/test), zarr paths or URLs")
-    ev.add_argument("--model", action="append", required=True, help="catalog model (repeatable)")
+    ev.add_argument("--model", action="append", required=True,
+                    help="catalog model, or the path of a model file (repeatable)")
     _catalog_option(ev)
     ev.add_argument("--baselines", help="comma-separated subset of png,webp,jpegxl,jpegls,jpeg2000,zstd,lzma,bz2,"
                                         "blosc2 (default: all; empty string: none)")

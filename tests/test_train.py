@@ -115,3 +115,34 @@ def test_train_records_its_sha256_in_the_catalog_it_was_given_and_other_commands
                  "--steps", "2"]) == 0
     assert cat.read_text().count("sha256:") == 1
     assert load_catalog(cat).model("tiny-idf").sha256 == sha256_file(tmp_path / "weights" / "tiny.pt")
+
+
+def test_a_model_file_given_by_path_needs_no_catalog_entry(catalog, tmp_path, capsys, monkeypatch):
+    """`train --no-ship` writes RUN_DIR/weights.pt (family, hyper-parameters, weights): compress and eval take it
+    by path, the store carries it and reads back; a file that is no checkpoint is refused by name."""
+    monkeypatch.setenv("SHARDZIP_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["train", "tiny-idf", "--catalog", str(tmp_path / "catalog.yaml"), "--quiet", "--run-dir",
+                 str(tmp_path / "run"), "--no-ship"]) == 0
+    weights = tmp_path / "run" / "weights.pt"
+    dst = tmp_path / "by-path.szip"
+    assert main(["compress", str(tmp_path / "tiny.zarr"), str(dst), "--model", str(weights), "--workers", "1",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(dst), "--json"]) == 0
+    info = yaml.safe_load(capsys.readouterr().out)
+    assert info["model"] == {"name": str(weights), "sha256": sha256_file(weights), "family": "idf"}
+    x = np.load(DATA / "mnist_test_64.npy")
+    from shardzip.format.store import open_store
+
+    assert np.array_equal(open_store(str(dst))["test"][...], x[48:])
+    assert main(["eval", str(tmp_path / "tiny.zarr"), "--model", str(weights), "--workers", "1", "--quiet",
+                 "--baselines", "zstd", "--out", str(tmp_path / "report")]) == 0
+    assert str(weights) in (tmp_path / "report" / "report.md").read_text()
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert main(["compress", str(tmp_path / "tiny.zarr"), str(tmp_path / "x.szip"), "--model", str(junk),
+                 "--workers", "1", "--quiet"]) == 1
+    assert f"model file {junk} is not a shardzip checkpoint" in capsys.readouterr().err
+    assert main(["compress", str(tmp_path / "tiny.zarr"), str(tmp_path / "x.szip"), "--model", "gone/w.pt",
+                 "--workers", "1", "--quiet"]) == 1
+    assert "no model file gone/w.pt either" in capsys.readouterr().err

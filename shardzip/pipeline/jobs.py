@@ -14,6 +14,8 @@ import hashlib
 import sys
 import time
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,15 +62,42 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def _load_model(name: str, catalog=None):
-    from shardzip.catalog import CatalogError, load_catalog
-    from shardzip.models import load_catalog_model
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as a job names it: by catalog name or by the path of a model file, with its checkpoint."""
 
+    name: str
+    family: str
+    sha256: str
+    checkpoint: Path
+
+
+def _load_model(name: str, catalog=None):
+    """(model, its ModelRef, checkpoint path) for `name`: a catalog model, or a model file given by path (a
+    checkpoint `save_weights` wrote, e.g. `shardzip train NAME --no-ship`'s RUN_DIR/weights.pt: family,
+    hyper-parameters and weights, so it needs no catalog entry)."""
+    from shardzip.catalog import CatalogError, CheckpointError, load_catalog, sha256_file
+    from shardzip.models import load_catalog_model, load_weights
+
+    file = Path(name).expanduser()
+    if file.is_file():
+        sha = sha256_file(file)
+        try:
+            model = load_weights(file, sha)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - not a checkpoint at all: name the file and what it must be
+            raise CheckpointError(f"model file {file} is not a shardzip checkpoint ({type(exc).__name__}: {exc}); "
+                                  "give a catalog model name or a file written by `shardzip train --no-ship`"
+                                  ) from exc
+        return model, ModelRef(name, model.family, sha, file), file
     cat = catalog or load_catalog()
     if name not in cat.models:
-        raise CatalogError(f"unknown model {name!r}; the catalog ships: {', '.join(sorted(cat.models))}")
+        hint = (f"; no model file {file} either" if name.endswith(".pt") or "/" in name else "")
+        raise CatalogError(f"unknown model {name!r}{hint}; the catalog ships: {', '.join(sorted(cat.models))}")
     entry = cat.model(name)
-    return load_catalog_model(name, cat), entry, cat.path(entry.checkpoint)
+    path = cat.path(entry.checkpoint)
+    return load_catalog_model(name, cat), ModelRef(name, entry.family, entry.sha256, path), path
 
 
 SECRET_OPTION_WORDS = ("secret", "key", "token", "password", "credential", "session")
