@@ -147,15 +147,15 @@ def record_trained(path: str | os.PathLike, name: str, entry: ModelEntry) -> Non
         body = [i for i in range(start + 1, end) if lines[i].strip()]
         if body:
             child = " " * (len(lines[body[0]]) - len(lines[body[0]].lstrip()))
+            missing = []
             for key, value in values.items():
-                text = f"{child}{key}: {value}\n"
                 at = next((i for i in body if lines[i].startswith(f"{child}{key}:")), None)
-                if at is not None:
-                    lines[at] = text
+                if at is None:
+                    missing.append(f"{child}{key}: {value}\n")
                 else:
-                    after = next((i for i in body if lines[i].startswith(f"{child}checkpoint:")), body[0])
-                    lines.insert(after + 1, text)
-                    body = [i + 1 if i > after else i for i in body] + [after + 1]
+                    lines[at] = f"{child}{key}: {value}\n"
+            after = next((i for i in body if lines[i].startswith(f"{child}checkpoint:")), body[0])
+            lines[after + 1:after + 1] = missing  # new keys go below the checkpoint they describe
             edited = True
     if edited:
         new_text = "".join(lines)

@@ -169,8 +169,9 @@ class ShardzipCodec(ArrayBytesCodecPartialDecodeMixin, ArrayBytesCodec):
     def _model(self):
         return PROCESS_CACHE.get(self.model, decode_device(self.profile))
 
-    def decode_array(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        return decode_chunk(data, shape, dtype, self.layout, self._model if self.model else None,
+    def decode_array(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype, model=None) -> np.ndarray:
+        """One chunk's values; `model` (a callable giving the model) defaults to this codec's model."""
+        return decode_chunk(data, shape, dtype, self.layout, (model or self._model) if self.model else None,
                             Packing(**self.packing) if self.packing else None)
 
     def encode_array(self, chunk: np.ndarray) -> bytes:
@@ -191,8 +192,7 @@ class ShardzipCodec(ArrayBytesCodecPartialDecodeMixin, ArrayBytesCodec):
                 raise
 
         try:
-            arr = decode_chunk(chunk_bytes.to_bytes(), tuple(chunk_spec.shape), dtype, self.layout,
-                               model if self.model else None, Packing(**self.packing) if self.packing else None)
+            arr = self.decode_array(chunk_bytes.to_bytes(), tuple(chunk_spec.shape), dtype, model)
         except ShardzipError as exc:
             located = self._located(exc, len(chunk_spec.shape), byte_getter, shard, damaged=not loading)
             if located is exc:

@@ -10,8 +10,8 @@ dispatch mode that admits only operations with one defined result:
   and GPU rounds identically; fused variants (alpha, FMA-prone composites) are split into them,
   and a scalar divisor is moved to the device (CUDA would multiply by its reciprocal). sqrt is
   IEEE's correctly rounded one from `elementary.sqrt`: torch's CPU sqrt goes through MKL, which is
-  not correctly rounded on every CPU (AMD EPYC: 1 in 6 float32 roots one unit off; Intel Xeon:
-  correctly rounded), so stores coded on one vendor's CPUs did not decode on the other's;
+  not correctly rounded on every CPU (AMD EPYC: 1 in 6 float32 roots one unit off), so exact-1
+  stores coded on one vendor's CPUs need not decode on another's;
 - sums of products made exact: convolutions, matrix products and reductions quantize their
   operands to integers on a power-of-two grid chosen so that every partial sum is an integer
   below 2**53, then run in float64, where such sums are exact in any order, on any number of
@@ -261,9 +261,7 @@ def _elu(func, args, kwargs):
 
 @_handles(aten.sqrt, aten.sqrt_)
 def _sqrt(func, args, kwargs):
-    x = args[0]
-    if not _float(x):
-        return func(*args, **kwargs)
+    x = args[0]  # integers too: their float root comes from the same kernel
     return _written(func, x, _root(x))  # torch's CPU sqrt (MKL) is not correctly rounded on every CPU
 
 

@@ -159,7 +159,7 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
             if not arrays:
                 raise SourceError(f"dataset {ref}: no array {sub!r} in {url}")
         h = hashlib.sha256()
-        for k, (name, (lmodel, entry, _)) in enumerate(loaded.items()):
+        for k, (name, (lmodel, entry)) in enumerate(loaded.items()):
             for path, arr in arrays:
                 try:
                     plan = plan_array(path, arr, lmodel, entry.sha256, chunk_bytes=chunk_bytes or CHUNK_BYTES)
@@ -184,8 +184,8 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
     with job_client(scheduler, workers) as client:
         resources, device = placement(client)  # GPU=1 where workers with a GPU resource have CUDA
         # workers find shipped checkpoints themselves; others (a user's catalog) travel with the plugin
-        weights = {e.sha256: path.read_bytes() for _, e, path in loaded.values() if not is_shipped(e.sha256)}
-        client.register_plugin(ModelPlugin(preload=tuple(e.sha256 for _, e, _ in loaded.values()), device=device,
+        weights = {e.sha256: e.checkpoint.read_bytes() for _, e in loaded.values() if not is_shipped(e.sha256)}
+        client.register_plugin(ModelPlugin(preload=tuple(e.sha256 for _, e in loaded.values()), device=device,
                                            weights=weights), name="shardzip-models")
         bar = _Progress(len(specs), 0, progress, "eval")
         try:
@@ -209,7 +209,7 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
         recs_b = by_key.get((shown, path, first), [])
         rows += [_baseline_row(shown, path or "/", b, recs_b) for b in baselines if recs_b]
     rows += aggregate_rows(rows)
-    models_sha = {n: e.sha256 for n, (_, e, _) in loaded.items()}
+    models_sha = {n: e.sha256 for n, (_, e) in loaded.items()}
     return {"schema": SCHEMA, "version": SCHEMA_VERSION, "rows": rows, "shards": shards,
             "reproducibility": {**reproducibility(command or sys.argv, models_sha, checksums), "numerics": numerics}}
 

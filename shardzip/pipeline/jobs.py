@@ -72,32 +72,30 @@ class ModelRef:
     checkpoint: Path
 
 
-def _load_model(name: str, catalog=None):
-    """(model, its ModelRef, checkpoint path) for `name`: a catalog model, or a model file given by path (a
-    checkpoint `save_weights` wrote, e.g. `shardzip train NAME --no-ship`'s RUN_DIR/weights.pt: family,
-    hyper-parameters and weights, so it needs no catalog entry)."""
+def _load_model(name: str, catalog=None) -> tuple[Any, ModelRef]:
+    """(model, its ModelRef) for `name`: a catalog model, or a model file given by path (a checkpoint
+    `save_weights` wrote, e.g. `shardzip train NAME --no-ship`'s RUN_DIR/weights.pt: family, hyper-parameters
+    and weights, so it needs no catalog entry)."""
     from shardzip.catalog import CatalogError, CheckpointError, load_catalog, sha256_file
     from shardzip.models import load_catalog_model, load_weights
 
     file = Path(name).expanduser()
     if file.is_file():
-        sha = sha256_file(file)
         try:
-            model = load_weights(file, sha)
+            model = load_weights(file)
         except CheckpointError:
             raise
         except Exception as exc:  # noqa: BLE001 - not a checkpoint at all: name the file and what it must be
             raise CheckpointError(f"model file {file} is not a shardzip checkpoint ({type(exc).__name__}: {exc}); "
                                   "give a catalog model name or a file written by `shardzip train --no-ship`"
                                   ) from exc
-        return model, ModelRef(name, model.family, sha, file), file
+        return model, ModelRef(name, model.family, sha256_file(file), file)
     cat = catalog or load_catalog()
     if name not in cat.models:
         hint = (f"; no model file {file} either" if name.endswith(".pt") or "/" in name else "")
         raise CatalogError(f"unknown model {name!r}{hint}; the catalog ships: {', '.join(sorted(cat.models))}")
     entry = cat.model(name)
-    path = cat.path(entry.checkpoint)
-    return load_catalog_model(name, cat), ModelRef(name, entry.family, entry.sha256, path), path
+    return load_catalog_model(name, cat), ModelRef(name, entry.family, entry.sha256, cat.path(entry.checkpoint))
 
 
 SECRET_OPTION_WORDS = ("secret", "key", "token", "password", "credential", "session")
@@ -254,7 +252,7 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
                                "overwrite deletes them")
     src_url = resolve_source(src, catalog)
     src_root = open_source(src_url, storage_options)
-    lmodel, entry, checkpoint = _load_model(model, catalog)
+    lmodel, entry = _load_model(model, catalog)
     dloc = Location(dst, storage_options)
     if Location(src_url, storage_options).root == dloc.root:
         raise DestinationError(f"destination {dst} is the source itself; choose another path")
@@ -272,19 +270,16 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         elif job is None:
             raise DestinationError(f"destination {dst} exists but holds no shardzip job to resume; remove it or "
                                    "pass --overwrite")
+        elif differs := _job_differences(job, src_url, model, entry.sha256, numerics):
+            if dloc.exists(MANIFEST):
+                raise DestinationError(f"{dst} is already complete (job {job['job_id']}) with {differs}: nothing "
+                                       "was done. Pass --overwrite to recompress it as asked, or choose another "
+                                       "destination")
+            raise DestinationError(f"{dst} holds an unfinished job (job {job['job_id']}) with {differs}: resume it "
+                                   "with the same source, model and numerics, or choose another destination")
         elif dloc.exists(MANIFEST):
-            _check_complete_matches(dst, job, src_url, model, entry.sha256, numerics)
             log(f"{dst}: already complete (job {job['job_id']}, model {job['model']['name']}); nothing to do")
             return read_manifest(dloc)
-        elif job["src"] != src_url:
-            raise DestinationError(f"{dst} holds an unfinished job for source {job['src']}, not {src_url}; "
-                                   "resume with the same source or choose another destination")
-        elif job["model"]["sha256"] != entry.sha256:
-            raise DestinationError(f"{dst} was started with model {job['model']['name']} (sha256 "
-                                   f"{job['model']['sha256'][:12]}), not {model}; resume with the same model")
-        elif numerics is not None and numerics != profile_numerics(job["profile"]):
-            raise DestinationError(f"{dst} was started with {profile_numerics(job['profile'])} numerics, not "
-                                   f"{numerics}; resume with --numerics {profile_numerics(job['profile'])}")
     arrays = source_arrays(src_root)
     if not arrays:
         raise SourceError(f"source {src_url} holds no arrays")
@@ -315,7 +310,7 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
                 raise DestinationError(f"cannot write to destination {dst}: {type(exc).__name__}: {exc}; check the "
                                        "path or bucket and the credentials (--storage-option key=... secret=...)"
                                        ) from exc
-            dloc.write_bytes(weights_key(entry.sha256), checkpoint.read_bytes())
+            dloc.write_bytes(weights_key(entry.sha256), entry.checkpoint.read_bytes())
             _create_layout(dloc, src_root, plans, job)
         else:
             plans = [ArrayPlan.from_dict(p) for p in job["plans"]]  # on the device kind it was started with
@@ -383,19 +378,16 @@ def _array_name(url: str) -> str:
     return name or "data"
 
 
-def _check_complete_matches(dst: str, job: dict, src_url: str, model: str, sha256: str | None,
-                            numerics: str | None) -> None:
-    """--resume on a committed job: refuse, naming the difference, when the command asks for another job."""
+def _job_differences(job: dict, src_url: str, model: str, sha256: str | None, numerics: str | None) -> str:
+    """How the job in a store differs from what this command asks for ("" where it does not)."""
     differs = []
     if job["src"] != src_url:
         differs.append(f"source {job['src']}, not {src_url}")
     if job["model"]["sha256"] != sha256:
         differs.append(f"model {job['model']['name']} (sha256 {job['model']['sha256'][:12]}), not {model}")
     if numerics is not None and numerics != profile_numerics(job["profile"]):
-        differs.append(f"numerics {profile_numerics(job['profile'])}, not {numerics}")
-    if differs:
-        raise DestinationError(f"{dst} is already complete (job {job['job_id']}) with {'; '.join(differs)}: nothing "
-                               "was done. Pass --overwrite to recompress it as asked, or choose another destination")
+        differs.append(f"numerics {profile_numerics(job['profile'])}, not {numerics} (--numerics)")
+    return "; ".join(differs)
 
 
 def _mark_root(dloc: Location, job_id: str, status: str) -> None:

@@ -60,10 +60,16 @@ def raster_tiles(shape: tuple[int, ...], layout: str, itemsize: int, chunk_bytes
     if "N" in lay:
         n_axis = lay.index("N")
         tile = max(1, math.prod(c for i, c in enumerate(chunks) if i != n_axis) * itemsize)
-        n = max(1, min(shape[n_axis], chunk_bytes // tile))
-        k = max(1, min(shard_chunks, math.ceil(math.ceil(shape[n_axis] / n) / 4)))
-        chunks[n_axis], shards[n_axis] = n, min(n * k, math.ceil(shape[n_axis] / n) * n)
+        chunks[n_axis], shards[n_axis] = _item_axis(shape[n_axis], tile, chunk_bytes, shard_chunks)
     return tuple(chunks), tuple(shards)
+
+
+def _item_axis(items: int, item_bytes: int, chunk_bytes: int, shard_chunks: int) -> tuple[int, int]:
+    """(items per chunk, items per shard) along an item axis: ~chunk_bytes per chunk, up to `shard_chunks`
+    chunks per shard but at least 4 shards where the axis allows."""
+    n = max(1, min(items, chunk_bytes // max(1, item_bytes)))
+    k = max(1, min(shard_chunks, math.ceil(math.ceil(items / n) / 4)))
+    return n, min(n * k, math.ceil(items / n) * n)
 
 
 @dataclass
@@ -218,10 +224,9 @@ def plan_array(path: str, arr, model, model_sha: str | None, layout: str | None 
     if inferred is not None and "N" in canonical(inferred) and not wide:
         n_axis = canonical(inferred).index("N")
         item = max(1, math.prod(s for i, s in enumerate(shape) if i != n_axis) * dtype.itemsize)
-        n = max(1, min(shape[n_axis], chunk_bytes // item))
+        n, per_shard = _item_axis(shape[n_axis], item, chunk_bytes, shard_chunks)
         chunks = tuple(n if i == n_axis else max(1, s) for i, s in enumerate(shape))
-        k = max(1, min(shard_chunks, math.ceil(math.ceil(shape[n_axis] / n) / 4)))  # >= 4 shards where possible
-        shards = tuple(min(n * k, math.ceil(shape[i] / n) * n) if i == n_axis else c for i, c in enumerate(chunks))
+        shards = tuple(per_shard if i == n_axis else c for i, c in enumerate(chunks))
     elif inferred is not None and (wide or math.prod(shape) * dtype.itemsize > 4 * chunk_bytes):
         # A raster wider than a tile, or one large image (no item axis): square spatial tiles of at most
         # READ_TILE x READ_TILE pixels (~chunk_bytes of all bands; see READ_TILE), 2 x 4 tiles per shard.
