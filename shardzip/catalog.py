@@ -175,3 +175,56 @@ def record_trained(path: str | os.PathLike, name: str, entry: ModelEntry) -> Non
         tmp.unlink()
         raise CatalogError(f"could not record model {name!r} in {p}; add sha256: {entry.sha256} by hand")
     tmp.replace(p)
+
+
+# ---------------------------------------------------------------------------------------------- user models
+# Models a user fitted (`shardzip fit --name NAME`) are named in a catalog of the user's own,
+# $SHARDZIP_HOME/catalog.yaml (default ~/.shardzip/catalog.yaml), never in the shipped catalog.yaml.
+
+
+class UserModelEntry(_Strict):
+    family: str
+    path: str  # absolute path of the model file
+    sha256: str
+    validation_bpd: float | None = None
+    source: str | None = None
+    fitted: str | None = None  # when (UTC, ISO 8601)
+    command: str | None = None
+
+
+def user_home() -> Path:
+    """shardzip's per-user folder: $SHARDZIP_HOME, else ~/.shardzip."""
+    return Path(os.environ.get("SHARDZIP_HOME") or Path.home() / ".shardzip")
+
+
+def user_catalog_path() -> Path:
+    return user_home() / "catalog.yaml"
+
+
+def load_user_models() -> dict[str, UserModelEntry]:
+    """The user's named models ({} when the user catalog does not exist)."""
+    p = user_catalog_path()
+    if not p.is_file():
+        return {}
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+        return {name: UserModelEntry(**entry) for name, entry in (raw.get("models") or {}).items()}
+    except (yaml.YAMLError, ValidationError, TypeError, AttributeError) as exc:
+        raise CatalogError(f"user catalog {p} is invalid: {exc}; fix or remove it") from exc
+
+
+def register_user_model(name: str, entry: UserModelEntry, shipped: Catalog | None = None) -> Path:
+    """Name a fitted model in the user catalog (replacing an earlier model of that name); returns its path."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name.endswith(".pt"):
+        raise CatalogError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (not ending in .pt)")
+    if shipped is not None and name in shipped.models:
+        raise CatalogError(f"--name {name!r} is a model shipped with shardzip; choose another name")
+    p = user_catalog_path()
+    models = {k: v.model_dump(exclude_none=True) for k, v in load_user_models().items()}
+    models[name] = entry.model_dump(exclude_none=True)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    tmp.write_text("# shardzip user catalog: models fitted with `shardzip fit --name NAME`\n"
+                   + yaml.safe_dump({"models": models}, sort_keys=True))
+    tmp.replace(p)
+    return p

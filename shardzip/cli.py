@@ -1,7 +1,8 @@
 """The `shardzip` command line: one entry point, one subcommand per task.
 
 Commands: `compress`, `decompress`, `verify`, `info` (the Dask pipeline), `eval`, `report`, `import`
-(datasets into zarr), `train` (catalog models) and `bench-coder`. Deliberate errors (`ShardzipError`)
+(datasets into zarr), `fit` (a model fitted to the user's own data), `train` (catalog models) and
+`bench-coder`. Deliberate errors (`ShardzipError`)
 become one readable line on stderr and exit code 1, not a traceback; Ctrl-C becomes one line saying what
 was kept (for `compress`: the shards committed and the `--resume` command) and exit code 130.
 """
@@ -93,6 +94,26 @@ def _train(args: argparse.Namespace) -> int:
         print(f"recorded sha256 {entry.sha256[:12]} and validation bpd in {catalog_path(args.catalog)}")
     print(f"validation bpd {entry.validation_bpd}; catalog entry:")
     print(entry_yaml(args.model, entry), end="")
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from shardzip.fit import FitSettings
+    from shardzip.pipeline.cluster import parse_resources
+    from shardzip.pipeline.fit import fit, format_fit
+
+    minutes = args.minutes if args.minutes is not None or args.steps is not None else 10.0
+    settings = FitSettings(steps=args.steps, minutes=minutes, lr=args.lr, batch=args.batch, crop=args.crop,
+                           seed=args.seed, validate_every=args.validate_every,
+                           checkpoint_every=args.checkpoint_every, threads=args.threads)
+    result = fit(args.src, args.out, name=args.name, arrays=args.array, start=args.start, settings=settings,
+                 frames=args.frames, hidden=args.hidden,
+                 resume=args.resume, overwrite=args.overwrite, run_dir=args.run_dir, sample_mb=args.sample_mb,
+                 validation=args.validation, scheduler=args.scheduler, workers=args.workers,
+                 storage_options=storage_options(args.storage_option), progress=not args.quiet,
+                 resources=parse_resources(args.resources), catalog=_catalog(args),
+                 command=["shardzip", *args.argv])
+    print(format_fit(result))
     return 0
 
 
@@ -337,6 +358,52 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--storage-option", action="append", metavar="KEY=VALUE", default=[])
     rp.add_argument("--out", required=True, help="report directory")
     rp.set_defaults(handler=_report)
+
+    fi = commands.add_parser(
+        "fit", help="fit a model to your own zarr data (on the cluster), for compress/eval --model",
+        description="Sample training and validation regions of SRC on the Dask workers, train an msp model on one "
+                    "worker (a GPU worker where there is one) within a budget of steps or minutes, and write one "
+                    "self-describing model file. compress, decompress, verify, eval and zarr/xarray reading take it "
+                    "by path, or by --name.")
+    fi.add_argument("src", help="zarr store, group or array (path or fsspec URL), or a catalog dataset")
+    fi.add_argument("--out", required=True, help="the model file to write (e.g. models/radar.pt)")
+    fi.add_argument("--name", help="also name the model in your user catalog ($SHARDZIP_HOME/catalog.yaml, default "
+                                   "~/.shardzip/catalog.yaml): then --model NAME works everywhere")
+    fi.add_argument("--array", action="append", metavar="PATH", help="fit on this array only (repeatable; default: "
+                                                                      "every numeric image/raster array)")
+    fi.add_argument("--from", dest="start", default="auto", metavar="MODEL",
+                    help="start from this model (catalog name, your --name, or a model file): fine-tuning; 'scratch': "
+                         "a fresh model; default 'auto': the shipped msp model of the data's band count and nearest "
+                         "bit depth, else from scratch")
+    fi.add_argument("--frames", choices=("auto", "sequence", "independent"), default="auto",
+                    help="sequence: each frame of an array's first axis is coded given the one before (radar sweeps, "
+                         "daily fields); default auto: a sequence where the layout is T.. or the first dimension is "
+                         "named time/t/frame/sweep")
+    fi.add_argument("--hidden", type=int, help="network width (default: sized to the data, so that the weights the "
+                                               "store carries cost ~3 %% of its coded bytes; 8-32)")
+    budget = fi.add_argument_group("budget (default: --minutes 10)")
+    budget.add_argument("--steps", type=int, help="training steps")
+    budget.add_argument("--minutes", type=float, help="wall-clock minutes of training (with --steps: whichever "
+                                                      "ends first)")
+    fi.add_argument("--resume", action="store_true", help="continue an interrupted fit from RUN_DIR/last.pt")
+    fi.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    fi.add_argument("--run-dir", help="checkpoints (last.pt) go here (default OUT.run beside the model file); on a "
+                                      "--scheduler cluster it must be a path the training worker can write")
+    fi.add_argument("--sample-mb", type=float, default=64.0, help="raw MB of the source to read (default 64)")
+    fi.add_argument("--validation", type=float, default=0.2, help="fraction of the sampled regions held out "
+                                                                  "(default 0.2)")
+    fi.add_argument("--seed", type=int, default=0)
+    fi.add_argument("--crop", type=int, default=64, help="training crop side in pixels (default 64)")
+    fi.add_argument("--batch", type=int, default=8, help="crops per step (default 8)")
+    fi.add_argument("--lr", type=float, default=2e-3)
+    fi.add_argument("--threads", type=int, help="torch threads of the training task (default: the worker "
+                                                "machine's cores)")
+    fi.add_argument("--checkpoint-every", type=int, default=250)
+    fi.add_argument("--validate-every", type=int, default=250)
+    _catalog_option(fi)
+    _dask_options(fi)
+    _resources_option(fi)
+    fi.set_defaults(handler=_fit)
 
     tr = commands.add_parser("train", help="train a catalog model, record its sha256 in the catalog, print its entry")
     tr.add_argument("model", help="model name in the catalog (e.g. idf-mnist)")

@@ -99,6 +99,7 @@ def test_eval_reports_float_arrays_with_nans_whatever_method_coded_them(cluster,
     raster model codes it, NaNs as its mask). Every array gets a row with the bits its method wrote, and the
     report is written in every format; the field's chunks carry no NLL, so it gets none and no per-image spread."""
     from shardzip.format.chunk import Packing, encode_chunk
+    from shardzip.format.classical import default_candidates
     from shardzip.format.shard import pack_shard
 
     y, x = np.mgrid[0:40, 0:56]
@@ -121,15 +122,18 @@ def test_eval_reports_float_arrays_with_nans_whatever_method_coded_them(cluster,
     report = json.loads((out / "report.json").read_text())
     ds = str(src)
     temp = _row(report, ds, "temperature", "msp-radar")
-    # the bytes the masked float method writes for the field (one chunk, one shard), recomputed here
-    coded, stats = encode_chunk(field, None, packing=Packing.from_attrs({}, np.nan), full_shape=field.shape)
-    assert stats.method == "masked"
-    assert temp["chunks_by_method"]["masked"] == 1 and temp["verified"]
+    # the bytes the field's chunk is written with (one chunk, one shard), recomputed here: the masked float
+    # method or the classical codecs its plan tries (pcodec), whichever is smaller
+    coded, stats = encode_chunk(field, None, packing=Packing.from_attrs({}, np.nan), full_shape=field.shape,
+                                classical=default_candidates(field.dtype, field.shape, "HW"))
+    assert stats.method in ("masked", "classical")
+    assert temp["chunks_by_method"][stats.method] == 1 and temp["verified"]
     assert temp["bpd"] == pytest.approx(8 * len(pack_shard([coded])) / field.size, rel=1e-12)
     assert temp["nll_bpd"] is None and temp["overhead_pct"] is None and temp["per_image_bpd"] == []
     assert temp["images"] == 1 and temp["dims"] == field.size
     pres = _row(report, ds, "pressure", "msp-radar")
-    assert pres["chunks_by_method"]["masked-model"] == 1 and pres["verified"]
+    # the raster model, or pcodec where it is smaller on this small synthetic field (the model is still scored)
+    assert pres["chunks_by_method"]["masked-model"] + pres["chunks_by_method"]["classical"] == 1 and pres["verified"]
     assert pres["nll_bpd"] > 0 and len(pres["per_image_bpd"]) == 1
     images = _row(report, ds, "images", "msp-radar")
     assert images["verified"] and images["nll_bpd"] > 0 and len(images["per_image_bpd"]) == 16
@@ -151,7 +155,9 @@ def test_eval_per_image_figures_of_a_tiled_raster_are_its_tiles(cluster, tmp_pat
     report = evaluate([str(src)], ["msp-radar"], baselines=(), scheduler=cluster, progress=False, command=["test"],
                       chunk_bytes=4096)
     row = _row(report, str(src), "field", "msp-radar")
-    assert row["chunks_by_method"]["masked-model"] == 4 and row["verified"]
+    # the model codes the two full-height tiles; pcodec may keep the 8-row edge tiles (model headers dominate)
+    methods = row["chunks_by_method"]
+    assert methods["masked-model"] >= 2 and methods["masked-model"] + methods["classical"] == 4 and row["verified"]
     assert row["images"] == 4 and len(row["per_image_bpd"]) == 4 and row["dims"] == raster.size
     tile_dims = [128 * 128, 128 * 72, 8 * 128, 8 * 72]  # C order over the 2 x 2 tiles of 128 x 128
     nll_bits = sum(b * d for b, d in zip(row["per_image_bpd"], tile_dims, strict=True))

@@ -130,7 +130,7 @@ def test_a_model_file_given_by_path_needs_no_catalog_entry(catalog, tmp_path, ca
     capsys.readouterr()
     assert main(["info", str(dst), "--json"]) == 0
     info = yaml.safe_load(capsys.readouterr().out)
-    assert info["model"] == {"name": str(weights), "sha256": sha256_file(weights), "family": "idf"}
+    assert info["model"] == {"name": str(weights), "sha256": sha256_file(weights), "family": "idf", "shipped": False}
     x = np.load(DATA / "mnist_test_64.npy")
     from shardzip.format.store import open_store
 

@@ -16,8 +16,10 @@ never coded. Method 5 codes a numeric chunk with a masked raster model (`msp`): 
 integers `q` with `value = (q + lo) * step + offset` exactly (CF `scale_factor`/`add_offset`, or a
 step found in the data: 1, decimal and binary fractions), no-data/NaN as -1 in the model's images
 (the model codes the mask itself), then which missing kind (fill or NaN) each missing value was
-when a chunk holds both. Decoding always checks the CRC32, so a chunk decodes to exactly what was encoded or
-raises `ChunkChecksumError`.
+when a chunk holds both. Method 6 codes the chunk with a classical lossless codec (`shardzip.format.classical`:
+JPEG XL, JPEG-LS, pcodec): codec id u8, a CRC32 of the codec's bytes, then the codec's bytes, which need only
+the chunk's shape and dtype to decode. Decoding always checks the CRC32, so a chunk decodes to exactly what was
+encoded or raises `ChunkChecksumError`.
 """
 
 from __future__ import annotations
@@ -33,14 +35,16 @@ import numpy as np
 import torch
 
 from shardzip.errors import ChunkChecksumError, FormatError
+from shardzip.format.classical import CODECS as CLASSICAL_CODECS
+from shardzip.format.classical import decode_classical, encode_classical
 from shardzip.format.layout import from_images, to_images
 from shardzip.numerics import EXACT
 
 MAGIC = b"SZ"
 VERSION = 1
-RAW, ZSTD, MODEL, MASKED, PARTIAL, MASKED_MODEL = 0, 1, 2, 3, 4, 5
+RAW, ZSTD, MODEL, MASKED, PARTIAL, MASKED_MODEL, CLASSICAL = 0, 1, 2, 3, 4, 5, 6
 METHODS = {RAW: "raw", ZSTD: "zstd", MODEL: "model", MASKED: "masked",  # PARTIAL wraps one of these
-           MASKED_MODEL: "masked-model"}
+           MASKED_MODEL: "masked-model", CLASSICAL: "classical"}
 _MM_HEAD = struct.Struct("<ddqBI")  # step | offset | lo | kind of all missing values (0: mixed) | kinds bytes
 _MASKED_HEAD = struct.Struct("<BII")  # integer values? | mask bytes | values bytes
 _HEAD = struct.Struct("<2sBBI")
@@ -60,6 +64,8 @@ class ChunkStats:
     zstd_bytes: int
     seconds: float
     image_nll_bits: list[float] | None = None  # per image [B] of the chunk, in order
+    classical: str | None = None  # the classical codec of a method-6 chunk ("jpegxl", ...)
+    classical_bytes: dict[str, int] | None = None  # payload bytes of each classical codec that was tried and verified
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -80,23 +86,12 @@ def _zstd(level: int = ZSTD_LEVEL):
 
 def masked_model(model) -> bool:
     """Whether `model` codes rasters with missing values (-1) and integer-packed values (method 5)."""
-    return getattr(model, "family", None) == "msp"
+    return bool(getattr(model, "codes_missing", False))
 
 
 def model_fits(model, dtype: np.dtype, channels: int) -> str | None:
-    """Why `model` cannot code images of `dtype` with `channels` (None when it can)."""
-    bits = model.data_bits
-    if masked_model(model):
-        if np.dtype(dtype).kind not in "uif" or np.dtype(dtype).itemsize > 8:
-            return f"model {model.family!r} codes numeric rasters, the array is {np.dtype(dtype)}"
-        if channels != model.channels:
-            return f"model {model.family!r} has {model.channels} band(s), the array's images have {channels}"
-        return None
-    if np.dtype(dtype) != np.dtype(np.uint8 if bits <= 8 else np.uint16):
-        return f"model {model.family!r} codes {bits}-bit unsigned images, the array is {np.dtype(dtype)}"
-    if channels != model.channels:
-        return f"model {model.family!r} has {model.channels} channel(s), the array's images have {channels}"
-    return None
+    """Why `model` cannot code images of `dtype` with `channels` (None when it can): the model says."""
+    return model.fits(dtype, channels)
 
 
 def _as_float(v) -> float | None:
@@ -381,14 +376,40 @@ def _full(chunk: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def _classical(chunk: np.ndarray, raw: bytes, layout: str | None,
+               names: tuple[str, ...]) -> tuple[bytes, str, dict[str, int]] | None:
+    """Method 6's smallest payload among the classical codecs `names`, its codec and every verified codec's
+    bytes; None when none applies. Each payload is decoded once here and compared with the raw bytes: a codec
+    that raises or decodes to other bytes is no candidate."""
+    best, sizes = None, {}
+    for name in names:
+        try:
+            payload = encode_classical(name, chunk, layout)
+            if payload is None or _raw(decode_classical(payload, chunk.shape, chunk.dtype)) != raw:
+                continue
+        except Exception:  # noqa: BLE001 - a codec library failing on these values: not a candidate
+            continue
+        sizes[name] = len(payload)
+        if best is None or len(payload) < len(best[0]):
+            best = (payload, name)
+    return None if best is None else (*best, sizes)
+
+
 def encode_chunk(chunk: np.ndarray, model=None, layout: str | None = None, batch: int | None = None,
                  zstd_level: int = ZSTD_LEVEL, packing: Packing | None = None,
-                 full_shape: tuple[int, ...] | None = None, numerics: str = EXACT) -> tuple[bytes, ChunkStats]:
-    """Code `chunk` with `model` (if given), with zstd, and float chunks split into mask and values;
-    keep the smallest, never worse than zstd. With `full_shape` larger than the chunk (an edge chunk),
+                 full_shape: tuple[int, ...] | None = None, numerics: str = EXACT,
+                 classical: tuple[str, ...] = ()) -> tuple[bytes, ChunkStats]:
+    """Code `chunk` with `model` (if given), with zstd, float chunks split into mask and values, and with the
+    classical codecs named in `classical` (`shardzip.format.classical`, method 6); keep the smallest, never
+    worse than zstd or any classical codec tried. With `full_shape` larger than the chunk (an edge chunk),
     only the valid values are coded (method 4). The model codes under `numerics` (`shardzip.models.codec`)."""
+    unknown = [name for name in classical if name not in CLASSICAL_CODECS]
+    if unknown:
+        raise FormatError(f"unknown classical codec(s) {', '.join(map(repr, unknown))}; known: "
+                          f"{', '.join(CLASSICAL_CODECS)}")
     if full_shape is not None and tuple(full_shape) != chunk.shape:
-        inner, stats = encode_chunk(chunk, model, layout, batch, zstd_level, packing, numerics=numerics)
+        inner, stats = encode_chunk(chunk, model, layout, batch, zstd_level, packing, numerics=numerics,
+                                    classical=classical)
         head = struct.pack(f"<B{chunk.ndim}I", chunk.ndim, *chunk.shape)
         out = _HEAD.pack(MAGIC, VERSION, PARTIAL, zlib.crc32(_raw(_full(chunk, tuple(full_shape))))) + head + inner
         stats.coded_bytes, stats.zstd_bytes = len(out), stats.zstd_bytes + len(head) + _HEAD.size
@@ -403,6 +424,9 @@ def encode_chunk(chunk: np.ndarray, model=None, layout: str | None = None, batch
         # Decoding is checked here, once, so a float corner case can never store a chunk that decodes wrong.
         if masked is not None and _decode_masked(memoryview(masked), chunk.shape, dtype, packing) == raw:
             candidates[MASKED] = masked
+    found = _classical(chunk, raw, layout, tuple(classical)) if classical and chunk.size else None
+    if found is not None:
+        candidates[CLASSICAL] = found[0]
     nll = model_bytes = image_nll = None
     if model is not None and chunk.size and masked_model(model):
         coded = _encode_masked_model(chunk, model, layout, packing, batch, zstd_level, numerics)
@@ -424,7 +448,8 @@ def encode_chunk(chunk: np.ndarray, model=None, layout: str | None = None, batch
     method = min(candidates, key=lambda m: (len(candidates[m]), -m))
     out = _HEAD.pack(MAGIC, VERSION, method, crc) + candidates[method]
     stats = ChunkStats(len(raw), len(out), METHODS[method], nll, model_bytes, len(candidates[ZSTD]),
-                       time.perf_counter() - t0, image_nll)
+                       time.perf_counter() - t0, image_nll, found[1] if method == CLASSICAL else None,
+                       found[2] if found is not None else None)
     return out, stats
 
 
@@ -471,6 +496,8 @@ def _decode(view: memoryview, shape: tuple[int, ...], dtype: np.dtype, layout: s
         if model_loader is None or layout is None:
             raise FormatError("chunk was coded with a model, but no model is configured for this array")
         raw = _decode_masked_model(payload, tuple(shape), dtype, layout, model_loader(), packing)
+    elif method == CLASSICAL:
+        raw = _raw(decode_classical(payload, tuple(shape), dtype))
     elif method == PARTIAL:
         if not allow_partial:
             raise FormatError("an edge chunk holds another edge chunk: the bytes are damaged")

@@ -8,6 +8,7 @@ import Dask or zarr.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,38 @@ def build_model(family: str, hparams: dict[str, Any] | None = None) -> LosslessM
         raise CatalogError(f"hyper-parameters {hparams} do not fit family {family!r}: {exc}") from exc
 
 
-def save_weights(model: LosslessModel, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-    """Write a shippable checkpoint: family, hyper-parameters and float32 weights only."""
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and values: written into a checkpoint and checked when
+    it is loaded, so a model file that was altered is refused even where no catalog records its sha256."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def half_weights(model: LosslessModel) -> LosslessModel:
+    """Round `model`'s floating weights to float16 values in place (they stay float32 tensors): what a checkpoint
+    saved with `half=True` holds, so the model scores and codes exactly as it will once loaded from the file."""
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(t.half().to(t.dtype))
+    return model
+
+
+def save_weights(model: LosslessModel, path: str | Path, extra: dict[str, Any] | None = None,
+                 half: bool = False) -> None:
+    """Write a shippable checkpoint: family, hyper-parameters, float32 weights (float16 with `half`, for models
+    stored with the data they code: half the bytes; loaded back as float32, so coding stays exact) and their
+    digest, and `extra` (what it was trained on, how well it did, the command: a fitted model file describes
+    itself)."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    blob = {"format": CHECKPOINT_FORMAT, "family": model.family, "hparams": model.hparams, "state_dict": state}
+    if half:
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+    blob = {"format": CHECKPOINT_FORMAT, "family": model.family, "hparams": model.hparams, "state_dict": state,
+            "weights_digest": weights_digest(state)}
     blob.update(extra or {})
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(path) + ".tmp")
@@ -63,9 +92,20 @@ def load_weights(path: str | Path, sha256: str | None = None, device: str | torc
             raise CheckpointError(f"checkpoint {p} has sha256 {actual}, but the catalog records {sha256}: "
                                   "the file was changed or replaced; restore it or retrain and update the catalog")
     blob = torch.load(p, map_location="cpu", weights_only=True)
+    digest = blob.get("weights_digest")
+    if digest is not None and weights_digest(blob["state_dict"]) != digest:
+        raise CheckpointError(f"model file {p} was altered: its weights do not match the digest written with them; "
+                              "restore the file or fit the model again")
     model = build_model(blob["family"], blob["hparams"])
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval()
+
+
+def read_model_info(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's description without its weights: family, hyper-parameters and whatever was saved with it
+    (a fitted model's `fit` record: source, sample fingerprint, validation bpd, command)."""
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    return {k: v for k, v in blob.items() if k != "state_dict"}
 
 
 def load_catalog_model(name: str, catalog=None, device: str | torch.device = "cpu") -> LosslessModel:
@@ -81,4 +121,4 @@ def load_catalog_model(name: str, catalog=None, device: str | torch.device = "cp
 
 
 __all__ = ["FAMILIES", "BBANSVAE", "HiLLoC", "IDF", "LosslessModel", "build_model", "load_catalog_model",
-           "load_weights", "save_weights"]
+           "half_weights", "load_weights", "read_model_info", "save_weights", "weights_digest"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,6 +35,9 @@ class LosslessModel(nn.Module):
 
     family: ClassVar[str] = ""
     bits_back: ClassVar[bool] = False  # True: decoding needs initial bits (Message.with_clean_bits)
+    # True: codes rasters of any numeric dtype packed to integers with -1 where a value is missing
+    # (`shardzip.format.chunk`'s masked-model method); False: unsigned images of data_bits, every value present
+    codes_missing: ClassVar[bool] = False
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__()
@@ -68,6 +72,21 @@ class LosslessModel(nn.Module):
     @property
     def channels(self) -> int:
         return int(self.hparams.get("channels", 1))
+
+    def fits(self, dtype: np.dtype | str, bands: int) -> str | None:
+        """Why this model cannot code images of `dtype` with `bands` bands per image; None when it can.
+
+        The planner, `fit` and `--model auto` ask the model this instead of testing family names."""
+        dt = np.dtype(dtype)
+        if self.codes_missing:
+            if dt.kind not in "uif" or dt.itemsize > 8:
+                return f"model {self.family!r} codes numeric rasters, the array is {dt}"
+        elif dt != np.dtype(np.uint8 if self.data_bits <= 8 else np.uint16):
+            return f"model {self.family!r} codes {self.data_bits}-bit unsigned images, the array is {dt}"
+        if bands != self.channels:
+            what = "band(s)" if self.codes_missing else "channel(s)"
+            return f"model {self.family!r} has {self.channels} {what}, the array's images have {bands}"
+        return None
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         """Validate an image batch: int tensor [B, C, H, W] with this model's channels and value range."""

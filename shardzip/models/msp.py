@@ -70,6 +70,7 @@ class MSP(LosslessModel):
     """Coarse-to-fine raster model with masks, band coupling and an optional conditioning frame."""
 
     family = "msp"
+    codes_missing = True
 
     def __init__(self, channels: int = 1, data_bits: int = 16, levels: int = 4, hidden: int = 32, blocks: int = 1,
                  mixtures: int = 3, mask_hidden: int = 16, cond_channels: int = 0, norm: str = "pixel") -> None:

@@ -36,7 +36,7 @@ from shardzip.format.store import (
     store_sizes,
     weights_key,
 )
-from shardzip.format.weights import numerics_profile, portable, profile_numerics
+from shardzip.format.weights import install_weights, is_shipped, numerics_profile, portable, profile_numerics
 from shardzip.numerics import EXACT
 from shardzip.pipeline.cluster import AUTO, format_resources
 from shardzip.pipeline.plan import (
@@ -73,10 +73,18 @@ class ModelRef:
 
 
 def _load_model(name: str, catalog=None) -> tuple[Any, ModelRef]:
-    """(model, its ModelRef) for `name`: a catalog model, or a model file given by path (a checkpoint
-    `save_weights` wrote, e.g. `shardzip train NAME --no-ship`'s RUN_DIR/weights.pt: family, hyper-parameters
-    and weights, so it needs no catalog entry)."""
-    from shardzip.catalog import CatalogError, CheckpointError, load_catalog, sha256_file
+    """(model, its ModelRef) for `name`: a model file given by path (a checkpoint `save_weights` wrote: `shardzip
+    fit --out FILE`, or `shardzip train NAME --no-ship`'s RUN_DIR/weights.pt: family, hyper-parameters and
+    weights, so it needs no catalog entry), a shipped catalog model, or a model the user fitted and named
+    (`shardzip fit --name NAME`, in $SHARDZIP_HOME/catalog.yaml)."""
+    from shardzip.catalog import (
+        CatalogError,
+        CheckpointError,
+        load_catalog,
+        load_user_models,
+        sha256_file,
+        user_catalog_path,
+    )
     from shardzip.models import load_catalog_model, load_weights
 
     file = Path(name).expanduser()
@@ -91,9 +99,15 @@ def _load_model(name: str, catalog=None) -> tuple[Any, ModelRef]:
                                   ) from exc
         return model, ModelRef(name, model.family, sha256_file(file), file)
     cat = catalog or load_catalog()
+    user = load_user_models() if name not in cat.models else {}
+    if name in user:  # a model the user fitted and named (`shardzip fit --name`): its file, sha256-checked
+        found = user[name]
+        return load_weights(found.path, found.sha256), ModelRef(name, found.family, found.sha256, Path(found.path))
     if name not in cat.models:
         hint = (f"; no model file {file} either" if name.endswith(".pt") or "/" in name else "")
-        raise CatalogError(f"unknown model {name!r}{hint}; the catalog ships: {', '.join(sorted(cat.models))}")
+        mine = f"; your fitted models ({user_catalog_path()}): {', '.join(sorted(user))}" if user else ""
+        raise CatalogError(f"unknown model {name!r}{hint}; the catalog ships: {', '.join(sorted(cat.models))}"
+                           f"{mine}")
     entry = cat.model(name)
     return load_catalog_model(name, cat), ModelRef(name, entry.family, entry.sha256, cat.path(entry.checkpoint))
 
@@ -116,7 +130,7 @@ def _array_spec(plan: ArrayPlan, job: dict) -> dict:
     return {"array": plan.path, "src": job["src"], "src_options": job["storage_options"], "src_path": src_path,
             "dst": job["dst"], "dst_options": job["storage_options"], "shape": list(plan.shape), "dtype": plan.dtype,
             "chunks": list(plan.chunks), "shards": list(plan.shards), "layout": plan.layout, "model": plan.model,
-            "zstd_level": job["zstd_level"], "packing": plan.packing,
+            "zstd_level": job["zstd_level"], "packing": plan.packing, "classical": list(plan.classical),
             "numerics": profile_numerics(job.get("profile", {}))}
 
 
@@ -236,8 +250,13 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
              storage_options: dict[str, Any] | None = None, verify: bool = False, resume: bool = False,
              overwrite: bool = False, chunk_bytes: int = CHUNK_BYTES, shard_chunks: int = SHARD_CHUNKS,
              zstd_level: int = ZSTD_LEVEL, progress: bool = True, catalog=None, log=print,
-             resources: dict[str, float] | str | None = AUTO, numerics: str | None = None) -> dict:
+             resources: dict[str, float] | str | None = AUTO, numerics: str | None = None,
+             classical: bool = True) -> dict:
     """Compress every array of `src` into the shardzip store `dst` with catalog model `model`; the manifest.
+
+    `classical`: also try the classical codecs that suit each array on every chunk (JPEG XL, JPEG-LS, pcodec;
+    `format.classical.default_candidates`), keeping whichever candidate is smallest; False: only the model,
+    zstd and the masked float method (faster: JPEG XL at effort 7 costs ~0.5 s per MB).
 
     `resources`: what each task asks of a worker ("auto": {"GPU": 1} where workers with a GPU resource have
     CUDA, else nothing; None: nothing; or a dict such as {"GPU": 1}); see `cluster.placement`.
@@ -289,8 +308,8 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         arrays, src_paths = [(name, arrays[0][1])], {name: ""}
     run_id = uuid.uuid4().hex[:12]
     if job is None:  # plan before starting any cluster: bad input fails fast and writes nothing
-        plans = [plan_array(p, a, lmodel, entry.sha256, chunk_bytes=chunk_bytes, shard_chunks=shard_chunks)
-                 for p, a in arrays]
+        plans = [plan_array(p, a, lmodel, entry.sha256, chunk_bytes=chunk_bytes, shard_chunks=shard_chunks,
+                            classical=classical) for p, a in arrays]
     with job_client(scheduler, workers) as client:
         _wait_for_workers(client)
         keep = job["profile"]["device"] if job and not portable(job["profile"]) else None
@@ -299,7 +318,8 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         if job is None:
             job = {"job_id": uuid.uuid4().hex[:12], "src": src_url, "dst": dst,
                    "storage_options": storage_options or {},
-                   "model": {"name": model, "sha256": entry.sha256, "family": entry.family},
+                   "model": {"name": model, "sha256": entry.sha256, "family": entry.family,
+                             "shipped": is_shipped(entry.sha256)},
                    "profile": numerics_profile(device, numerics or EXACT), "zstd_level": zstd_level,
                    "created": _now(),
                    "code_version": __version__, "plans": [p.as_dict() for p in plans],
@@ -310,7 +330,10 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
                 raise DestinationError(f"cannot write to destination {dst}: {type(exc).__name__}: {exc}; check the "
                                        "path or bucket and the credentials (--storage-option key=... secret=...)"
                                        ) from exc
-            dloc.write_bytes(weights_key(entry.sha256), entry.checkpoint.read_bytes())
+            if not is_shipped(entry.sha256):  # shipped weights are in every shardzip: referenced by sha256 only
+                weights = entry.checkpoint.read_bytes()
+                dloc.write_bytes(weights_key(entry.sha256), weights)
+                install_weights(entry.sha256, weights)  # plain zarr/xarray in a fresh process find it here too
             _create_layout(dloc, src_root, plans, job)
         else:
             plans = [ArrayPlan.from_dict(p) for p in job["plans"]]  # on the device kind it was started with
@@ -533,7 +556,7 @@ def format_summary(manifest: dict) -> str:
              f"{'' if portable(manifest['profile']) else ' (decodes only where it was coded)'}, "
              f"{'verified' if manifest.get('verified') else 'not verified'}"]
     lines.append(f"  {'array':<24} {'shape':<22} {'dtype':<6} {'bpd':>7} {'nll bpd':>8} {'zstd bpd':>9} "
-                 f"{'ratio':>7}  chunks model/zstd/raw/masked")
+                 f"{'ratio':>7}  chunks model/zstd/raw/masked/classical")
     tot = {"bits": 0, "dims": 0, "zstd": 0, "raw": 0}
     for name, a in manifest["arrays"].items():
         dims = a["dims"] or 1
@@ -542,6 +565,7 @@ def format_summary(manifest: dict) -> str:
         lines.append(f"  {name:<24} {str(tuple(a['shape'])):<22} {a['dtype']:<6} {8 * a['coded_bytes'] / dims:>7.4f} "
                      f"{nll:>8} {8 * a['zstd_bytes'] / dims:>9.4f} {a['raw_bytes'] / max(1, a['coded_bytes']):>7.2f}"
                      f"  {cm['model'] + cm.get('masked-model', 0)}/{cm['zstd']}/{cm['raw']}/{cm.get('masked', 0)}"
+                     f"/{cm.get('classical', 0)}"
                      + ("" if a.get("model") else f"  (fallback: {a.get('reason')})"))
         tot["bits"] += 8 * a["coded_bytes"]
         tot["dims"] += a["dims"]
@@ -553,9 +577,19 @@ def format_summary(manifest: dict) -> str:
     if manifest.get("storage"):
         st = manifest["storage"]
         with_weights = 8 * (st["coded"] + st["weights"]) / tot["dims"] if tot["dims"] else None
-        lines.append(f"  store: {_mb(st['total'])} in all = {_mb(st['coded'])} coded shards + {_mb(st['weights'])} "
-                     f"model weights + {_mb(st['metadata'])} metadata"
-                     + (f"; {with_weights:.4f} bpd counting the weights" if with_weights is not None else ""))
+        shipped = manifest["model"].get("shipped") and not st["weights"]
+        lines.append(f"  store: {_mb(st['total'])} in all = {_mb(st['coded'])} coded shards + "
+                     + ("model weights shipped with shardzip (referenced by sha256, not copied)" if shipped else
+                        f"{_mb(st['weights'])} model weights")
+                     + f" + {_mb(st['metadata'])} metadata"
+                     + (f"; {with_weights:.4f} bpd counting the weights" if with_weights is not None and not shipped
+                        else ""))
+        saved = tot["zstd"] / 8 - st["coded"]
+        if st["weights"] and saved > 0 and tot["raw"]:  # a fitted model's weights against what it saves over zstd
+            pays = st["weights"] / saved * tot["raw"]
+            one_percent = 100 * st["weights"] / max(1, st["coded"]) * tot["raw"]
+            lines.append(f"  the weights pay for themselves from {_mb(int(pays))} of data like this (vs zstd); they "
+                         f"are 1 % of the coded bytes from {_mb(int(one_percent))}")
     return "\n".join(lines)
 
 

@@ -1,8 +1,10 @@
 """Client side: what to compress. Opens the source, decides per array how it is coded and sharded.
 
 Every array of the source group is kept (images, labels, coordinates): image arrays that the
-chosen model fits are coded with it (chunk by chunk, falling back to zstd where that is smaller);
-every other array goes through the fallback codec and is reported as such with the reason.
+chosen model fits are coded with it (chunk by chunk, falling back to zstd or a classical codec where
+that is smaller); every other array goes through the fallback codecs and is reported as such with the
+reason. Each plan names the classical codecs worth trying on its chunks (`default_candidates`: JPEG XL
+and JPEG-LS for integer images, pcodec for other numeric arrays).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from shardzip.errors import SourceError
 from shardzip.format.chunk import Packing, masked_model, model_fits
+from shardzip.format.classical import default_candidates
 from shardzip.format.layout import canonical, channels_of, infer_layout
 from shardzip.format.store import Location, is_local, local_path
 
@@ -88,6 +91,7 @@ class ArrayPlan:
     attributes: dict[str, Any] = field(default_factory=dict)
     dimension_names: list[str] | None = None
     packing: dict[str, Any] | None = None
+    classical: tuple[str, ...] = ()  # classical codecs tried on every chunk (`shardzip.format.classical`)
 
     @property
     def shard_grid(self) -> tuple[int, ...]:
@@ -100,6 +104,7 @@ class ArrayPlan:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["shape"], d["chunks"], d["shards"] = list(self.shape), list(self.chunks), list(self.shards)
+        d["classical"] = list(self.classical)
         return d
 
     @classmethod
@@ -107,6 +112,7 @@ class ArrayPlan:
         d = dict(d)
         for k in ("shape", "chunks", "shards"):
             d[k] = tuple(d[k])
+        d["classical"] = tuple(d.get("classical") or ())  # plans written before method 6 tried none
         return cls(**d)
 
 
@@ -194,10 +200,17 @@ def _dimension_names(arr, path: str, layout: str | None) -> list[str]:
     return [f"{base}_dim{i}" for i in range(arr.ndim)]
 
 
+def _bands_as_items(layout: str) -> str | None:
+    """`layout` with its band axis read as an item axis ("CHW" -> "NHW"), where it has bands and no item axis."""
+    lay = canonical(layout)
+    return lay.replace("C", "N") if "C" in lay and "N" not in lay else None
+
+
 def plan_array(path: str, arr, model, model_sha: str | None, layout: str | None = None,
-               chunk_bytes: int = CHUNK_BYTES, shard_chunks: int = SHARD_CHUNKS) -> ArrayPlan:
+               chunk_bytes: int = CHUNK_BYTES, shard_chunks: int = SHARD_CHUNKS, classical: bool = True) -> ArrayPlan:
     """Chunks, shards and codec for one source array. An array the model does not fit (not an image, another
-    dtype, channel or band count) is planned for the fallback codec with the reason; it never stops a job."""
+    dtype, channel or band count) is planned for the fallback codec with the reason; it never stops a job.
+    With `classical`, the plan names the classical codecs its chunks also try (`default_candidates`)."""
     shape, dtype = tuple(arr.shape), np.dtype(arr.dtype)
     attrs = {k: v for k, v in dict(arr.attrs).items() if k != "_ARRAY_DIMENSIONS"}
     layout = layout or attrs.get("shardzip_layout") or attrs.get("layout")
@@ -216,6 +229,9 @@ def plan_array(path: str, arr, model, model_sha: str | None, layout: str | None 
         reason = f"not an image array (shape {shape}, {dtype})"
     else:
         why = model_fits(model, dtype, channels_of(shape, inferred))
+        per_band = _bands_as_items(inferred) if rasters and model.channels == 1 else None
+        if why is not None and per_band is not None and model_fits(model, dtype, 1) is None:
+            inferred, why = per_band, None  # a one-band raster model codes each band as an image of its own
         if why is None:
             use_model = model_sha
         else:  # one image that does not fit (a grey or RGBA image among RGB photos) must not stop the job
@@ -242,4 +258,5 @@ def plan_array(path: str, arr, model, model_sha: str | None, layout: str | None 
     fill = fill.item() if hasattr(fill, "item") else fill
     packing = Packing.from_attrs(attrs, fill).as_dict() if dtype.kind == "f" or (rasters and use_model) else None
     return ArrayPlan(path, shape, dtype.str, chunks, shards, inferred, use_model, reason, fill, attrs,
-                     _dimension_names(arr, path, inferred), packing)
+                     _dimension_names(arr, path, inferred), packing,
+                     default_candidates(dtype, shape, inferred) if classical else ())

@@ -93,7 +93,8 @@ def compress_shard(spec: dict) -> dict:
             coded.append(None)
             continue
         out, stats = encode_chunk(block, model, spec["layout"], zstd_level=spec["zstd_level"], packing=packing,
-                                  full_shape=tuple(spec["chunks"]), numerics=spec.get("numerics", FLOAT))
+                                  full_shape=tuple(spec["chunks"]), numerics=spec.get("numerics", FLOAT),
+                                  classical=tuple(spec.get("classical") or ()))
         coded.append(out)
         totals[f"{stats.method}_chunks"] += 1
         totals["zstd_bytes"] += stats.zstd_bytes
@@ -243,7 +244,8 @@ def eval_shard(spec: dict) -> dict:
         t0 = time.perf_counter()
         full = tuple(spec["chunks"])
         out, stats = encode_chunk(block, model, spec["layout"], zstd_level=spec["zstd_level"], packing=packing,
-                                  full_shape=full, numerics=spec.get("numerics", FLOAT))
+                                  full_shape=full, numerics=spec.get("numerics", FLOAT),
+                                  classical=tuple(spec.get("classical") or ()))
         rec["encode_seconds"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         back = decode_chunk(out, full, block.dtype, spec["layout"], (lambda: model) if model else None, packing)
