@@ -308,8 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     co = commands.add_parser("compress", help="compress every array of a zarr dataset with a learned model")
     co.add_argument("src", help="source zarr store/group (v2 or v3) at a path or fsspec URL, or a catalog dataset")
     co.add_argument("dst", help="destination (path or fsspec URL, e.g. s3://bucket/x.zarr)")
-    co.add_argument("--model", required=True, help="catalog model name (e.g. idf-mnist), or the path of a model file "
-                                                   "(e.g. RUN_DIR/weights.pt of `shardzip train --no-ship`)")
+    co.add_argument("--model", default="auto",
+                    help="default 'auto': per array, the shipped or fitted model that codes a sample of its chunks "
+                         "best, or the classical codecs where none beats them (the choice and the figures are "
+                         "printed and recorded); or a catalog model (e.g. msp-radar), a name from `shardzip fit "
+                         "--name`, or the path of a model file (`shardzip fit --out FILE`)")
     _catalog_option(co)
     _dask_options(co)
     _resources_option(co)

@@ -147,7 +147,7 @@ def _create_layout(dst: Location, src_root, plans: list[ArrayPlan], job: dict) -
         if path:
             zarr.open_group(store=store, path=path, mode="a", zarr_format=3).attrs.update(attrs)
     for plan in plans:
-        codec = ShardzipCodec(model=plan.model, family=job["model"]["family"] if plan.model else None,
+        codec = ShardzipCodec(model=plan.model, family=model_family(job, plan.model) if plan.model else None,
                               layout=plan.layout if plan.model else None, profile=job["profile"],
                               zstd_level=job["zstd_level"], packing=plan.packing, array=plan.path)
         zarr.create_array(store=store, name=plan.path or None, shape=plan.shape, dtype=np.dtype(plan.dtype),
@@ -269,9 +269,17 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
     if resume and overwrite:
         raise DestinationError("--resume and --overwrite exclude each other: resume keeps finished shards, "
                                "overwrite deletes them")
+    from shardzip.pipeline.choose import AUTO as AUTO_MODEL
+    from shardzip.pipeline.choose import candidates, choose_plans
+
     src_url = resolve_source(src, catalog)
     src_root = open_source(src_url, storage_options)
-    lmodel, entry = _load_model(model, catalog)
+    auto = model == AUTO_MODEL
+    if auto:  # every shipped and user-named model, scored per array on the workers once the cluster is up
+        cands = candidates(catalog, log)
+        lmodel = entry = None
+    else:
+        lmodel, entry = _load_model(model, catalog)
     dloc = Location(dst, storage_options)
     if Location(src_url, storage_options).root == dloc.root:
         raise DestinationError(f"destination {dst} is the source itself; choose another path")
@@ -289,7 +297,7 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         elif job is None:
             raise DestinationError(f"destination {dst} exists but holds no shardzip job to resume; remove it or "
                                    "pass --overwrite")
-        elif differs := _job_differences(job, src_url, model, entry.sha256, numerics):
+        elif differs := _job_differences(job, src_url, model, entry.sha256 if entry else None, numerics):
             if dloc.exists(MANIFEST):
                 raise DestinationError(f"{dst} is already complete (job {job['job_id']}) with {differs}: nothing "
                                        "was done. Pass --overwrite to recompress it as asked, or choose another "
@@ -307,7 +315,7 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         name = _array_name(src_url)
         arrays, src_paths = [(name, arrays[0][1])], {name: ""}
     run_id = uuid.uuid4().hex[:12]
-    if job is None:  # plan before starting any cluster: bad input fails fast and writes nothing
+    if job is None and not auto:  # plan before starting any cluster: bad input fails fast and writes nothing
         plans = [plan_array(p, a, lmodel, entry.sha256, chunk_bytes=chunk_bytes, shard_chunks=shard_chunks,
                             classical=classical) for p, a in arrays]
     with job_client(scheduler, workers) as client:
@@ -315,11 +323,25 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         keep = job["profile"]["device"] if job and not portable(job["profile"]) else None
         resources, device = placement(client, resources, keep)
         log(f"tasks ask workers for resources {format_resources(resources)}; device {device}")
+        if job is None and auto:
+            log(f"auto: scoring {len(cands)} model(s) ({', '.join(c.name for c in cands)}) on sample chunks of each "
+                "array, next to the classical codecs")
+            client.register_plugin(ModelPlugin(device=device, weights={
+                c.sha256: c.checkpoint.read_bytes() for c in cands if not is_shipped(c.sha256)}),
+                name="shardzip-models")
+            plans = choose_plans(client, arrays, cands, src_url, src_paths, storage_options, chunk_bytes,
+                                 shard_chunks, classical, resources, log)
         if job is None:
+            refs = ({c.sha256: c for c in cands} if auto else {entry.sha256: entry})
+            used = {p.model: refs[p.model] for p in plans if p.model}
+            models = {sha: {"name": r.name, "family": r.family, "shipped": is_shipped(sha)} for sha, r in used.items()}
             job = {"job_id": uuid.uuid4().hex[:12], "src": src_url, "dst": dst,
                    "storage_options": storage_options or {},
-                   "model": {"name": model, "sha256": entry.sha256, "family": entry.family,
-                             "shipped": is_shipped(entry.sha256)},
+                   "model": ({"name": AUTO_MODEL, "sha256": None, "family": None,
+                              "shipped": all(m["shipped"] for m in models.values())} if auto else
+                             {"name": model, "sha256": entry.sha256, "family": entry.family,
+                              "shipped": is_shipped(entry.sha256)}),
+                   "models": models,
                    "profile": numerics_profile(device, numerics or EXACT), "zstd_level": zstd_level,
                    "created": _now(),
                    "code_version": __version__, "plans": [p.as_dict() for p in plans],
@@ -330,10 +352,11 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
                 raise DestinationError(f"cannot write to destination {dst}: {type(exc).__name__}: {exc}; check the "
                                        "path or bucket and the credentials (--storage-option key=... secret=...)"
                                        ) from exc
-            if not is_shipped(entry.sha256):  # shipped weights are in every shardzip: referenced by sha256 only
-                weights = entry.checkpoint.read_bytes()
-                dloc.write_bytes(weights_key(entry.sha256), weights)
-                install_weights(entry.sha256, weights)  # plain zarr/xarray in a fresh process find it here too
+            for sha, ref in used.items():
+                if not is_shipped(sha):  # shipped weights are in every shardzip: referenced by sha256 only
+                    weights = ref.checkpoint.read_bytes()
+                    dloc.write_bytes(weights_key(sha), weights)
+                    install_weights(sha, weights)  # plain zarr/xarray in a fresh process find it here too
             _create_layout(dloc, src_root, plans, job)
         else:
             plans = [ArrayPlan.from_dict(p) for p in job["plans"]]  # on the device kind it was started with
@@ -344,9 +367,9 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
             elif p.model is None:
                 log(f"  {p.path or '/'}: {p.shape} {p.dtype} -> fallback codec zstd ({p.reason})")
             else:
-                log(f"  {p.path or '/'}: {p.shape} {p.dtype} layout {p.layout} -> model {model}, "
+                log(f"  {p.path or '/'}: {p.shape} {p.dtype} layout {p.layout} -> model {model_name(job, p.model)}, "
                     f"{p.n_shards} shard(s)")
-        if not any(p.model for p in plans):
+        if not any(p.model for p in plans) and not auto:
             log(f"warning: model {model} fits none of the arrays of {src}: every array is stored with the fallback "
                 "codec (see the reasons above)")
         done = _committed(dloc, plans, verify) if resume else {}
@@ -359,8 +382,8 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         total = len(specs) + len(done)
         if resume:
             log(f"resume: {len(done)} of {total} shards already committed; computing {len(specs)}")
-        client.register_plugin(ModelPlugin(preload=(entry.sha256,), device=device, store=(dst, storage_options)),
-                               name="shardzip-models")
+        client.register_plugin(ModelPlugin(preload=tuple(sorted({p.model for p in plans if p.model})), device=device,
+                                           store=(dst, storage_options)), name="shardzip-models")
         bar = _Progress(total, len(done), progress, "compress")
         t0 = time.perf_counter()
         interrupted = False
@@ -384,6 +407,7 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
     manifest = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "job_id": job["job_id"], "code_version": __version__,
         "created": job["created"], "committed": _now(), "src": src_url, "dst": dst, "model": job["model"],
+        "models": job.get("models", {}),
         "profile": job["profile"], "zstd_level": job["zstd_level"], "verified": all(r["verified"] for r in records),
         "groups": job["groups"], "src_paths": job.get("src_paths", {}), "arrays": summary,
         "records": sorted(records, key=lambda r: (r["array"], r["shard"])),
@@ -393,6 +417,19 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
     _mark_root(dloc, job["job_id"], "complete")
     consolidate(dloc)
     return {**manifest, "storage": store_sizes(dloc, manifest)}
+
+
+def model_name(job: dict, sha: str | None) -> str | None:
+    """The name a job gave the model `sha` (a job of one model, or `--model auto`'s per-array choices)."""
+    if sha is None:
+        return None
+    found = job.get("models", {}).get(sha)
+    return found["name"] if found else job["model"]["name"]
+
+
+def model_family(job: dict, sha: str) -> str:
+    found = job.get("models", {}).get(sha)
+    return found["family"] if found else job["model"]["family"]
 
 
 def _array_name(url: str) -> str:
@@ -406,8 +443,12 @@ def _job_differences(job: dict, src_url: str, model: str, sha256: str | None, nu
     differs = []
     if job["src"] != src_url:
         differs.append(f"source {job['src']}, not {src_url}")
-    if job["model"]["sha256"] != sha256:
-        differs.append(f"model {job['model']['name']} (sha256 {job['model']['sha256'][:12]}), not {model}")
+    was_auto = job["model"]["name"] == "auto"
+    if was_auto != (sha256 is None) or (sha256 is not None and job["model"]["sha256"] != sha256):
+        was = f"model {job['model']['name']}"
+        if job["model"]["sha256"]:
+            was += f" (sha256 {job['model']['sha256'][:12]})"
+        differs.append(f"{was}, not {model}")
     if numerics is not None and numerics != profile_numerics(job["profile"]):
         differs.append(f"numerics {profile_numerics(job['profile'])}, not {numerics} (--numerics)")
     return "; ".join(differs)
@@ -452,13 +493,14 @@ def _run_on_store(loc: Location, manifest: dict, fn, specs: list[dict], schedule
     from shardzip.pipeline.cluster import job_client, placement
     from shardzip.workers.plugin import ModelPlugin
 
-    sha = manifest["model"]["sha256"]
-    fetch_weights(loc, sha)
+    shas = tuple(sorted({a["model"] for a in manifest["arrays"].values() if a.get("model")}))
+    for sha in shas:
+        fetch_weights(loc, sha)
     with job_client(scheduler, workers) as client:
         _wait_for_workers(client)
         profile = manifest["profile"]  # exact numerics decode on any device kind; float ones on the store's
         resources, device = placement(client, resources, None if portable(profile) else profile["device"])
-        client.register_plugin(ModelPlugin(preload=(sha,), device=device, store=(loc.url, loc.options)),
+        client.register_plugin(ModelPlugin(preload=shas, device=device, store=(loc.url, loc.options)),
                                name="shardzip-models")
         bar = _Progress(len(specs), 0, progress, what)
         try:
@@ -550,8 +592,11 @@ def info(dst: str, storage_options: dict[str, Any] | None = None) -> dict:
 
 def format_summary(manifest: dict) -> str:
     """A few lines for people: per array, how it was coded and the bits per dimension next to zstd's."""
-    lines = [f"{manifest['dst']}: committed job {manifest['job_id']}, model {manifest['model']['name']} "
-             f"(sha256 {manifest['model']['sha256'][:12]}), device {manifest['profile']['device']}, "
+    m = manifest["model"]
+    chosen = ", ".join(sorted(x["name"] for x in manifest.get("models", {}).values())) or "none"
+    which = f"model {m['name']} (sha256 {m['sha256'][:12]})" if m.get("sha256") else (
+        f"model {m['name']} (chosen per array: {chosen})")
+    lines = [f"{manifest['dst']}: committed job {manifest['job_id']}, {which}, device {manifest['profile']['device']}, "
              f"numerics {profile_numerics(manifest['profile'])}"
              f"{'' if portable(manifest['profile']) else ' (decodes only where it was coded)'}, "
              f"{'verified' if manifest.get('verified') else 'not verified'}"]
@@ -566,7 +611,7 @@ def format_summary(manifest: dict) -> str:
                      f"{nll:>8} {8 * a['zstd_bytes'] / dims:>9.4f} {a['raw_bytes'] / max(1, a['coded_bytes']):>7.2f}"
                      f"  {cm['model'] + cm.get('masked-model', 0)}/{cm['zstd']}/{cm['raw']}/{cm.get('masked', 0)}"
                      f"/{cm.get('classical', 0)}"
-                     + ("" if a.get("model") else f"  (fallback: {a.get('reason')})"))
+                     + _array_note(manifest, a))
         tot["bits"] += 8 * a["coded_bytes"]
         tot["dims"] += a["dims"]
         tot["zstd"] += 8 * a["zstd_bytes"]
@@ -591,6 +636,15 @@ def format_summary(manifest: dict) -> str:
             lines.append(f"  the weights pay for themselves from {_mb(int(pays))} of data like this (vs zstd); they "
                          f"are 1 % of the coded bytes from {_mb(int(one_percent))}")
     return "\n".join(lines)
+
+
+def _array_note(manifest: dict, a: dict) -> str:
+    """What `format_summary` says after an array's figures: the fallback's reason, or `auto`'s choice."""
+    if not a.get("model"):
+        return f"  (fallback: {a.get('reason')})"
+    if a.get("choice"):
+        return f"  ({model_name(manifest, a['model'])}: {a['choice']['reason']})"
+    return ""
 
 
 def _mb(n: int) -> str:

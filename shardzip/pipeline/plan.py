@@ -92,6 +92,7 @@ class ArrayPlan:
     dimension_names: list[str] | None = None
     packing: dict[str, Any] | None = None
     classical: tuple[str, ...] = ()  # classical codecs tried on every chunk (`shardzip.format.classical`)
+    choice: dict[str, Any] | None = None  # `--model auto`: the model picked, the probe's figures and the reason
 
     @property
     def shard_grid(self) -> tuple[int, ...]:

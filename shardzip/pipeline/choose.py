@@ -1,0 +1,133 @@
+"""Client side of `--model auto`: per array, the model that codes it best, measured, or the classical codecs.
+
+Candidates are every shipped model with weights and every model the user fitted and named. For each
+array, the candidates that fit it (the planner asks each model: dtype, bands, layout) are scored on a
+small sample of its chunks (at most PROBE_REGIONS chunks: the first, the middle one, the last) by Dask
+tasks on the workers (`workers.probe.probe_region`): each model's NLL next to what the classical
+candidates store for the same chunks. The smallest wins; where no model beats the classical codecs,
+the array is stored without one. The choice, the probe's figures and the reason are recorded in the
+array's plan (and so in the job, the manifest, `info` and the report).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shardzip.pipeline.plan import ArrayPlan, plan_array
+
+AUTO = "auto"
+PROBE_REGIONS = 3
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model `auto` may choose: its name (catalog, user catalog), the loaded model and its checkpoint."""
+
+    name: str
+    model: Any
+    sha256: str
+    family: str
+    checkpoint: Path
+
+
+def candidates(catalog=None, log=print) -> list[Candidate]:
+    """Every shipped model with recorded weights, then every model the user named (`fit --name`)."""
+    from shardzip.catalog import load_catalog, load_user_models
+    from shardzip.errors import ShardzipError
+    from shardzip.pipeline.jobs import _load_model
+
+    cat = catalog or load_catalog()
+    names = [n for n, e in cat.models.items() if e.sha256] + sorted(load_user_models())
+    out = []
+    for name in names:
+        try:
+            model, ref = _load_model(name, cat)
+        except ShardzipError as exc:  # a missing or altered file: say so, choose among the others
+            log(f"  auto: model {name} left out ({exc})")
+            continue
+        out.append(Candidate(name, model, ref.sha256, ref.family, ref.checkpoint))
+    return out
+
+
+def _probe_regions(plan: ArrayPlan) -> list[list[list[int]]]:
+    """Up to PROBE_REGIONS chunks of the plan's chunk grid (first, middle, last), as [[start, stop], ...]."""
+    grid = [math.ceil(s / c) if c else 1 for s, c in zip(plan.shape, plan.chunks, strict=True)]
+    n = math.prod(grid)
+    picks = sorted({0, n // 2, n - 1})[:PROBE_REGIONS]
+    out = []
+    for flat in picks:
+        idx = np.unravel_index(flat, grid) if grid else ()
+        out.append([[int(i) * c, min(int(i) * c + c, s)] for i, c, s in zip(idx, plan.chunks, plan.shape,
+                                                                              strict=True)])
+    return out
+
+
+def choose_plans(client, arrays: list[tuple[str, Any]], cands: list[Candidate], src_url: str,
+                 src_paths: dict[str, str], storage_options: dict | None, chunk_bytes: int, shard_chunks: int,
+                 classical: bool, resources: dict | None, log=print) -> list[ArrayPlan]:
+    """One plan per array: planned for the candidate whose probe NLL is smallest and below the classical
+    codecs' bytes on the same chunks, else for no model; `plan.choice` records the probe's figures."""
+    from shardzip.workers.probe import probe_region
+
+    base_plans, fitting, no_fit, specs, owners = {}, {}, {}, [], []
+    for path, arr in arrays:
+        base = plan_array(path, arr, None, None, chunk_bytes=chunk_bytes, shard_chunks=shard_chunks,
+                          classical=classical)
+        plans = {c.sha256: plan_array(path, arr, c.model, c.sha256, chunk_bytes=chunk_bytes,
+                                      shard_chunks=shard_chunks, classical=classical) for c in cands}
+        fit = [c for c in cands if plans[c.sha256].model is not None]
+        base_plans[path], fitting[path] = base, [(c, plans[c.sha256]) for c in fit]
+        no_fit[path] = plans[cands[0].sha256].reason if cands and not fit else None
+        if not fit:
+            continue
+        first = plans[fit[0].sha256]  # probe on its chunks: every candidate's layout holds all bands of a chunk
+        for region in _probe_regions(first):
+            specs.append({"src": src_url, "src_options": storage_options or {},
+                          "src_path": src_paths.get(path, path), "region": region, "layout": first.layout,
+                          "packing": first.packing, "classical": list(first.classical),
+                          "models": [{"sha256": c.sha256, "layout": p.layout} for c, p in fitting[path]]})
+            owners.append(path)
+    results: dict[str, list[dict]] = {}
+    if specs:
+        keys = [f"shardzip-probe-{i}-{uuid.uuid4().hex[:6]}" for i in range(len(specs))]
+        futures = client.map(probe_region, specs, key=keys, pure=False, resources=resources, retries=1)
+        for path, res in zip(owners, client.gather(futures), strict=True):
+            results.setdefault(path, []).append(res)
+    out = []
+    for path, _ in arrays:
+        if not fitting[path]:
+            plan = base_plans[path]
+            why = no_fit[path]
+            reason = f"auto: no model fits it ({why})" if why else "auto: no model to choose from"
+            out.append(replace(plan, reason=reason, choice={"picked": None, "reason": reason}))
+            log(f"  {path or '/'}: {reason}")
+            continue
+        res = results[path]
+        dims = sum(r["dims"] for r in res)
+        classical_bpd = sum(r["classical_bits"] for r in res) / dims
+        scores = {}
+        for c, _ in fitting[path]:
+            bits = [r["nll_bits"].get(c.sha256) for r in res]
+            scores[c.name] = sum(bits) / dims if all(b is not None for b in bits) else None
+        ranked = sorted(((s, n) for n, s in scores.items() if s is not None))
+        figures = {"models_bpd": {n: (round(s, 4) if s is not None else None) for n, s in scores.items()},
+                   "classical_bpd": round(classical_bpd, 4), "probe_values": dims}
+        if ranked and ranked[0][0] < classical_bpd:
+            best = ranked[0][1]
+            cand, plan = next((c, p) for c, p in fitting[path] if c.name == best)
+            why = (f"auto: {best} {ranked[0][0]:.3f} bpd on {len(res)} probed chunk(s), classical "
+                   f"{classical_bpd:.3f}" + (f", next {ranked[1][1]} {ranked[1][0]:.3f}" if len(ranked) > 1 else ""))
+            out.append(replace(plan, choice={"picked": best, "sha256": cand.sha256, "reason": why, **figures}))
+        else:
+            shown = f"{ranked[0][1]} {ranked[0][0]:.3f} bpd" if ranked else "no model could code the probed values"
+            reason = f"auto: the classical codecs ({classical_bpd:.3f} bpd) beat every model on the probe ({shown})"
+            plan = base_plans[path]
+            out.append(replace(plan, reason=reason, choice={"picked": None, "reason": reason, **figures}))
+        log(f"  {path or '/'}: {out[-1].choice['reason']}")
+    return out
