@@ -190,6 +190,11 @@ def test_fine_tuning_a_shipped_model_on_the_cluster(cluster, moon, home, tmp_pat
     rec = result["fit"]
     assert rec["started"] == "fine-tuned" and rec["start_model"] == "msp-radar" and rec["parameters"] == 59804
     assert rec["validation_bpd"] <= rec["history"][0]["validation_bpd"] + 1e-3  # kept the best, start included
+    # a second job on the same long-running cluster, with another unshipped model: its workers get that model
+    # (the worker plugin of the earlier job is replaced, not kept)
+    m = jobs.compress(moon, str(tmp_path / "ft.szip"), str(tmp_path / "ft.pt"), scheduler=address, verify=True,
+                      progress=False, log=_quiet)
+    assert m["verified"] and m["arrays"]["surface"]["model"] == result["sha256"]
 
 
 def test_a_fine_tune_keeps_the_start_weights_for_another_alphabet():
@@ -224,3 +229,29 @@ def test_user_catalog_names_are_checked(home):
         register_user_model("msp-radar", entry, load_catalog())
     path = register_user_model("mine", entry)
     assert path.parent == home and load_user_models()["mine"].path == "/nowhere.pt"
+
+
+def test_a_store_keeps_no_weights_of_a_model_that_coded_no_chunk(cluster, moon, home, tmp_path):
+    """A random 8 x 8 block repeated: zstd finds the repeats, so every chunk goes to a classical codec and the
+    fitted model's weights would be carried for nothing."""
+    address, _ = cluster
+    model = tmp_path / "tiny.pt"
+    fit(moon, str(model), settings=FitSettings(**{**FAST, "steps": 2}), scheduler=address, progress=False,
+        log=_quiet)
+    src = tmp_path / "tiles.zarr"
+    block = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+    zarr.open_group(str(src), mode="w").create_array("tiles", data=np.tile(block, (32, 32)), chunks=(256, 256))
+    dst = tmp_path / "tiles.szip"
+    lines = []
+    m = jobs.compress(str(src), str(dst), str(model), scheduler=address, verify=True, progress=False,
+                      log=lines.append)
+    sha = m["model"]["sha256"]
+    assert m["arrays"]["tiles"]["model"] == sha and m["models"][sha]["used"] is False
+    assert m["arrays"]["tiles"]["chunks_by_method"]["model"] + m["arrays"]["tiles"]["chunks_by_method"][
+        "masked-model"] == 0
+    assert not list((dst / "_shardzip" / "weights").glob("*")) and m["storage"]["weights"] == 0
+    assert any("coded no chunk" in line for line in lines)
+    from shardzip.format.store import open_store
+
+    assert np.array_equal(open_store(str(dst))["tiles"][...], np.tile(block, (32, 32)))
+    assert jobs.verify(str(dst), scheduler=address, progress=False)["bad"] == []

@@ -102,6 +102,12 @@ class Location:
         except FileNotFoundError:
             return None
 
+    def delete(self, key: str) -> None:
+        """Remove one object of the store (nothing happens where it does not exist)."""
+        if self.fs.exists(self.path(key)):
+            self.fs.rm(self.path(key))
+        self.fs.invalidate_cache()
+
     def remove(self) -> None:
         if self.fs.exists(self.root):
             self.fs.rm(self.root, recursive=True)
@@ -200,13 +206,21 @@ def store_sizes(loc: Location, manifest: dict) -> dict[str, int]:
     return {"coded": coded, "weights": weights, "metadata": total - coded - weights, "total": total}
 
 
+def models_used(manifest: dict) -> tuple[str, ...]:
+    """The sha256 of every model whose code some chunk of the store holds (decoding needs their weights; a model
+    that lost every chunk to the classical codecs is named by its arrays but its weights are not kept)."""
+    models = manifest.get("models", {})
+    return tuple(sorted({a["model"] for a in manifest["arrays"].values()
+                         if a.get("model") and models.get(a["model"], {}).get("used", True)}))
+
+
 def open_store(url: str, storage_options: dict[str, Any] | None = None, group: str | None = None):
     """Open a committed compressed store with zarr, read-only, making its model weights findable."""
     import zarr
 
     loc = Location(url, storage_options)
     manifest = read_manifest(loc)
-    for sha in {a["model"] for a in manifest["arrays"].values() if a.get("model")}:
+    for sha in models_used(manifest):
         fetch_weights(loc, sha)
     return zarr.open_group(store=loc.zarr_store(read_only=True), mode="r", path=group or "")
 

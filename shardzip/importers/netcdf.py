@@ -29,8 +29,14 @@ def _h5_variables(f):
                 "REFERENCE_LIST" not in var.attrs and var.shape == ():
             continue
         dims = []
+        scale = var.attrs.get("CLASS") == b"DIMENSION_SCALE"  # a coordinate variable: its own dimension
         for i, d in enumerate(var.dims):
-            label = d[0].name.rsplit("/", 1)[-1] if len(d) else (d.label or f"dim{i}")
+            if len(d):
+                label = d[0].name.rsplit("/", 1)[-1]
+            elif scale and var.ndim == 1:
+                label = name
+            else:
+                label = d.label or f"dim{i}"
             dims.append(label)
         attrs = {k: _scalar(v) for k, v in var.attrs.items() if k not in (
             "DIMENSION_LIST", "REFERENCE_LIST", "CLASS", "NAME", "_Netcdf4Dimid", "_Netcdf4Coordinates")}

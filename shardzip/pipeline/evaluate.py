@@ -247,7 +247,7 @@ def from_manifests(stores: list[str], storage_options: dict[str, Any] | None = N
     for url in stores:
         m = read_manifest(Location(url, storage_options))
         name = m["model"]["name"]
-        models[name] = m["model"]["sha256"]
+        models[name] = m["model"]["sha256"] or ",".join(sorted(m.get("models", {})))  # auto: the models it chose
         datasets[m["src"]] = hashlib.sha256("".join(a["checksum"] for a in m["arrays"].values()).encode()
                                             ).hexdigest()[:16]
         for array, a in m["arrays"].items():

@@ -32,6 +32,7 @@ from shardzip.format.store import (
     Location,
     consolidate,
     fetch_weights,
+    models_used,
     read_manifest,
     store_sizes,
     weights_key,
@@ -404,10 +405,11 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
                              "(the store is incomplete); finish it with --resume")
     records = list(done.values()) + new
     summary = _summary(plans, records)
+    models = _drop_unused_weights(dloc, job.get("models", {}), summary, log)
     manifest = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "job_id": job["job_id"], "code_version": __version__,
         "created": job["created"], "committed": _now(), "src": src_url, "dst": dst, "model": job["model"],
-        "models": job.get("models", {}),
+        "models": models,
         "profile": job["profile"], "zstd_level": job["zstd_level"], "verified": all(r["verified"] for r in records),
         "groups": job["groups"], "src_paths": job.get("src_paths", {}), "arrays": summary,
         "records": sorted(records, key=lambda r: (r["array"], r["shard"])),
@@ -417,6 +419,21 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
     _mark_root(dloc, job["job_id"], "complete")
     consolidate(dloc)
     return {**manifest, "storage": store_sizes(dloc, manifest)}
+
+
+def _drop_unused_weights(dloc: Location, models: dict, summary: dict, log) -> dict:
+    """The job's models with `used`: whether any chunk holds its code. The weights of an unshipped model that lost
+    every chunk to the classical codecs are removed from the store: it would carry them for nothing."""
+    used = {a["model"] for a in summary.values()
+            if a.get("model") and a["chunks_by_method"]["model"] + a["chunks_by_method"]["masked-model"] > 0}
+    out = {}
+    for sha, info in models.items():
+        out[sha] = {**info, "used": sha in used}
+        if sha not in used and not info.get("shipped"):
+            dloc.delete(weights_key(sha))
+            log(f"model {info['name']} coded no chunk (the classical codecs were smaller everywhere): its weights "
+                "are not kept in the store")
+    return out
 
 
 def model_name(job: dict, sha: str | None) -> str | None:
@@ -493,7 +510,7 @@ def _run_on_store(loc: Location, manifest: dict, fn, specs: list[dict], schedule
     from shardzip.pipeline.cluster import job_client, placement
     from shardzip.workers.plugin import ModelPlugin
 
-    shas = tuple(sorted({a["model"] for a in manifest["arrays"].values() if a.get("model")}))
+    shas = models_used(manifest)
     for sha in shas:
         fetch_weights(loc, sha)
     with job_client(scheduler, workers) as client:

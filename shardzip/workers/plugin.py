@@ -22,7 +22,10 @@ class ModelPlugin(WorkerPlugin):
     """Per-worker model cache; `get(sha256)` returns the loaded model on the worker's device."""
 
     name = PLUGIN_NAME
-    idempotent = True
+    # Not idempotent: each job's plugin replaces the one before (its models, device, weights and store), so a
+    # long-running scheduler serves job after job, each with its own (e.g. fitted) models. An idempotent plugin
+    # was kept from the first job, and a later job's unshipped model was found on no worker.
+    idempotent = False
 
     def __init__(self, preload: tuple[str, ...] = (), weights_dirs: tuple[str, ...] = (),
                  torch_threads: int | None = None, device: str = "cpu",
