@@ -63,9 +63,6 @@ def test_netcdf4_cfradial_and_classic_packed_netcdf_keep_stored_values(tmp_path)
         # coordinate variables (netCDF-4 dimension scales) are their own dimension, so xarray lines them up
         assert list(g["time"].metadata.dimension_names) == ["time"]
         assert list(g["range"].metadata.dimension_names) == ["range"]
-    xr = pytest.importorskip("xarray")
-    ds = xr.open_zarr(str(tmp_path / "cf.zarr"), consolidated=False, decode_cf=False)
-    assert ds["reflectivity_horizontal"].dims == ("time", "range") and ds["range"].dims == ("range",)
     # classic netCDF3, CF-packed: int16 counts with scale_factor/add_offset/_FillValue, from the same field
     values = g["reflectivity_horizontal"][...]
     packed = np.where(values == -9999, -32768, np.round(values / 0.01)).astype(np.int16)
