@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -251,3 +252,13 @@ def start_moto_s3(bucket: str):
     boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="testing",
                  aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket=bucket)
     return server, port
+
+
+@pytest.fixture(scope="module")
+def scheduler_address():
+    """The scheduler address of a LocalCluster of 2 single-threaded worker processes, one per test module."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=40) as lc, Client(lc):
+        yield lc.scheduler_address

@@ -22,15 +22,6 @@ MNIST = np.load(Path(__file__).parent / "data" / "mnist_test_64.npy")
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=40) as lc, Client(lc):
-        yield lc.scheduler_address
-
-
-@pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
     """Digits, a radar moment and labels in one store: each wants something else."""
     h5py = pytest.importorskip("h5py")
@@ -52,10 +43,10 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("SHARDZIP_CACHE", str(tmp_path / "cache"))
 
 
-def test_auto_picks_per_array_the_model_that_codes_it_best(cluster, mixed, home, tmp_path, capsys):
+def test_auto_picks_per_array_the_model_that_codes_it_best(scheduler_address, mixed, home, tmp_path, capsys):
     lines = []
     dst = str(tmp_path / "auto.szip")
-    m = jobs.compress(mixed, dst, "auto", scheduler=cluster, verify=True, progress=False, log=lines.append)
+    m = jobs.compress(mixed, dst, "auto", scheduler=scheduler_address, verify=True, progress=False, log=lines.append)
     assert m["model"]["name"] == "auto" and m["verified"]
     radar, digits, labels = m["arrays"]["TH"], m["arrays"]["digits"], m["arrays"]["labels"]
     # the radar model, trained on this volume's other sweep, is far ahead of the digit models on radar ...
@@ -81,13 +72,13 @@ def test_auto_picks_per_array_the_model_that_codes_it_best(cluster, mixed, home,
     assert "model auto, not msp-radar" in capsys.readouterr().err
 
 
-def test_auto_leaves_an_array_to_the_classical_codecs_when_no_model_beats_them(cluster, home, tmp_path):
+def test_auto_leaves_an_array_to_the_classical_codecs_when_no_model_beats_them(scheduler_address, home, tmp_path):
     """A random 8 x 8 block repeated: zstd finds the repeats, a pixel model pays for every pixel."""
     path = tmp_path / "tiles.zarr"
     g = zarr.open_group(str(path), mode="w", zarr_format=3)
     block = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
     g.create_array("tiles", data=np.tile(block, (2, 1, 16, 16)), chunks=(2, 1, 128, 128))
-    m = jobs.compress(str(path), str(tmp_path / "tiles.szip"), "auto", scheduler=cluster, progress=False,
+    m = jobs.compress(str(path), str(tmp_path / "tiles.szip"), "auto", scheduler=scheduler_address, progress=False,
                       log=lambda *_: None)
     a = m["arrays"]["tiles"]
     assert a["model"] is None and a["reason"].startswith("auto: the classical codecs")

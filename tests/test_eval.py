@@ -17,12 +17,8 @@ MNIST = np.load(Path(__file__).parent / "data" / "mnist_test_64.npy")
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=40) as lc, Client(lc):
-        yield lc.scheduler_address
+def cluster(scheduler_address):
+    return scheduler_address
 
 
 @pytest.fixture(scope="module")
