@@ -168,6 +168,7 @@ def test_closest_start_and_fit_layouts():
     assert fit_layout((6, 300, 400), {}) == "CHW" and fit_layout((300, 400, 4), {}) == "HWC"
     assert fit_layout((100, 28, 28), {}) == "NHW" and fit_layout((31, 184, 300), {"shardzip_layout": "TYX"}) == "TYX"
     assert fit_layout((10,), {}) is None and fit_layout((3, 8, 8), {}) is None
+    assert fit_layout((12, 128, 344), {}, ["time", "lat", "lon"]) == "NHW"  # 12 days, not 12 bands
 
 
 def test_the_validation_regions_are_disjoint_from_the_training_ones(moon):

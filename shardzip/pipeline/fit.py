@@ -42,16 +42,20 @@ SAMPLE_MB = 64.0          # raw bytes of the source read for a fit (training + v
 VALIDATION = 0.2          # fraction of the sampled regions held out for validation
 VALIDATION_VALUES = 1 << 19  # at most this many values in the held-out regions (scored every few hundred steps)
 REGION_BYTES = 1 << 18    # ~raw bytes of frames per region along an item axis (as the store's tiles)
+TIME_NAMES = ("time", "t", "frame", "frames", "sweep", "step")  # first dimensions read as frames of a sequence
 MIN_REGIONS = 20        # fewer: cut smaller regions (a held-out fifth of a handful of regions is one tile)
 
 
-def fit_layout(shape: tuple[int, ...], attrs: dict) -> str | None:
-    """How a fit reads an array's images: its `shardzip_layout` attribute, else bands first or last where an axis
-    is small (<= 16) beside two spatial axes of at least 16, else a stack of one-band images, else None."""
+def fit_layout(shape: tuple[int, ...], attrs: dict, dims: list[str] | None = None) -> str | None:
+    """How a fit reads an array's images: its `shardzip_layout` attribute; frames first where the first dimension
+    is named like time (`dims`); else bands first or last where an axis is small (<= 16) beside two spatial axes
+    of at least 16, else a stack of one-band images, else None."""
     given = attrs.get("shardzip_layout") or attrs.get("layout")
     if given:
         return str(given)
     nd = len(shape)
+    if nd == 3 and dims and str(dims[0]).lower() in TIME_NAMES and min(shape[1:]) >= 16:
+        return "NHW"
     if nd == 2:
         return "HW" if min(shape) >= 16 else None
     if nd == 3:
@@ -133,7 +137,8 @@ def choose_arrays(root, src_url: str, wanted: list[str] | None, log) -> list[tup
         if wanted and path not in wanted:
             continue
         dtype = np.dtype(arr.dtype)
-        layout = fit_layout(tuple(arr.shape), dict(arr.attrs)) if dtype.kind in "uif" else None
+        dims = getattr(arr.metadata, "dimension_names", None) or arr.attrs.get("_ARRAY_DIMENSIONS")
+        layout = fit_layout(tuple(arr.shape), dict(arr.attrs), dims) if dtype.kind in "uif" else None
         if layout is None:
             why = (f"{dtype} values" if dtype.kind not in "uif" else f"shape {tuple(arr.shape)} is not an image or "
                    "raster (two axes of at least 16, bands <= 16; or set its shardzip_layout attribute)")
@@ -180,9 +185,6 @@ def closest_start(bands: int, itemsize: int, catalog=None, sequence: bool = Fals
         if best is None or score < best[0]:
             best = (score, name)
     return best[1] if best else None
-
-
-TIME_NAMES = ("time", "t", "frame", "frames", "sweep", "step")
 
 
 def is_sequence(arr, layout: str) -> bool:
