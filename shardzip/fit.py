@@ -131,12 +131,16 @@ def n_params(hparams: dict[str, Any]) -> int:
     return sum(p.numel() for p in build_model(FIT_FAMILY, hparams).parameters())
 
 
+def width_hparams(hidden: int) -> dict[str, int]:
+    """The widths of a model of hidden width `hidden` (its mask networks half as wide, at least 4)."""
+    return {"hidden": hidden, "mask_hidden": max(4, hidden // 2)}
+
+
 def sized_hparams(bands: int, sequence: bool, budget: int) -> dict[str, Any]:
     """The widest default-shaped model whose parameters fit `budget` (the narrowest when none does): the
     weights are stored with the data, so a small dataset gets a small model."""
     for hidden in HIDDEN_SIZES:
-        size = {"hidden": hidden, "mask_hidden": max(4, hidden // 2)}
-        hp = fitted_hparams(DataProfile(bands, 8, True, sequence), size)
+        hp = fitted_hparams(DataProfile(bands, 8, True, sequence), width_hparams(hidden))
         if n_params(hp) <= budget:
             break
     return {"hidden": hp["hidden"], "mask_hidden": hp["mask_hidden"]}

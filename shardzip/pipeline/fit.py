@@ -33,6 +33,7 @@ from shardzip.fit import (
     n_params,
     sized_hparams,
     weight_budget,
+    width_hparams,
 )
 from shardzip.format.layout import canonical, channels_of
 from shardzip.pipeline.cluster import AUTO, format_resources
@@ -260,8 +261,7 @@ def fit(src: str, out: str, *, name: str | None = None, arrays: list[str] | None
     sequence = frames == "sequence" or (frames == "auto" and all(is_sequence(a, lay) for _, a, lay in chosen))
     values = sum(int(np.prod(a.shape)) for _, a, _ in chosen)
     budget = weight_budget(values, itemsize)
-    size = sized_hparams(bands, sequence, budget) if hidden is None else {"hidden": hidden,
-                                                                          "mask_hidden": max(4, hidden // 2)}
+    size = sized_hparams(bands, sequence, budget) if hidden is None else width_hparams(hidden)
     if start == "auto":  # a shipped model to fine-tune, where the data is large enough to carry its weights
         start_name = closest_start(bands, itemsize, cat, sequence, budget if hidden is None else None)
     else:
@@ -300,7 +300,7 @@ def fit(src: str, out: str, *, name: str | None = None, arrays: list[str] | None
     fit_spec = {"settings": settings.as_dict(), "run_dir": str(run), "resume": resume, "start": start_bytes,
                 "start_path": str(run / "start.pt"), "start_name": start_name, "source": src_url,
                 "arrays": [p or "/" for p, _, _ in chosen], "layout": "/".join(sorted(layouts)),
-                "sequence": sequence, "size": size, "values": values,
+                "sequence": sequence, "size": size,
                 "command": " ".join(command or ["shardzip", "fit", src, "--out", out]), "stop_after": stop_after}
     with job_client(scheduler, workers) as client:
         _wait_for_workers(client)

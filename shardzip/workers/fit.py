@@ -3,14 +3,13 @@
 `sample_region` reads one region of a source array where the worker is (never through the client),
 packs it to integer tiles exactly as the compressed format packs a chunk, and measures the classical
 codecs on its raw values (for the comparison printed at the end). `fit_task` receives those tiles
-from the other workers (Dask moves them worker to worker), trains with `shardzip.fit.run_fit`, sends
-progress events to a Dask queue the client reads, writes resumable checkpoints to the run directory,
-and returns the fitted checkpoint's bytes (a few hundred KB).
+from the other workers (Dask moves them worker to worker), trains with `shardzip.fit.run_fit`, logs
+progress events on the worker (`Worker.log_event`) for the client to show, writes resumable
+checkpoints to the run directory, and returns the fitted checkpoint's bytes (a few hundred KB).
 """
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Any
 
@@ -100,11 +99,10 @@ def fit_task(spec: dict, samples: list[dict]) -> dict[str, Any]:
     os.makedirs(spec["run_dir"], exist_ok=True)
     start = None
     if spec.get("start"):
-        path = spec["start_path"]
-        if not os.path.exists(path):
-            with open(path + ".tmp", "wb") as f:
-                f.write(spec["start"])
-            os.replace(path + ".tmp", path)
+        path = spec["start_path"]  # written anew: an earlier fit in this run directory may have started elsewhere
+        with open(path + ".tmp", "wb") as f:
+            f.write(spec["start"])
+        os.replace(path + ".tmp", path)
         start = load_weights(path)
     model, how = start_model(profile, start, settings.seed, spec.get("size"))
     sample = fingerprint([s["key"] for s in train + val], tiles)
@@ -130,9 +128,7 @@ def fit_task(spec: dict, samples: list[dict]) -> dict[str, Any]:
               "steps": result.steps, "best_step": result.best_step, "seconds": round(result.seconds, 1),
               "settings": settings.as_dict(), "started": how, "start_model": spec.get("start_name"),
               "command": spec["command"], "history": result.history, "torch": torch.__version__.split("+")[0]}
-    buf = io.BytesIO()
-    tmp = os.path.join(spec["run_dir"], "fitted.pt")
-    save_weights(result.model, tmp, {"fit": record}, half=True)
-    with open(tmp, "rb") as f:
-        buf.write(f.read())
-    return {"stopped": False, "checkpoint": buf.getvalue(), "fit": record}
+    fitted = os.path.join(spec["run_dir"], "fitted.pt")
+    save_weights(result.model, fitted, {"fit": record}, half=True)
+    with open(fitted, "rb") as f:
+        return {"stopped": False, "checkpoint": f.read(), "fit": record}
