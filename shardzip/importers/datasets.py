@@ -155,6 +155,63 @@ def read_split(store: str | Path, name: str, kind: str) -> np.ndarray | dict[str
     return {k: np.asarray(group[k][...]) for k in sorted(group.array_keys())}
 
 
+def parse_window(name: str) -> tuple[str, str, slice]:
+    """("landsat_multiband", "rows", slice(0, 256)) for "landsat_multiband@rows=0:256"; ("moments", "", all)
+    for a plain group or array name."""
+    base, _, window = name.partition("@")
+    axis, _, span = window.partition("=")
+    if window and (axis not in ("rows", "t") or span.count(":") != 1):
+        raise ImportDataError(f"split {name!r}: a window is @rows=a:b or @t=a:b")
+    try:
+        cut = slice(*(int(v) if v else None for v in span.split(":"))) if window else slice(None)
+    except ValueError:
+        raise ImportDataError(f"split {name!r}: a window is @rows=a:b or @t=a:b (integers)") from None
+    return base, axis, cut
+
+
+def _window(data, axis: str, cut: slice):
+    return data[cut] if axis == "t" else data[..., cut, :] if axis == "rows" else data
+
+
+def write_window(store: Path, name: str, out: Path) -> Path:
+    """Copy the hold-out window `name` ("landsat_multiband@rows=256:443") of the zarr store at `store` into a
+    store of its own at `out` (same array paths, attributes, fill values, dimension names), so that
+    `compress` and `eval` can take the split like any other source. Written beside `out` and renamed into
+    place: a reader never sees half a copy."""
+    import shutil
+
+    import zarr
+
+    from shardzip.pipeline.plan import source_arrays
+
+    base, axis, cut = parse_window(name)
+    node = zarr.open_group(str(store), mode="r")[base]
+    arrays = [(base, node)] if isinstance(node, zarr.Array) else [
+        (f"{base}/{p}", a) for p, a in sorted(source_arrays(node))]
+    stamp = {"source": str(store), "window": name,
+             "modified": max(f.stat().st_mtime_ns for f in Path(store).rglob("zarr.json"))}
+    if out.is_dir():  # an earlier copy of the same window of the same (unchanged) store: reuse it
+        try:
+            if zarr.open_group(str(out), mode="r").attrs.get("shardzip_window") == stamp:
+                return out
+        except (FileNotFoundError, ValueError, KeyError):
+            pass
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    root = zarr.open_group(str(tmp), mode="w")
+    for key, arr in arrays:
+        data = _window(np.asarray(arr[...]), axis, cut)
+        dst = root.create_array(key, shape=data.shape, dtype=data.dtype,
+                                chunks=tuple(max(1, min(c, s)) for c, s in zip(arr.chunks, data.shape, strict=True)),
+                                fill_value=arr.fill_value, attributes=dict(arr.attrs),
+                                dimension_names=getattr(arr.metadata, "dimension_names", None))
+        dst[...] = data
+    root.attrs["shardzip_window"] = stamp
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
 def read_rasters(root, name: str, path: Path) -> dict[str, np.ndarray]:
     """A 'rasters' split: every array under group or array `name`, optionally a hold-out window
     `name@rows=r0:r1` (rows) or `name@t=t0:t1` (frames of a sequence), as integer images with -1 where
@@ -167,11 +224,7 @@ def read_rasters(root, name: str, path: Path) -> dict[str, np.ndarray]:
     from shardzip.format.chunk import Packing, raster_symbols
     from shardzip.pipeline.plan import source_arrays
 
-    base, _, window = name.partition("@")
-    axis, _, span = window.partition("=")
-    if window and axis not in ("rows", "t"):
-        raise ImportDataError(f"split {name!r}: a window is @rows=a:b or @t=a:b")
-    cut = slice(*(int(v) if v else None for v in span.split(":"))) if window else slice(None)
+    base, axis, cut = parse_window(name)
     node = root[base]
     arrays = [(base, node)] if isinstance(node, zarr.Array) else [
         (f"{base}/{p}", a) for p, a in sorted(source_arrays(node))]
@@ -180,8 +233,7 @@ def read_rasters(root, name: str, path: Path) -> dict[str, np.ndarray]:
         if arr.ndim not in (2, 3) or min(arr.shape[-2:]) < 16:
             continue
         sequence = str(arr.attrs.get("shardzip_layout", "")).upper() == "TYX"
-        data = np.asarray(arr[...])
-        data = data[cut] if axis == "t" else data[..., cut, :]
+        data = _window(np.asarray(arr[...]), axis, cut)
         found = raster_symbols(data, Packing.from_attrs(dict(arr.attrs), arr.fill_value), 16)
         if found is not None:
             symbols = found[0]

@@ -5,8 +5,9 @@ array, the candidates that fit it (the planner asks each model: dtype, bands, la
 small sample of its chunks (at most PROBE_REGIONS chunks: the first, the middle one, the last) by Dask
 tasks on the workers (`workers.probe.probe_region`): each model's NLL next to what the classical
 candidates store for the same chunks. The smallest wins; where no model beats the classical codecs,
-the array is stored without one. The choice, the probe's figures and the reason are recorded in the
-array's plan (and so in the job, the manifest, `info` and the report).
+the array is stored without one. A model the store would carry (fitted, not shipped) pays for its weights:
+its score adds the weight file's bits spread over the array's values. The choice, the probe's figures and the
+reason are recorded in the array's plan (and so in the job, the manifest, `info` and the report).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from shardzip.format.weights import is_shipped
 from shardzip.pipeline.plan import ArrayPlan, plan_array
 
 AUTO = "auto"
+FIT = "fit"  # `--model fit`: auto, then a model fitted to the arrays where no model beats the classical codecs
 PROBE_REGIONS = 3
 
 
@@ -111,23 +114,84 @@ def choose_plans(client, arrays: list[tuple[str, Any]], cands: list[Candidate], 
         res = results[path]
         dims = sum(r["dims"] for r in res)
         classical_bpd = sum(r["classical_bits"] for r in res) / dims
-        scores = {}
+        scores, nll, weights = {}, {}, {}
+        values = math.prod(base_plans[path].shape)
         for c, _ in fitting[path]:
             bits = [r["nll_bits"].get(c.sha256) for r in res]
-            scores[c.name] = sum(bits) / dims if all(b is not None for b in bits) else None
+            nll[c.name] = sum(bits) / dims if all(b is not None for b in bits) else None
+            # an unshipped model's weights go into the store: they count, spread over this array's values
+            weights[c.name] = 0 if is_shipped(c.sha256) else c.checkpoint.stat().st_size
+            scores[c.name] = nll[c.name] + 8 * weights[c.name] / values if nll[c.name] is not None else None
         ranked = sorted(((s, n) for n, s in scores.items() if s is not None))
-        figures = {"models_bpd": {n: (round(s, 4) if s is not None else None) for n, s in scores.items()},
+        figures = {"models_bpd": {n: (round(s, 4) if s is not None else None) for n, s in nll.items()},
+                   "weights_bytes": {n: w for n, w in weights.items() if w},
                    "classical_bpd": round(classical_bpd, 4), "probe_values": dims}
         if ranked and ranked[0][0] < classical_bpd:
             best = ranked[0][1]
             cand, plan = next((c, p) for c, p in fitting[path] if c.name == best)
-            why = (f"auto: {best} {ranked[0][0]:.3f} bpd on {len(res)} probed chunk(s), classical "
+            counted = " with its weights" if weights[best] else ""
+            why = (f"auto: {best} {ranked[0][0]:.3f} bpd{counted} on {len(res)} probed chunk(s), classical "
                    f"{classical_bpd:.3f}" + (f", next {ranked[1][1]} {ranked[1][0]:.3f}" if len(ranked) > 1 else ""))
             out.append(replace(plan, choice={"picked": best, "sha256": cand.sha256, "reason": why, **figures}))
         else:
-            shown = f"{ranked[0][1]} {ranked[0][0]:.3f} bpd" if ranked else "no model could code the probed values"
+            shown = (f"{ranked[0][1]} {ranked[0][0]:.3f} bpd" + (" with its weights" if weights[ranked[0][1]] else "")
+                     if ranked else "no model could code the probed values")
             reason = f"auto: the classical codecs ({classical_bpd:.3f} bpd) beat every model on the probe ({shown})"
             plan = base_plans[path]
             out.append(replace(plan, reason=reason, choice={"picked": None, "reason": reason, **figures}))
         log(f"  {path or '/'}: {out[-1].choice['reason']}")
     return out
+
+
+def fit_where_none_wins(client, plans: list[ArrayPlan], arrays: list[tuple[str, Any]], src: str,
+                        src_paths: dict[str, str], storage_options: dict | None, chunk_bytes: int,
+                        shard_chunks: int, classical: bool, resources: dict | None, device: str, settings,
+                        workdir: Path, catalog=None, log=print) -> tuple[list[ArrayPlan], list[Candidate]]:
+    """`--model fit`: fit one model (`shardzip fit`, on this cluster, within `settings`' budget) to the arrays
+    `auto` left without a model, then probe it on them as `auto` probes any candidate: it is used where it beats
+    the classical codecs, weights counted. A fit that cannot run (no array it can read, too little data) is
+    said and skipped: the arrays keep the classical codecs; the job goes on. Returns the plans, with those
+    arrays replanned, and the fitted candidate (none where no fit ran)."""
+    from shardzip.errors import ShardzipError
+    from shardzip.models import load_weights
+    from shardzip.pipeline.fit import fit, fit_layout
+
+    lost = []
+    for plan, (path, arr) in zip(plans, arrays, strict=True):
+        dims = getattr(arr.metadata, "dimension_names", None) or arr.attrs.get("_ARRAY_DIMENSIONS")
+        if plan.model is None and np.dtype(arr.dtype).kind in "uif" and \
+                fit_layout(tuple(arr.shape), dict(arr.attrs), dims) is not None:
+            lost.append(path)
+    if not lost:
+        log("fit: every array already has a model that beats the classical codecs, or none can be fitted; no fit")
+        return plans, []
+    out = workdir / "fitted.pt"
+    single = list(src_paths.values()) == [""]
+    try:
+        res = fit(src, str(out), arrays=None if single else lost, settings=settings,
+                  scheduler=client.scheduler.address, storage_options=storage_options, progress=False,
+                  resources=resources, catalog=catalog, overwrite=True, log=lambda *a: log("  " + " ".join(
+                      map(str, a)).strip()))
+    except ShardzipError as exc:  # a fit is an attempt to do better: its failure leaves the arrays as they were
+        log(f"fit: skipped ({exc}); the arrays keep the classical codecs")
+        return plans, []
+    sha = res["sha256"]
+    fitted = Candidate(f"fitted-{sha[:8]}", load_weights(out, sha), sha, "msp", out)
+    rec = res["fit"]
+    log(f"fit: {fitted.name} ({rec['parameters']} parameters, {out.stat().st_size} B) on "
+        f"{', '.join(rec['arrays'])}: validation {rec['validation_bpd']:.3f} bpd after {rec['steps']} steps")
+    from shardzip.workers.plugin import ModelPlugin
+
+    client.register_plugin(ModelPlugin(device=device, weights={sha: out.read_bytes()}), name="shardzip-models")
+    redo = [(p, a) for p, a in arrays if p in lost]
+    again = {p.path: p for p in choose_plans(client, redo, [fitted], src, src_paths, storage_options, chunk_bytes,
+                                             shard_chunks, classical, resources, log)}
+    out_plans = []
+    for plan in plans:
+        new = again.get(plan.path)
+        if new is None:
+            out_plans.append(plan)
+            continue
+        choice = {**(new.choice or {}), "before_fit": plan.choice}
+        out_plans.append(replace(new, choice=choice))
+    return out_plans, [fitted]

@@ -16,6 +16,7 @@ import os
 import platform
 import sys
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,11 @@ from shardzip.pipeline.plan import ArrayPlan, open_source, plan_array, resolve_s
 SCHEMA = "shardzip.report"
 SCHEMA_VERSION = 1
 ALL_BASELINES = ("png", "webp", "jpegxl", "jpegls", "jpeg2000", "zstd", "lzma", "bz2", "blosc2")
+
+
+def _single_name(url: str) -> str:
+    """The name compress gives the array of a one-array source ("mnist/test" -> "test")."""
+    return url.rstrip("/").rpartition("/")[2].removesuffix(".zarr") or "data"
 
 
 def _stats(per_image: list[float]) -> tuple[float | None, list[float] | None]:
@@ -68,6 +74,18 @@ def _split_dataset(ref: str, catalog=None) -> tuple[str, str, str]:
     if "://" in ref or os.path.exists(ref):
         return ref, ref, ""
     name, _, sub = ref.partition("/")
+    if sub and "/" not in sub:  # a split of a catalog dataset ("radar/test"): its group or array in the store,
+        from shardzip.catalog import CatalogError, load_catalog  # or the array(s) of a copy of its window
+
+        try:
+            cat = catalog or load_catalog()
+        except CatalogError:
+            cat = None
+        if cat is not None and name in cat.datasets and sub in cat.datasets[name].splits:
+            inner = cat.datasets[name].splits[sub]
+            if "@" in inner:
+                return ref, resolve_source(ref, cat), inner.partition("@")[0]
+            return ref, resolve_source(name, cat), inner
     return ref, resolve_source(name, catalog), sub
 
 
@@ -137,19 +155,23 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
              storage_options: dict[str, Any] | None = None, progress: bool = True, catalog=None,
              command: list[str] | None = None, chunk_bytes: int | None = None, numerics: str = EXACT) -> dict:
     """Coded bpd, NLL and baselines for every dataset x array x model: a report dict (schema v1); models code
-    under `numerics` (`shardzip.models.codec`), as `compress` would."""
+    under `numerics` (`shardzip.models.codec`), as `compress` would. Model "auto" is, per array, what
+    `compress --model auto` would choose (probed the same way; its rows carry the `choice`)."""
     from shardzip.pipeline.cluster import job_client, placement
     from shardzip.pipeline.jobs import _array_spec, _load_model, _Progress, _run_tasks
-    from shardzip.pipeline.plan import CHUNK_BYTES
+    from shardzip.pipeline.plan import CHUNK_BYTES, SHARD_CHUNKS
     from shardzip.workers.plugin import ModelPlugin
     from shardzip.workers.tasks import eval_shard
 
     unknown = [b for b in baselines if b not in ALL_BASELINES]
     if unknown:
         raise SourceError(f"unknown baseline(s) {', '.join(unknown)}; known: {', '.join(ALL_BASELINES)}")
-    loaded = {name: _load_model(name, catalog) for name in models}
-    specs, plans, checksums = [], {}, {}
-    run = uuid.uuid4().hex[:8]
+    from shardzip.pipeline.choose import AUTO, candidates, choose_plans
+
+    auto = AUTO in models
+    loaded = {name: _load_model(name, catalog) for name in models if name != AUTO}
+    cands = candidates(catalog, log=lambda *_: None) if auto else []
+    sources = []
     for ref in datasets:
         shown, url, sub = _split_dataset(ref, catalog)
         root = open_source(url, storage_options)
@@ -158,35 +180,59 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
             arrays = [(p, a) for p, a in arrays if p == sub or p.startswith(sub + "/")]
             if not arrays:
                 raise SourceError(f"dataset {ref}: no array {sub!r} in {url}")
-        h = hashlib.sha256()
-        for k, (name, (lmodel, entry)) in enumerate(loaded.items()):
-            for path, arr in arrays:
-                try:
-                    plan = plan_array(path, arr, lmodel, entry.sha256, chunk_bytes=chunk_bytes or CHUNK_BYTES)
-                    why = None if plan.model else plan.reason
-                except SourceError as exc:  # the model does not fit this array: a row saying so, not a failure
-                    plan = plan_array(path, arr, None, None, chunk_bytes=chunk_bytes or CHUNK_BYTES)
-                    why = str(exc)
-                plans[(shown, path, name)] = (plan, why)
-                job = {"src": url, "dst": "", "storage_options": storage_options or {}, "zstd_level": ZSTD_LEVEL,
-                       "profile": {"numerics": numerics}}
-                base = _array_spec(plan, job)
-                base.update(dataset=shown, grid=list(plan.shard_grid), run=run,
-                            baselines=list(baselines) if k == 0 else [], model_name=name)
-                if why is not None:
-                    base["model"] = None
-                if why is not None and k > 0:
-                    continue  # nothing to run for this model; baselines ran with the first one
-                specs += [{**base, "shard": list(idx)} for idx in np.ndindex(*plan.shard_grid)]
-                if k == 0:
-                    h.update(f"{path}:{arr.shape}:{arr.dtype};".encode())
-        checksums[shown] = h.hexdigest()[:16]
+        sources.append((shown, url, arrays))
+    specs, plans, checksums = [], {}, {}
+    run = uuid.uuid4().hex[:8]
     with job_client(scheduler, workers) as client:
         resources, device = placement(client)  # GPU=1 where workers with a GPU resource have CUDA
+        chosen: dict[tuple[str, str], ArrayPlan] = {}
+        if auto:  # per array, the model `compress --model auto` would pick, probed on the workers as it does
+            client.register_plugin(ModelPlugin(device=device, weights={
+                c.sha256: c.checkpoint.read_bytes() for c in cands if not is_shipped(c.sha256)}),
+                name="shardzip-models")
+            for shown, url, arrays in sources:
+                picked = choose_plans(client, [(p or _single_name(url), a) for p, a in arrays], cands, url,
+                                      {_single_name(url): ""} if arrays and arrays[0][0] == "" else {},
+                                      storage_options, chunk_bytes or CHUNK_BYTES, SHARD_CHUNKS, True, resources,
+                                      log=lambda *_: None)
+                for (path, _), plan in zip(arrays, picked, strict=True):
+                    chosen[(shown, path)] = replace(plan, path=path)
+        by_sha = {c.sha256: c for c in cands}
+        for shown, url, arrays in sources:
+            h = hashlib.sha256()
+            for k, name in enumerate(models):
+                for path, arr in arrays:
+                    if name == AUTO:
+                        plan, why = chosen[(shown, path)], None  # auto always stores the array: model or not
+                    else:
+                        lmodel, entry = loaded[name]
+                        try:
+                            plan = plan_array(path, arr, lmodel, entry.sha256,
+                                              chunk_bytes=chunk_bytes or CHUNK_BYTES)
+                            why = None if plan.model else plan.reason
+                        except SourceError as exc:  # the model does not fit this array: a row saying so
+                            plan = plan_array(path, arr, None, None, chunk_bytes=chunk_bytes or CHUNK_BYTES)
+                            why = str(exc)
+                    plans[(shown, path, name)] = (plan, why)
+                    job = {"src": url, "dst": "", "storage_options": storage_options or {},
+                           "zstd_level": ZSTD_LEVEL, "profile": {"numerics": numerics}}
+                    base = _array_spec(plan, job)
+                    base.update(dataset=shown, grid=list(plan.shard_grid), run=run,
+                                baselines=list(baselines) if k == 0 else [], model_name=name)
+                    if why is not None:
+                        base["model"] = None
+                    if why is not None and k > 0:
+                        continue  # nothing to run for this model; baselines ran with the first one
+                    specs += [{**base, "shard": list(idx)} for idx in np.ndindex(*plan.shard_grid)]
+                    if k == 0:
+                        h.update(f"{path}:{arr.shape}:{arr.dtype};".encode())
+            checksums[shown] = h.hexdigest()[:16]
         # workers find shipped checkpoints themselves; others (a user's catalog) travel with the plugin
-        weights = {e.sha256: e.checkpoint.read_bytes() for _, e in loaded.values() if not is_shipped(e.sha256)}
-        client.register_plugin(ModelPlugin(preload=tuple(e.sha256 for _, e in loaded.values()), device=device,
-                                           weights=weights), name="shardzip-models")
+        used = {e.sha256: e.checkpoint for _, e in loaded.values()}
+        used |= {p.model: by_sha[p.model].checkpoint for p in chosen.values() if p.model}
+        weights = {sha: path.read_bytes() for sha, path in used.items() if not is_shipped(sha)}
+        client.register_plugin(ModelPlugin(preload=tuple(used), device=device, weights=weights),
+                               name="shardzip-models")
         bar = _Progress(len(specs), 0, progress, "eval")
         try:
             recs = _run_tasks(client, eval_shard, specs, resources, bar, "eval")
@@ -199,10 +245,13 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
     for (shown, path, name), (plan, why) in plans.items():
         recs_m = by_key.get((shown, path, name), [])
         rows.append(_model_row(shown, path or "/", name, recs_m if why is None else [], plan, why))
+        if name == AUTO:  # what auto chose, and why
+            rows[-1]["choice"] = {"picked": (plan.choice or {}).get("picked"), "reason": plan.reason
+                                  if plan.model is None else (plan.choice or {}).get("reason")}
         for r in recs_m if why is None else []:
             shards.append({"dataset": shown, "array": path or "/", "codec": name, "grid": r["grid"],
                            "index": r["shard"], "bpd": r["coded_bits"] / r["dims"]})
-    first = next(iter(loaded))
+    first = models[0]
     for (shown, path, name), _ in plans.items():
         if name != first:
             continue
@@ -210,6 +259,8 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
         rows += [_baseline_row(shown, path or "/", b, recs_b) for b in baselines if recs_b]
     rows += aggregate_rows(rows)
     models_sha = {n: e.sha256 for n, (_, e) in loaded.items()}
+    if auto:
+        models_sha[AUTO] = ",".join(sorted({by_sha[p.model].name for p in chosen.values() if p.model})) or "none"
     return {"schema": SCHEMA, "version": SCHEMA_VERSION, "rows": rows, "shards": shards,
             "reproducibility": {**reproducibility(command or sys.argv, models_sha, checksums), "numerics": numerics}}
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -252,7 +254,7 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
              overwrite: bool = False, chunk_bytes: int = CHUNK_BYTES, shard_chunks: int = SHARD_CHUNKS,
              zstd_level: int = ZSTD_LEVEL, progress: bool = True, catalog=None, log=print,
              resources: dict[str, float] | str | None = AUTO, numerics: str | None = None,
-             classical: bool = True) -> dict:
+             classical: bool = True, fit_settings=None) -> dict:
     """Compress every array of `src` into the shardzip store `dst` with catalog model `model`; the manifest.
 
     `classical`: also try the classical codecs that suit each array on every chunk (JPEG XL, JPEG-LS, pcodec;
@@ -261,6 +263,9 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
 
     `resources`: what each task asks of a worker ("auto": {"GPU": 1} where workers with a GPU resource have
     CUDA, else nothing; None: nothing; or a dict such as {"GPU": 1}); see `cluster.placement`.
+    `model`: a catalog or fitted model's name, a model file, "auto" (per array, the model that codes a sample of
+    its chunks best, or none where the classical codecs win) or "fit" (auto, then one model fitted to the
+    arrays no model wins, within `fit_settings`' budget, default 10 minutes: `choose.fit_where_none_wins`).
     `numerics`: how the model's networks compute (`exact-2`, the default: the store decodes on any machine;
     `float`: plain torch, faster, decodes only under the encoder's threads, kernels and device kind)."""
     from shardzip.pipeline.cluster import job_client, placement
@@ -271,11 +276,12 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         raise DestinationError("--resume and --overwrite exclude each other: resume keeps finished shards, "
                                "overwrite deletes them")
     from shardzip.pipeline.choose import AUTO as AUTO_MODEL
-    from shardzip.pipeline.choose import candidates, choose_plans
+    from shardzip.pipeline.choose import FIT as FIT_MODEL
+    from shardzip.pipeline.choose import candidates, choose_plans, fit_where_none_wins
 
     src_url = resolve_source(src, catalog)
     src_root = open_source(src_url, storage_options)
-    auto = model == AUTO_MODEL
+    auto = model in (AUTO_MODEL, FIT_MODEL)
     if auto:  # every shipped and user-named model, scored per array on the workers once the cluster is up
         cands = candidates(catalog, log)
         lmodel = entry = None
@@ -316,6 +322,7 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         name = _array_name(src_url)
         arrays, src_paths = [(name, arrays[0][1])], {name: ""}
     run_id = uuid.uuid4().hex[:12]
+    cleanup: list[Path] = []  # a fitted model's working directory: its weights go into the store
     if job is None and not auto:  # plan before starting any cluster: bad input fails fast and writes nothing
         plans = [plan_array(p, a, lmodel, entry.sha256, chunk_bytes=chunk_bytes, shard_chunks=shard_chunks,
                             classical=classical) for p, a in arrays]
@@ -332,13 +339,22 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
                 name="shardzip-models")
             plans = choose_plans(client, arrays, cands, src_url, src_paths, storage_options, chunk_bytes,
                                  shard_chunks, classical, resources, log)
+            if model == FIT_MODEL:
+                from shardzip.fit import FitSettings
+
+                workdir = Path(tempfile.mkdtemp(prefix="shardzip-fit-"))
+                cleanup.append(workdir)
+                plans, fitted = fit_where_none_wins(
+                    client, plans, arrays, src_url, src_paths, storage_options, chunk_bytes, shard_chunks,
+                    classical, resources, device, fit_settings or FitSettings(minutes=10.0), workdir, catalog, log)
+                cands += fitted
         if job is None:
             refs = ({c.sha256: c for c in cands} if auto else {entry.sha256: entry})
             used = {p.model: refs[p.model] for p in plans if p.model}
             models = {sha: {"name": r.name, "family": r.family, "shipped": is_shipped(sha)} for sha, r in used.items()}
             job = {"job_id": uuid.uuid4().hex[:12], "src": src_url, "dst": dst,
                    "storage_options": storage_options or {},
-                   "model": ({"name": AUTO_MODEL, "sha256": None, "family": None,
+                   "model": ({"name": model, "sha256": None, "family": None,
                               "shipped": all(m["shipped"] for m in models.values())} if auto else
                              {"name": model, "sha256": entry.sha256, "family": entry.family,
                               "shipped": is_shipped(entry.sha256)}),
@@ -358,6 +374,8 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
                     weights = ref.checkpoint.read_bytes()
                     dloc.write_bytes(weights_key(sha), weights)
                     install_weights(sha, weights)  # plain zarr/xarray in a fresh process find it here too
+            for d in cleanup:
+                shutil.rmtree(d, ignore_errors=True)
             _create_layout(dloc, src_root, plans, job)
         else:
             plans = [ArrayPlan.from_dict(p) for p in job["plans"]]  # on the device kind it was started with
@@ -460,8 +478,9 @@ def _job_differences(job: dict, src_url: str, model: str, sha256: str | None, nu
     differs = []
     if job["src"] != src_url:
         differs.append(f"source {job['src']}, not {src_url}")
-    was_auto = job["model"]["name"] == "auto"
-    if was_auto != (sha256 is None) or (sha256 is not None and job["model"]["sha256"] != sha256):
+    was_auto = job["model"]["sha256"] is None  # auto or fit: models chosen per array
+    if was_auto != (sha256 is None) or (sha256 is None and job["model"]["name"] != model) or (
+            sha256 is not None and job["model"]["sha256"] != sha256):
         was = f"model {job['model']['name']}"
         if job["model"]["sha256"]:
             was += f" (sha256 {job['model']['sha256'][:12]})"

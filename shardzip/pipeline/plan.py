@@ -141,9 +141,16 @@ def resolve_source(src: str, catalog=None) -> str:
             if split not in entry.splits:
                 raise SourceError(f"catalog dataset {name!r} has no split {split!r}; it has {', '.join(entry.splits)}")
             inner = entry.splits[split]
-            if "@" in inner:  # a window of an array ("landsat_multiband@rows=0:256"): not a zarr node of its own
-                raise SourceError(f"split {src} is a window of an array ({inner}), not a group or array: compress "
-                                  f"the whole dataset {name!r}, or evaluate the split with `shardzip eval {src}`")
+            if "@" in inner:  # a window of an array ("landsat_multiband@rows=0:256"): copied into a store of its own
+                from shardzip.importers.common import ImportDataError
+                from shardzip.importers.datasets import write_window
+
+                out = path.parent / ".splits" / f"{name}-{split}.zarr"
+                out.parent.mkdir(exist_ok=True)
+                try:
+                    return str(write_window(path, inner, out))
+                except (ImportDataError, KeyError) as exc:
+                    raise SourceError(f"catalog dataset {name!r}, split {split!r} ({inner}): {exc}") from None
             return str(path / inner)
     return src
 
