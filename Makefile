@@ -20,7 +20,7 @@ LINT_PATHS := $(wildcard shardzip tests benchmarks tools)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo test lint bench bench-pipeline rates data clean distclean install bench-scaling bench-numerics \
-	cross-decode fit-data bench-fit
+	cross-decode fit-data bench-fit bench-auto probe-causal
 
 install: $(STAMP)
 
@@ -131,3 +131,9 @@ fit-data: $(STAMP)
 # `shardzip fit` (20 minutes each) then compress on the fit-data rasters, next to the classical codecs.
 bench-fit: fit-data
 	$(PY) benchmarks/fit.py
+
+bench-auto: data
+	$(PY) benchmarks/auto.py
+
+probe-causal: fit-data
+	$(PY) benchmarks/causal_probe.py

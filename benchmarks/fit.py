@@ -13,6 +13,7 @@ file the store carries (once per store; none where the model coded no chunk); "1
 dataset like this one at which the model file costs 1 % of the coded bytes. One table, one run:
 
     make fit-data && .venv/bin/python benchmarks/fit.py [--minutes 20] [--only rgbn,med-adt] [--reuse]
+                                                        [--family msp|causal]
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def classical_rates(a: np.ndarray) -> dict[str, float | None]:
     return out
 
 
-def run(r: Raster, minutes: float, out_dir: Path, reuse: bool, workers: int) -> dict:
+def run(r: Raster, minutes: float, out_dir: Path, reuse: bool, workers: int, family: str = "msp") -> dict:
     import zarr
 
     from shardzip.fit import FitSettings
@@ -109,12 +110,13 @@ def run(r: Raster, minutes: float, out_dir: Path, reuse: bool, workers: int) -> 
     if not Path(store).exists():
         raise SystemExit(f"{store} not found: run `make fit-data` first")
     name = _array_name(store, r.array)
-    model = out_dir / f"{r.name}.pt"
+    tag = r.name if family == "msp" else f"{r.name}-{family}"
+    model = out_dir / f"{tag}.pt"
     if not (reuse and model.is_file()):
-        fit(store, str(model), arrays=[name], settings=FitSettings(minutes=minutes), workers=workers,
+        fit(store, str(model), arrays=[name], family=family, settings=FitSettings(minutes=minutes), workers=workers,
             overwrite=True, log=lambda *a: print(*a, file=sys.stderr))
     info = read_model_info(model)["fit"]
-    dst = out_dir / f"{r.name}.szip"
+    dst = out_dir / f"{tag}.szip"
     t0 = time.perf_counter()
     manifest = jobs.compress(store, str(dst), str(model), workers=workers, overwrite=True, verify=True,
                              log=lambda *a: None)
@@ -144,12 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-fit"), help="model files and stores")
     p.add_argument("--reuse", action="store_true", help="keep model files of an earlier run (compress only)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--family", choices=("msp", "causal"), default="msp", help="the family `fit` trains")
     args = p.parse_args(argv)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = [r for r in RASTERS if not args.only or r.name in args.only.split(",")]
-    rows = [run(r, args.minutes, out_dir, args.reuse, args.workers) for r in chosen]
-    print(f"\nModels fitted by `shardzip fit` ({args.minutes:g} min budget each, this machine), stores written by "
+    rows = [run(r, args.minutes, out_dir, args.reuse, args.workers, args.family) for r in chosen]
+    print(f"\n{args.family} models fitted by `shardzip fit --family {args.family}` ({args.minutes:g} min budget each, "
+          "this machine), stores written by "
           "`shardzip compress --verify`; bits per value on the whole array")
     head = ("| raster | shape | fit: steps, min | val bpd | store bpd | +weights | JPEG-XL | JPEG-LS | JPEG 2000 | "
             "zstd | pcodec | +weights / JPEG-XL | weights 1 % at |")

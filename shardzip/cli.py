@@ -106,7 +106,8 @@ def _fit(args: argparse.Namespace) -> int:
     settings = FitSettings(steps=args.steps, minutes=minutes, lr=args.lr, batch=args.batch, crop=args.crop,
                            seed=args.seed, validate_every=args.validate_every,
                            checkpoint_every=args.checkpoint_every, threads=args.threads)
-    result = fit(args.src, args.out, name=args.name, arrays=args.array, start=args.start, settings=settings,
+    result = fit(args.src, args.out, name=args.name, arrays=args.array, start=args.start, family=args.family,
+                 settings=settings,
                  frames=args.frames, hidden=args.hidden,
                  resume=args.resume, overwrite=args.overwrite, run_dir=args.run_dir, sample_mb=args.sample_mb,
                  validation=args.validation, scheduler=args.scheduler, workers=args.workers,
@@ -406,8 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sequence: each frame of an array's first axis is coded given the one before (radar sweeps, "
                          "daily fields); default auto: a sequence where the layout is T.. or the first dimension is "
                          "named time/t/frame/sweep")
+    fi.add_argument("--family", choices=("msp", "causal"), default="msp",
+                    help="msp (default): coarse to fine, bands, no-data masks, previous-frame context for sequences; "
+                         "causal: band by band in raster order, a small MLP per band on each pixel's causal "
+                         "neighbourhood (few weights; each frame on its own; decodes more slowly)")
     fi.add_argument("--hidden", type=int, help="network width (default: sized to the data, so that the weights the "
-                                               "store carries cost ~3 %% of its coded bytes; 8-32)")
+                                               "store carries cost ~3 %% of its coded bytes; msp 8-32, causal 8-64)")
     budget = fi.add_argument_group("budget (default: --minutes 10)")
     budget.add_argument("--steps", type=int, help="training steps")
     budget.add_argument("--minutes", type=float, help="wall-clock minutes of training (with --steps: whichever "

@@ -30,6 +30,9 @@ from shardzip.errors import ShardzipError
 from shardzip.models import FAMILIES, LosslessModel, build_model
 
 FIT_FAMILY = "msp"  # the family fitted to rasters and images: coarse to fine, bands, missing values, 8-16 bits
+# families `fit` can train: msp, and causal (band by band in raster order, a small MLP per band on each pixel's
+# causal neighbourhood: few weights, no previous-frame context)
+FIT_FAMILIES = ("msp", "causal")
 FIT_HPARAMS = {"levels": 4, "hidden": 32, "blocks": 1, "mixtures": 3, "mask_hidden": 16, "norm": "pixel"}
 WARMUP_STEPS = 100
 
@@ -110,9 +113,14 @@ def fitted_hparams(profile: DataProfile, base: dict[str, Any] | None = None) -> 
     over the defaults, with the bands, the previous frame as context for sequences, and an alphabet of the
     data's bits: 8 for up to 8 bits, else one bit more than the sample needed (up to 16), so chunks with a
     somewhat wider range than the sample's still fit the model (a chunk that does not is coded classically)."""
-    hp = {**FIT_HPARAMS, **(base or {})}
-    hp.update(channels=profile.bands, data_bits=8 if profile.bits <= 8 else min(16, profile.bits + 1),
-              cond_channels=profile.bands if profile.sequence else 0)
+    base = dict(base or {})
+    family = base.pop("family", FIT_FAMILY)
+    bits = 8 if profile.bits <= 8 else min(16, profile.bits + 1)
+    if family == "causal":
+        return {"channels": profile.bands, "data_bits": bits, "hidden": int(base.get("hidden", 16)),
+                "mixtures": int(base.get("mixtures", 3))}
+    hp = {**FIT_HPARAMS, **base}
+    hp.update(channels=profile.bands, data_bits=bits, cond_channels=profile.bands if profile.sequence else 0)
     return hp
 
 
@@ -127,23 +135,28 @@ def weight_budget(values: int, itemsize: int) -> int:
     return int(values * itemsize * 0.5 * WEIGHT_SHARE / 2)
 
 
-def n_params(hparams: dict[str, Any]) -> int:
-    return sum(p.numel() for p in build_model(FIT_FAMILY, hparams).parameters())
+CAUSAL_HIDDEN_SIZES = (64, 48, 32, 24, 16, 12, 8)
 
 
-def width_hparams(hidden: int) -> dict[str, int]:
-    """The widths of a model of hidden width `hidden` (its mask networks half as wide, at least 4)."""
-    return {"hidden": hidden, "mask_hidden": max(4, hidden // 2)}
+def n_params(hparams: dict[str, Any], family: str = FIT_FAMILY) -> int:
+    return sum(p.numel() for p in build_model(family, hparams).parameters())
 
 
-def sized_hparams(bands: int, sequence: bool, budget: int) -> dict[str, Any]:
+def width_hparams(hidden: int, family: str = FIT_FAMILY) -> dict[str, Any]:
+    """The widths of a model of hidden width `hidden` (msp: its mask networks half as wide, at least 4)."""
+    if family == "causal":
+        return {"family": family, "hidden": hidden}
+    return {"family": family, "hidden": hidden, "mask_hidden": max(4, hidden // 2)}
+
+
+def sized_hparams(bands: int, sequence: bool, budget: int, family: str = FIT_FAMILY) -> dict[str, Any]:
     """The widest default-shaped model whose parameters fit `budget` (the narrowest when none does): the
     weights are stored with the data, so a small dataset gets a small model."""
-    for hidden in HIDDEN_SIZES:
-        hp = fitted_hparams(DataProfile(bands, 8, True, sequence), width_hparams(hidden))
-        if n_params(hp) <= budget:
+    for hidden in (CAUSAL_HIDDEN_SIZES if family == "causal" else HIDDEN_SIZES):
+        size = width_hparams(hidden, family)
+        if n_params(fitted_hparams(DataProfile(bands, 8, True, sequence), size), family) <= budget:
             break
-    return {"hidden": hp["hidden"], "mask_hidden": hp["mask_hidden"]}
+    return size
 
 
 def start_model(profile: DataProfile, start: LosslessModel | None, seed: int,
@@ -152,14 +165,19 @@ def start_model(profile: DataProfile, start: LosslessModel | None, seed: int,
     msp weights do not depend on it), else a fresh one of `size` (hidden widths) from `seed`. Returns (model,
     how it started)."""
     torch.manual_seed(seed)
+    family = (size or {}).get("family", FIT_FAMILY)
     if start is None:
-        return build_model(FIT_FAMILY, fitted_hparams(profile, size)), "from scratch"
-    if start.family != FIT_FAMILY or start.channels != profile.bands:
+        return build_model(family, fitted_hparams(profile, size)), "from scratch"
+    if start.family == "causal" and family == "causal" and start.channels == profile.bands:
+        model = build_model(family, fitted_hparams(profile, {**start.hparams, "family": family}))
+        model.load_state_dict(start.state_dict())  # no weight depends on the alphabet
+        return model, "fine-tuned"
+    if start.family != FIT_FAMILY or family != FIT_FAMILY or start.channels != profile.bands:
         raise FitError(f"cannot start from a {start.family} model of {start.channels} band(s): the data has "
                        f"{profile.bands} band(s); start from an msp model of {profile.bands} band(s), or from scratch")
-    if bool(start.hparams.get("cond_channels")) != profile.sequence:
+    if start.sequence != profile.sequence:
         what = "frames of a sequence" if profile.sequence else "independent images"
-        raise FitError(f"cannot start from a model {'with' if start.hparams.get('cond_channels') else 'without'} "
+        raise FitError(f"cannot start from a model {'with' if start.sequence else 'without'} "
                        f"previous-frame context: this fit is for {what} (--frames)")
     hp = fitted_hparams(profile, {k: v for k, v in start.hparams.items()
                                   if k not in ("channels", "data_bits", "cond_channels")})
@@ -185,7 +203,10 @@ class Crops:
 
     def __init__(self, tiles: list[torch.Tensor], crop: int, batch: int, generator: torch.Generator,
                  sequence: bool = False) -> None:
-        side = min(crop, *(min(t.shape[-2:]) for t in tiles))
+        # The crop side is `crop`, or the largest tile's side where no tile is that large. Tiles smaller than the
+        # side are left out: the sample's edge regions can be slivers (19 rows of a 403-row scene cut into
+        # 128-row regions), and shrinking every crop to the smallest tile made whole fits train on 19 x 19 crops.
+        side = min(crop, max(min(t.shape[-2:]) for t in tiles))
         usable = [t for t in tiles if min(t.shape[-2:]) >= side and bool((t >= 0).any())]
         if sequence:
             usable = [t for t in usable if t.shape[0] >= 2]
@@ -219,7 +240,7 @@ def validation_bpd(model: LosslessModel, tiles: list[torch.Tensor]) -> float:
     was = model.training
     model.eval()
     bits, dims = 0.0, 0
-    sequence = bool(model.hparams.get("cond_channels"))
+    sequence = model.sequence
     with torch.no_grad():
         for t in tiles:
             if sequence:  # the tile's frames in order, each given the one before (frame 0 given nothing)
@@ -263,7 +284,7 @@ def run_fit(model: LosslessModel, train: list[np.ndarray], validation: list[np.n
     train_t = [torch.from_numpy(np.ascontiguousarray(t)).long().to(device) for t in train]
     val_t = [torch.from_numpy(np.ascontiguousarray(t)).long().to(device) for t in validation]
     gen = torch.Generator().manual_seed(settings.seed)
-    crops = Crops(train_t, settings.crop, settings.batch, gen, sequence=bool(model.hparams.get("cond_channels")))
+    crops = Crops(train_t, settings.crop, settings.batch, gen, sequence=model.sequence)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
     run_dir = Path(run_dir)
     last = run_dir / "last.pt"

@@ -256,3 +256,43 @@ def test_a_store_keeps_no_weights_of_a_model_that_coded_no_chunk(cluster, moon, 
 
     assert np.array_equal(open_store(str(dst))["tiles"][...], np.tile(block, (32, 32)))
     assert jobs.verify(str(dst), scheduler=address, progress=False)["bad"] == []
+
+
+def test_a_causal_model_fitted_on_the_cluster_codes_the_raster_bit_exactly(cluster, moon, home, tmp_path):
+    """`fit --family causal`: a per-pixel causal model (few weights) fitted to the Moon raster, then compress with
+    it by name and read the store back bit-exactly with plain zarr in a fresh process."""
+    address, _ = cluster
+    out = tmp_path / "moon-causal.pt"
+    result = fit(moon, str(out), name="moon-causal", family="causal", settings=FitSettings(**FAST),
+                 scheduler=address, progress=False, log=_quiet)
+    info = read_model_info(out)
+    assert info["family"] == "causal" and info["hparams"]["channels"] == 1 and result["fit"]["family"] == "causal"
+    # sized to 65 536 values: the narrowest causal width, a few hundred weights
+    assert info["hparams"]["hidden"] == 8 and result["fit"]["parameters"] < 1000
+    assert load_user_models()["moon-causal"].family == "causal"
+    assert result["fit"]["validation_bpd"] <= result["fit"]["history"][0]["validation_bpd"] + 1e-6
+    dst = tmp_path / "moon.szip"
+    m = jobs.compress(moon, str(dst), "moon-causal", scheduler=address, verify=True, progress=False, log=_quiet)
+    assert m["verified"] and m["models"][m["arrays"]["surface"]["model"]]["family"] == "causal"
+    code = ("import sys, zarr, numpy as np; g = zarr.open_group(sys.argv[1], mode='r'); "
+            "s = zarr.open_group(sys.argv[2], mode='r'); "
+            "sys.exit(0 if np.array_equal(g['surface'][...], s['surface'][...]) else 3)")
+    env = {**os.environ, "SHARDZIP_CACHE": str(tmp_path / "fresh-cache")}  # weights come from the store
+    assert subprocess.run([sys.executable, "-c", code, str(dst), moon], env=env, timeout=300).returncode == 0
+    with pytest.raises(FitError, match="--family 'pixelcnn': fit trains msp or causal"):
+        fit(moon, str(tmp_path / "x.pt"), family="pixelcnn", settings=FitSettings(**FAST), scheduler=address,
+            progress=False, log=_quiet)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_crops_leave_out_slivers_instead_of_shrinking_to_them():
+    """A sample's edge regions can be slivers (19 rows of a 403-row scene cut into 128-row regions): the crops
+    stay `crop` pixels wide and take them from the tiles that are large enough."""
+    from shardzip.fit import Crops
+
+    tiles = [torch.zeros((1, 2, 128, 128), dtype=torch.long), torch.ones((1, 2, 19, 128), dtype=torch.long)]
+    crops = Crops(tiles, 64, 4, torch.Generator().manual_seed(0))
+    batch = crops.next()
+    assert batch.shape == (4, 2, 64, 64) and int(batch.max()) == 0  # never from the sliver
+    small = Crops([torch.zeros((1, 1, 40, 50), dtype=torch.long)], 64, 2, torch.Generator().manual_seed(0))
+    assert small.next().shape == (2, 1, 40, 40)  # no tile that large: the largest side there is

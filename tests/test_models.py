@@ -510,3 +510,4 @@ def test_integer_symbol_dtypes_are_all_accepted():
     for dtype in (torch.uint8, torch.int16, torch.int32, torch.int64):
         got = model.start_freq(torch.tensor([0, 1, 2, 150, 199], dtype=dtype))
         assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+

@@ -2,7 +2,8 @@
 
 Families: `idf` (integer discrete flow, coded directly), `bbans` (single-latent VAE, bits-back),
 `hilloc` (hierarchical fully convolutional ResNet VAE, bits-back layer by layer), `msp` (coarse-to-fine
-raster model: 16-bit values, bands, no-data masks, conditioning on the previous frame). Models never
+raster model: 16-bit values, bands, no-data masks, conditioning on the previous frame), `causal` (band by
+band, raster order: a small MLP per band on each pixel's causal neighbourhood; few weights). Models never
 import Dask or zarr.
 """
 
@@ -16,11 +17,12 @@ import torch
 
 from shardzip.models.base import LosslessModel
 from shardzip.models.bbans import BBANSVAE
+from shardzip.models.causal import Causal
 from shardzip.models.hilloc import HiLLoC
 from shardzip.models.idf import IDF
 from shardzip.models.msp import MSP
 
-FAMILIES: dict[str, type[LosslessModel]] = {cls.family: cls for cls in (IDF, BBANSVAE, HiLLoC, MSP)}
+FAMILIES: dict[str, type[LosslessModel]] = {cls.family: cls for cls in (IDF, BBANSVAE, HiLLoC, MSP, Causal)}
 CHECKPOINT_FORMAT = 1
 
 

@@ -105,6 +105,26 @@ class LosslessModel(nn.Module):
                 f"got [{int(x.min())}, {int(x.max())}]")
         return x.long()
 
+    # Images per coding batch of a bits-back model: only the first batch needs initial bits, the others pop
+    # the bits the batch before pushed (one batch of a whole 1 MB MNIST chunk costs 2.03 bpd, batches of 32 1.51).
+    BITS_BACK_BATCH: ClassVar[int] = 32
+
+    @property
+    def sequence(self) -> bool:
+        """Whether the model codes a batch as a sequence, each image given the one before (a chunk's frames must
+        then stay one batch, in order)."""
+        return False
+
+    def coding_batch(self, images: int, image_values: int) -> int:
+        """Images per batch when a chunk of `images` images of `image_values` values each is coded: the chunk
+        code asks the model (a sequence is one batch; bits-back models code small batches; others ~1 Mi
+        values per batch)."""
+        if self.sequence:
+            return max(1, images)
+        if self.bits_back:
+            return self.BITS_BACK_BATCH
+        return max(1, (1 << 20) // max(1, image_values))
+
     def initial_words(self, shape: tuple[int, ...], lanes: int) -> int:
         """Clean 32-bit words per lane that the first batch's bits-back pops may need."""
         return 0

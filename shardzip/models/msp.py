@@ -282,6 +282,10 @@ class MSP(LosslessModel):
     def _conditional(self) -> bool:
         return bool(self.hparams["cond_channels"])
 
+    @property
+    def sequence(self) -> bool:
+        return self._conditional()
+
     @staticmethod
     def _previous(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each frame's previous frame and whether it has one (frame 0 has none)."""

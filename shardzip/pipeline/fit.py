@@ -26,6 +26,7 @@ import numpy as np
 
 from shardzip.errors import ShardzipError, SourceError
 from shardzip.fit import (
+    FIT_FAMILIES,
     FIT_FAMILY,
     WEIGHT_SHARE,
     FitError,
@@ -214,6 +215,7 @@ def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
 
 
 def fit(src: str, out: str, *, name: str | None = None, arrays: list[str] | None = None, start: str = "auto",
+        family: str = FIT_FAMILY,
         settings: FitSettings | None = None, frames: str = "auto", hidden: int | None = None,
         resume: bool = False, overwrite: bool = False,
         run_dir: str | None = None, sample_mb: float = SAMPLE_MB, validation: float = VALIDATION,
@@ -231,6 +233,8 @@ def fit(src: str, out: str, *, name: str | None = None, arrays: list[str] | None
 
     settings = settings or FitSettings(minutes=10.0)
     settings.check()
+    if family not in FIT_FAMILIES:
+        raise FitError(f"--family {family!r}: fit trains {' or '.join(FIT_FAMILIES)}")
     if not 0 < validation < 1:
         raise FitError(f"--validation must lie between 0 and 1, got {validation}")
     if not sample_mb > 0:
@@ -259,21 +263,29 @@ def fit(src: str, out: str, *, name: str | None = None, arrays: list[str] | None
         raise FitError("--frames sequence: the arrays have no frame axis first (layout "
                        f"{'/'.join(sorted(layouts))}); set their shardzip_layout attribute (e.g. TYX)")
     sequence = frames == "sequence" or (frames == "auto" and all(is_sequence(a, lay) for _, a, lay in chosen))
+    if family == "causal" and sequence:
+        if frames == "sequence":
+            raise FitError("--family causal codes each frame on its own (no previous-frame context): use "
+                           "--frames independent, or --family msp for a sequence")
+        log("  causal models code each frame on its own: the frames are fitted as independent images")
+        sequence = False
     values = sum(int(np.prod(a.shape)) for _, a, _ in chosen)
     budget = weight_budget(values, itemsize)
-    size = sized_hparams(bands, sequence, budget) if hidden is None else width_hparams(hidden)
+    size = sized_hparams(bands, sequence, budget, family) if hidden is None else width_hparams(hidden, family)
     if start == "auto":  # a shipped model to fine-tune, where the data is large enough to carry its weights
-        start_name = closest_start(bands, itemsize, cat, sequence, budget if hidden is None else None)
+        start_name = (closest_start(bands, itemsize, cat, sequence, budget if hidden is None else None)
+                      if family == FIT_FAMILY else None)
     else:
         start_name = None if start == "scratch" else start
     start_bytes = None
     if start_name is not None:
         smodel, ref = _load_model(start_name, cat)
-        if smodel.family != FIT_FAMILY or smodel.channels != bands:
+        if smodel.family != family or smodel.channels != bands:
             raise FitError(f"--from {start_name}: a {smodel.family} model of {smodel.channels} band(s) cannot start "
-                           f"a fit of {bands}-band data; give an msp model of {bands} band(s), or --from scratch")
-        if bool(smodel.hparams.get("cond_channels")) != sequence:
-            context = "with" if smodel.hparams.get("cond_channels") else "without"
+                           f"a fit of a {family} model of {bands}-band data; give a {family} model of {bands} "
+                           "band(s), or --from scratch")
+        if smodel.sequence != sequence:
+            context = "with" if smodel.sequence else "without"
             raise FitError(f"--from {start_name}: a model {context} previous-frame context cannot start a fit of "
                            f"{'a sequence' if sequence else 'independent images'} (--frames)")
         start_bytes = ref.checkpoint.read_bytes()
@@ -345,7 +357,7 @@ def fit(src: str, out: str, *, name: str | None = None, arrays: list[str] | None
     named = None
     if name is not None:
         named = register_user_model(name, UserModelEntry(
-            family=FIT_FAMILY, path=str(out_path), sha256=sha, validation_bpd=record["validation_bpd"],
+            family=family, path=str(out_path), sha256=sha, validation_bpd=record["validation_bpd"],
             source=src_url, fitted=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             command=record["command"]), cat)
     return {"path": str(out_path), "sha256": sha, "fit": record, "name": name, "user_catalog": named,
@@ -393,7 +405,7 @@ class _FitProgress:
 def format_fit(result: dict) -> str:
     """What `shardzip fit` prints at the end: the model file, its sha256, and validation bpd next to the codecs."""
     rec = result["fit"]
-    lines = [f"{result['path']}: {FIT_FAMILY} model of {rec['profile']['bands']} band(s), "
+    lines = [f"{result['path']}: {rec.get('family', FIT_FAMILY)} model of {rec['profile']['bands']} band(s), "
              f"{rec['profile']['bits']}-bit values, {rec['started']}"
              + (f" from {rec['start_model']}" if rec.get("start_model") else "")
              + f"; {rec['steps']} steps in {rec['seconds']:.0f} s (best at step {rec['best_step']})",

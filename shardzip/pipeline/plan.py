@@ -146,7 +146,13 @@ def resolve_source(src: str, catalog=None) -> str:
                 from shardzip.importers.datasets import write_window
 
                 out = path.parent / ".splits" / f"{name}-{split}.zarr"
-                out.parent.mkdir(exist_ok=True)
+                try:
+                    out.parent.mkdir(exist_ok=True)
+                except OSError:  # a read-only data directory: the copy goes to the temporary directory
+                    import tempfile
+
+                    out = Path(tempfile.gettempdir()) / "shardzip-splits" / out.name
+                    out.parent.mkdir(exist_ok=True)
                 try:
                     return str(write_window(path, inner, out))
                 except (ImportDataError, KeyError) as exc:

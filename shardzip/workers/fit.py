@@ -119,7 +119,8 @@ def fit_task(spec: dict, samples: list[dict]) -> dict[str, Any]:
     for name in ("zstd", "jpegxl"):
         sizes = [s["classical"].get(name) for s in val]
         classical[name] = 8 * sum(sizes) / dims if sizes and all(v is not None for v in sizes) else None
-    record = {"source": spec["source"], "arrays": spec["arrays"], "layout": spec["layout"],
+    record = {"family": result.model.family, "source": spec["source"], "arrays": spec["arrays"],
+              "layout": spec["layout"],
               "profile": profile.as_dict(), "sample": sample,
               "parameters": sum(p.numel() for p in result.model.parameters()), "train_regions": len(train),
               "validation_regions": len(val), "train_values": int(sum(s["dims"] for s in train)),
