@@ -282,7 +282,7 @@ def fit(src: str, out: str, *, name: str | None = None, arrays: list[str] | None
         smodel, ref = _load_model(start_name, cat)
         if smodel.family != family or smodel.channels != bands:
             raise FitError(f"--from {start_name}: a {smodel.family} model of {smodel.channels} band(s) cannot start "
-                           f"a fit of a {family} model of {bands}-band data; give a {family} model of {bands} "
+                           f"a fit of {bands}-band data (--family {family}); give a {family} model of {bands} "
                            "band(s), or --from scratch")
         if smodel.sequence != sequence:
             context = "with" if smodel.sequence else "without"
