@@ -89,7 +89,8 @@ class LosslessModel(nn.Module):
         return None
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Validate an image batch: int tensor [B, C, H, W] with this model's channels and value range."""
+        """Validate an image batch: int tensor [B, C, H, W] with this model's channels and value range (-1 too,
+        for a missing value, where the model codes them)."""
         if x.dim() != 4:
             raise ModelParameterError(f"{self.family}: expected images [B, C, H, W], got shape {tuple(x.shape)}")
         if x.shape[1] != self.channels:
@@ -99,10 +100,11 @@ class LosslessModel(nn.Module):
         if x.dtype.is_floating_point:
             raise ModelParameterError(f"{self.family}: images must be integers, got {x.dtype}")
         hi = (1 << self.data_bits) - 1
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) > hi):
+        lo = -1 if self.codes_missing else 0  # -1: a missing value, for models that code them
+        if x.numel() and (int(x.min()) < lo or int(x.max()) > hi):
             raise SymbolRangeError(
-                f"{self.family}: values must lie in [0, {hi}] for this {self.data_bits}-bit model, "
-                f"got [{int(x.min())}, {int(x.max())}]")
+                f"{self.family}: values must lie in [0, {hi}]{' (or -1 for missing)' if lo else ''} for this "
+                f"{self.data_bits}-bit model, got [{int(x.min())}, {int(x.max())}]")
         return x.long()
 
     # Images per coding batch of a bits-back model: only the first batch needs initial bits, the others pop

@@ -32,7 +32,6 @@ from torch import nn
 
 from shardzip.coding import Message
 from shardzip.coding.models import categorical, uniform
-from shardzip.errors import ModelParameterError, SymbolRangeError
 from shardzip.models.base import LosslessModel, mixture_coder, mixture_log2prob
 
 # (rows up, columns left) of the band's own neighbours, all coded before (i, j) in raster order; the largest
@@ -156,16 +155,6 @@ class Causal(LosslessModel):
         return self.masks[b](torch.stack(flags, -1).to(dtype)).squeeze(-1) * 4.0
 
     # ------------------------------------------------------------------ interface
-    def check_input(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.C:
-            raise ModelParameterError(f"causal: expected images [B, {self.C}, H, W], got shape {tuple(x.shape)}")
-        if x.dtype.is_floating_point:
-            raise ModelParameterError(f"causal: images must be integers, got {x.dtype}")
-        if x.numel() and (int(x.min()) < MISSING or int(x.max()) >= self.K):
-            raise SymbolRangeError(f"causal: values must lie in [0, {self.K - 1}] (or -1 for missing) for this "
-                                   f"{self.data_bits}-bit model, got [{int(x.min())}, {int(x.max())}]")
-        return x.long()
-
     def nll_bits(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.train_bits(self.check_input(x)).detach().double()

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from shardzip.coding import Message, categorical, uniform
-from shardzip.errors import ModelParameterError, SymbolRangeError
 from shardzip.models.base import LN2, MIN_LOG_SCALE, PARAM_GAIN, LosslessModel, mixture_coder, mixture_log2prob
 from shardzip.models.layers import ConvNet
 
@@ -95,16 +94,6 @@ class MSP(LosslessModel):
         self.mask_top = nn.Parameter(torch.zeros(C))
 
     # ------------------------------------------------------------------ shapes and side information
-    def check_input(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.C:
-            raise ModelParameterError(f"msp: expected images [B, {self.C}, H, W], got shape {tuple(x.shape)}")
-        if x.dtype.is_floating_point:
-            raise ModelParameterError(f"msp: images must be integers, got {x.dtype}")
-        if x.numel() and (int(x.min()) < MISSING or int(x.max()) >= self.K):
-            raise SymbolRangeError(f"msp: values must lie in [0, {self.K - 1}] (or -1 for missing) for this "
-                                   f"{self.data_bits}-bit model, got [{int(x.min())}, {int(x.max())}]")
-        return x.long()
-
     def _padded(self, h: int, w: int) -> tuple[int, int]:
         m = 1 << self.L
         return -(-h // m) * m, -(-w // m) * m
