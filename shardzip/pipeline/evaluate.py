@@ -34,11 +34,6 @@ SCHEMA_VERSION = 1
 ALL_BASELINES = ("png", "webp", "jpegxl", "jpegls", "jpeg2000", "zstd", "lzma", "bz2", "blosc2")
 
 
-def _single_name(url: str) -> str:
-    """The name compress gives the array of a one-array source ("mnist/test" -> "test")."""
-    return url.rstrip("/").rpartition("/")[2].removesuffix(".zarr") or "data"
-
-
 def _stats(per_image: list[float]) -> tuple[float | None, list[float] | None]:
     if len(per_image) < 2:
         return None, None
@@ -158,7 +153,7 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
     under `numerics` (`shardzip.models.codec`), as `compress` would. Model "auto" is, per array, what
     `compress --model auto` would choose (probed the same way; its rows carry the `choice`)."""
     from shardzip.pipeline.cluster import job_client, placement
-    from shardzip.pipeline.jobs import _array_spec, _load_model, _Progress, _run_tasks
+    from shardzip.pipeline.jobs import _array_name, _array_spec, _load_model, _Progress, _run_tasks
     from shardzip.pipeline.plan import CHUNK_BYTES, SHARD_CHUNKS
     from shardzip.workers.plugin import ModelPlugin
     from shardzip.workers.tasks import eval_shard
@@ -191,8 +186,8 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
                 c.sha256: c.checkpoint.read_bytes() for c in cands if not is_shipped(c.sha256)}),
                 name="shardzip-models")
             for shown, url, arrays in sources:
-                picked = choose_plans(client, [(p or _single_name(url), a) for p, a in arrays], cands, url,
-                                      {_single_name(url): ""} if arrays and arrays[0][0] == "" else {},
+                picked = choose_plans(client, [(p or _array_name(url), a) for p, a in arrays], cands, url,
+                                      {_array_name(url): ""} if arrays and arrays[0][0] == "" else {},
                                       storage_options, chunk_bytes or CHUNK_BYTES, SHARD_CHUNKS, True, resources,
                                       log=lambda *_: None)
                 for (path, _), plan in zip(arrays, picked, strict=True):
