@@ -13,7 +13,7 @@ file the store carries (once per store; none where the model coded no chunk); "1
 dataset like this one at which the model file costs 1 % of the coded bytes. One table, one run:
 
     make fit-data && .venv/bin/python benchmarks/fit.py [--minutes 20] [--only rgbn,med-adt] [--reuse]
-                                                        [--family msp|causal]
+                                                        [--family auto|msp|causal]
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def classical_rates(a: np.ndarray) -> dict[str, float | None]:
     return out
 
 
-def run(r: Raster, minutes: float, out_dir: Path, reuse: bool, workers: int, family: str = "msp") -> dict:
+def run(r: Raster, minutes: float, out_dir: Path, reuse: bool, workers: int, family: str = "auto") -> dict:
     import zarr
 
     from shardzip.fit import FitSettings
@@ -110,7 +110,7 @@ def run(r: Raster, minutes: float, out_dir: Path, reuse: bool, workers: int, fam
     if not Path(store).exists():
         raise SystemExit(f"{store} not found: run `make fit-data` first")
     name = _array_name(store, r.array)
-    tag = r.name if family == "msp" else f"{r.name}-{family}"
+    tag = r.name if family == "auto" else f"{r.name}-{family}"
     model = out_dir / f"{tag}.pt"
     if not (reuse and model.is_file()):
         fit(store, str(model), arrays=[name], family=family, settings=FitSettings(minutes=minutes), workers=workers,
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-fit"), help="model files and stores")
     p.add_argument("--reuse", action="store_true", help="keep model files of an earlier run (compress only)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--family", choices=("msp", "causal"), default="msp", help="the family `fit` trains")
+    p.add_argument("--family", choices=("auto", "msp", "causal"), default="auto",
+                   help="the family `fit` trains (default auto: causal for independent images, msp for a sequence)")
     args = p.parse_args(argv)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,13 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.family} models fitted by `shardzip fit --family {args.family}` ({args.minutes:g} min budget each, "
           "this machine), stores written by "
           "`shardzip compress --verify`; bits per value on the whole array")
-    head = ("| raster | shape | fit: steps, min | val bpd | store bpd | +weights | JPEG-XL | JPEG-LS | JPEG 2000 | "
+    head = ("| raster | family | shape | fit: steps, min | val bpd | store bpd | +weights | JPEG-XL | JPEG-LS | "
+            "JPEG 2000 | "
             "zstd | pcodec | +weights / JPEG-XL | weights 1 % at |")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for row in rows:
         c, f = row["classical"], row["fit"]
-        print(f"| {row['raster'].name} ({row['dtype']}) | {'x'.join(map(str, row['shape']))} | {f['steps']}, "
+        print(f"| {row['raster'].name} ({row['dtype']}) | {f.get('family', 'msp')} | "
+              f"{'x'.join(map(str, row['shape']))} | {f['steps']}, "
               f"{f['seconds'] / 60:.1f} | {f['validation_bpd']:.3f} | {row['bpd']:.3f} | {row['with_weights']:.3f} | "
               f"{_cell(c['jpegxl'])} | {_cell(c['jpegls'])} | {_cell(c['jpeg2000'])} | {_cell(c['zstd'])} | "
               f"{_cell(c['pcodec'])} | **{row['with_weights'] / c['jpegxl']:.3f}** | "

@@ -105,7 +105,7 @@ def _fit(args: argparse.Namespace) -> int:
     minutes = args.minutes if args.minutes is not None or args.steps is not None else 10.0
     settings = FitSettings(steps=args.steps, minutes=minutes, lr=args.lr, batch=args.batch, crop=args.crop,
                            seed=args.seed, validate_every=args.validate_every,
-                           checkpoint_every=args.checkpoint_every, threads=args.threads)
+                           checkpoint_every=args.checkpoint_every, threads=args.threads, pixels=args.pixels)
     result = fit(args.src, args.out, name=args.name, arrays=args.array, start=args.start, family=args.family,
                  settings=settings,
                  frames=args.frames, hidden=args.hidden,
@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fi = commands.add_parser(
         "fit", help="fit a model to your own zarr data (on the cluster), for compress/eval --model",
-        description="Sample training and validation regions of SRC on the Dask workers, train an msp model on one "
+        description="Sample training and validation regions of SRC on the Dask workers, train a model on one "
                     "worker (a GPU worker where there is one) within a budget of steps or minutes, and write one "
                     "self-describing model file. compress, decompress, verify, eval and zarr/xarray reading take it "
                     "by path, or by --name.")
@@ -407,10 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sequence: each frame of an array's first axis is coded given the one before (radar sweeps, "
                          "daily fields); default auto: a sequence where the layout is T.. or the first dimension is "
                          "named time/t/frame/sweep")
-    fi.add_argument("--family", choices=("msp", "causal"), default="msp",
-                    help="msp (default): coarse to fine, bands, no-data masks, previous-frame context for sequences; "
+    fi.add_argument("--family", choices=("auto", "msp", "causal"), default="auto",
+                    help="msp: coarse to fine, bands, no-data masks, previous-frame context for sequences; "
                          "causal: band by band in raster order, a small MLP per band on each pixel's causal "
-                         "neighbourhood (few weights; each frame on its own; decodes more slowly)")
+                         "neighbourhood (few weights; each frame on its own; decodes more slowly); auto (default): "
+                         "the --from model's family, else msp for a sequence and causal for independent images")
     fi.add_argument("--hidden", type=int, help="network width (default: sized to the data, so that the weights the "
                                                "store carries cost ~3 %% of its coded bytes; msp 8-32, causal 8-64)")
     budget = fi.add_argument_group("budget (default: --minutes 10)")
@@ -425,13 +426,15 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--validation", type=float, default=0.2, help="fraction of the sampled regions held out "
                                                                   "(default 0.2)")
     fi.add_argument("--seed", type=int, default=0)
-    fi.add_argument("--crop", type=int, default=64, help="training crop side in pixels (default 64)")
-    fi.add_argument("--batch", type=int, default=8, help="crops per step (default 8)")
+    fi.add_argument("--crop", type=int, default=64, help="training crop side in pixels (default 64; msp)")
+    fi.add_argument("--batch", type=int, default=8, help="crops per step (default 8; msp)")
+    fi.add_argument("--pixels", type=int, help="independent pixels per step (causal; default 4096)")
     fi.add_argument("--lr", type=float, default=2e-3)
     fi.add_argument("--threads", type=int, help="torch threads of the training task (default: the worker "
                                                 "machine's cores)")
-    fi.add_argument("--checkpoint-every", type=int, default=250)
-    fi.add_argument("--validate-every", type=int, default=250)
+    fi.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: as --validate-every)")
+    fi.add_argument("--validate-every", type=int, help="steps between validations (default 250 for msp, 2000 for "
+                                                       "causal: a step of pixels is ~10 x shorter)")
     _catalog_option(fi)
     _dask_options(fi)
     _resources_option(fi)

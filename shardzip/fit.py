@@ -5,8 +5,9 @@ on the workers and runs `run_fit` as a task on one of them). Tiles are [B, C, H,
 -1 where a value is missing, packed exactly as the compressed format packs a chunk
 (`shardzip.format.chunk.raster_symbols`), so the model learns what it will code.
 
-Training draws random crops of the training tiles (seeded), runs under a budget of steps or of
-minutes (the learning-rate schedule follows whichever ends first), scores the validation tiles
+Training draws random crops of the training tiles, seeded (or what the model's `training_sampler`
+draws: independent pixels for causal models), runs under a budget of steps or of minutes (the
+learning-rate schedule follows whichever ends first), scores the validation tiles
 (other regions or frames than the training tiles) every `validate_every` steps and keeps the
 weights that scored best there. Every `checkpoint_every` steps the whole state is written
 atomically to `<run dir>/last.pt`, with the fingerprint of the sample it trained on; `resume`
@@ -35,6 +36,7 @@ FIT_FAMILY = "msp"  # the family fitted to rasters and images: coarse to fine, b
 FIT_FAMILIES = ("msp", "causal")
 FIT_HPARAMS = {"levels": 4, "hidden": 32, "blocks": 1, "mixtures": 3, "mask_hidden": 16, "norm": "pixel"}
 WARMUP_STEPS = 100
+VALIDATE_EVERY = 250  # steps of crops between validations (and checkpoints) unless told otherwise
 
 
 class FitError(ShardzipError):
@@ -65,9 +67,10 @@ class FitSettings:
     batch: int = 8
     crop: int = 64
     seed: int = 0
-    validate_every: int = 250
-    checkpoint_every: int = 250
+    validate_every: int | None = None  # None: every 250 steps of crops, or what the model's training sampler says
+    checkpoint_every: int | None = None  # None: as validate_every
     threads: int | None = None
+    pixels: int | None = None  # pixels per step of a family trained from independent pixels (causal); None: its own
 
     def check(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -76,8 +79,8 @@ class FitSettings:
             raise FitError(f"--steps must be at least 1, got {self.steps}")
         if self.minutes is not None and not self.minutes > 0:
             raise FitError(f"--minutes must be more than 0, got {self.minutes}")
-        for what in ("batch", "crop", "validate_every", "checkpoint_every"):
-            if getattr(self, what) < 1:
+        for what in ("batch", "crop", "validate_every", "checkpoint_every", "pixels"):
+            if getattr(self, what) is not None and getattr(self, what) < 1:
                 raise FitError(f"{what} must be at least 1, got {getattr(self, what)}")
         if self.crop < 8:
             raise FitError(f"--crop must be at least 8 pixels, got {self.crop}")
@@ -124,15 +127,17 @@ def fitted_hparams(profile: DataProfile, base: dict[str, Any] | None = None) -> 
     return hp
 
 
-WEIGHT_SHARE = 0.03   # fitted weights (float16) may cost this share of the expected coded bytes (a guess, not tuned)
+# fitted weights may cost this share of the expected coded bytes. msp: a guess, not tuned. causal (int8 weights):
+# on the R/G/B/NIR scene (830 k values), 4-minute fits, width 16 (4.2 KB) coded at 0.917 x JPEG-XL with its file,
+# width 32 (10 KB) at 0.921: the rate it gained did not pay for its weights
+WEIGHT_SHARE = {"msp": 0.03, "causal": 0.015}
 HIDDEN_SIZES = (32, 24, 16, 12, 8)
 
 
-def weight_budget(values: int, itemsize: int) -> int:
-    """Parameters a model fitted to `values` values of `itemsize` bytes may have: float16 weights (2 bytes each)
-    of at most WEIGHT_SHARE of the coded bytes, taking the coded size as half the raw bytes (a rough learned
-    rate)."""
-    return int(values * itemsize * 0.5 * WEIGHT_SHARE / 2)
+def weight_budget(values: int, itemsize: int, family: str = FIT_FAMILY) -> int:
+    """Bytes of weights a model fitted to `values` values of `itemsize` bytes may have: the family's WEIGHT_SHARE
+    of the coded bytes, taking the coded size as half the raw bytes (a rough learned rate)."""
+    return int(values * itemsize * 0.5 * WEIGHT_SHARE[family])
 
 
 CAUSAL_HIDDEN_SIZES = (64, 48, 32, 24, 16, 12, 8)
@@ -149,12 +154,16 @@ def width_hparams(hidden: int, family: str = FIT_FAMILY) -> dict[str, Any]:
     return {"family": family, "hidden": hidden, "mask_hidden": max(4, hidden // 2)}
 
 
+WEIGHT_BYTES = {"float32": 4, "float16": 2, "int8": 1}  # per parameter, by the family's stored precision
+
+
 def sized_hparams(bands: int, sequence: bool, budget: int, family: str = FIT_FAMILY) -> dict[str, Any]:
-    """The widest default-shaped model whose parameters fit `budget` (the narrowest when none does): the
-    weights are stored with the data, so a small dataset gets a small model."""
+    """The widest default-shaped model whose weights fit `budget` bytes at the family's stored precision (the
+    narrowest when none does): the weights are stored with the data, so a small dataset gets a small model."""
+    per = WEIGHT_BYTES[FAMILIES[family].stored_precision]
     for hidden in (CAUSAL_HIDDEN_SIZES if family == "causal" else HIDDEN_SIZES):
         size = width_hparams(hidden, family)
-        if n_params(fitted_hparams(DataProfile(bands, 8, True, sequence), size), family) <= budget:
+        if per * n_params(fitted_hparams(DataProfile(bands, 8, True, sequence), size), family) <= budget:
             break
     return size
 
@@ -284,7 +293,14 @@ def run_fit(model: LosslessModel, train: list[np.ndarray], validation: list[np.n
     train_t = [torch.from_numpy(np.ascontiguousarray(t)).long().to(device) for t in train]
     val_t = [torch.from_numpy(np.ascontiguousarray(t)).long().to(device) for t in validation]
     gen = torch.Generator().manual_seed(settings.seed)
-    crops = Crops(train_t, settings.crop, settings.batch, gen, sequence=model.sequence)
+    # a family may train from something else than crops (causal: independent pixels of a precomputed table)
+    try:
+        crops = model.training_sampler(train_t, gen, settings.pixels) \
+            or Crops(train_t, settings.crop, settings.batch, gen, sequence=model.sequence)
+    except ValueError as exc:
+        raise FitError(str(exc)) from exc
+    validate_every = settings.validate_every or getattr(crops, "validate_every", VALIDATE_EVERY)
+    checkpoint_every = settings.checkpoint_every or validate_every
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
     run_dir = Path(run_dir)
     last = run_dir / "last.pt"
@@ -325,14 +341,14 @@ def run_fit(model: LosslessModel, train: list[np.ndarray], validation: list[np.n
         if report and (step % 10 == 0 or done):
             report({"step": step, "steps": settings.steps, "elapsed": elapsed, "minutes": settings.minutes,
                     "loss": running})
-        if step % settings.validate_every == 0 or done:
+        if step % validate_every == 0 or done:
             bpd = validation_bpd(model, val_t)
             history.append({"step": step, "validation_bpd": bpd, "train_bpd": running})
             if bpd < best["bpd"]:
                 best = {"bpd": bpd, "step": step, "state": _copy(model)}
             if report:
                 report({"step": step, "validation_bpd": bpd})
-        if step % settings.checkpoint_every == 0 or done:
+        if step % checkpoint_every == 0 or done:
             tmp = run_dir / "last.pt.tmp"
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
                         "torch_rng": torch.get_rng_state(), "step": step, "elapsed": elapsed, "history": history,

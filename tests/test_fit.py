@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ import zarr
 from shardzip.catalog import CatalogError, load_catalog, load_user_models
 from shardzip.cli import main
 from shardzip.fit import FitError, FitSettings, fitted_hparams, profile_of, start_model
-from shardzip.models import load_catalog_model, load_weights, read_model_info
+from shardzip.models import load_catalog_model, load_weights, read_checkpoint, read_model_info
 from shardzip.pipeline import jobs
 from shardzip.pipeline.fit import closest_start, fit, fit_layout, plan_sample
 from shardzip.pipeline.plan import plan_array
@@ -62,16 +63,17 @@ def _quiet(*_args) -> None:
 def test_fit_a_raster_no_shipped_model_saw_then_code_it_by_path_and_by_name(cluster, moon, home, tmp_path):
     address, _ = cluster
     out = tmp_path / "models" / "moon.pt"
-    result = fit(moon, str(out), name="moon", settings=FitSettings(**FAST), scheduler=address, progress=False,
-                 log=_quiet)
+    result = fit(moon, str(out), name="moon", family="msp", settings=FitSettings(**FAST), scheduler=address,
+                 progress=False, log=_quiet)
     info = read_model_info(out)
     rec = info["fit"]
     assert info["family"] == "msp" and info["hparams"]["channels"] == 1 and info["hparams"]["data_bits"] == 8
     assert rec["arrays"] == ["surface"] and rec["source"] == moon  # the 1-d labels array was left out
     # 65 536 values cannot carry a shipped model's 60 k weights: a small model from scratch, sized to the data
     assert rec["started"] == "from scratch" and info["hparams"]["hidden"] == 8 and rec["parameters"] < 7000
-    assert all(v.dtype == torch.float16 for v in torch.load(out, weights_only=True)["state_dict"].values()
-               if v.is_floating_point())  # stored as float16: half the bytes a store carries
+    packed = read_checkpoint(out)["packed"]  # stored as float16: half the bytes a store carries
+    assert packed["precision"] == "float16" and packed["float16"].dtype == torch.float16
+    assert packed["float16"].numel() == rec["parameters"] and rec["precision"] == "float16"
     assert rec["steps"] == FAST["steps"] and len(rec["sample"]) == 64 and rec["validation_regions"] >= 1
     assert 0 < rec["validation_bpd"] < 8 and rec["classical_bpd"]["zstd"] > 0 and rec["classical_bpd"]["jpegxl"] > 0
     # the held-out regions are not trained on, and the best weights were kept: never worse than the start
@@ -259,14 +261,18 @@ def test_a_store_keeps_no_weights_of_a_model_that_coded_no_chunk(cluster, moon, 
 
 
 def test_a_causal_model_fitted_on_the_cluster_codes_the_raster_bit_exactly(cluster, moon, home, tmp_path):
-    """`fit --family causal`: a per-pixel causal model (few weights) fitted to the Moon raster, then compress with
-    it by name and read the store back bit-exactly with plain zarr in a fresh process."""
+    """`fit` on independent images picks the per-pixel causal family (few weights, int8 in the file) unless told
+    otherwise: fitted to the Moon raster, then compress with it by name and read the store back bit-exactly with
+    plain zarr in a fresh process."""
     address, _ = cluster
     out = tmp_path / "moon-causal.pt"
-    result = fit(moon, str(out), name="moon-causal", family="causal", settings=FitSettings(**FAST),
-                 scheduler=address, progress=False, log=_quiet)
+    lines = []
+    result = fit(moon, str(out), name="moon-causal", settings=FitSettings(**FAST), scheduler=address,
+                 progress=False, log=lines.append)
+    assert any("family causal (independent images" in line for line in lines)
     info = read_model_info(out)
     assert info["family"] == "causal" and info["hparams"]["channels"] == 1 and result["fit"]["family"] == "causal"
+    assert read_checkpoint(out)["packed"]["precision"] == "int8" == result["fit"]["precision"]
     # sized to 65 536 values: the narrowest causal width, a few hundred weights
     assert info["hparams"]["hidden"] == 8 and result["fit"]["parameters"] < 1000
     assert load_user_models()["moon-causal"].family == "causal"
@@ -283,6 +289,28 @@ def test_a_causal_model_fitted_on_the_cluster_codes_the_raster_bit_exactly(clust
         fit(moon, str(tmp_path / "x.pt"), family="pixelcnn", settings=FitSettings(**FAST), scheduler=address,
             progress=False, log=_quiet)
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_the_progress_bar_follows_a_fit_past_the_schedulers_event_log_length():
+    """The scheduler keeps a topic's latest events only (1000 by default): a causal fit reports every 10 steps
+    and passed that at step 10 000, where the bar stopped moving for the rest of the run."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from shardzip.pipeline.fit import _FitProgress
+
+    with dask.config.set({"distributed.admin.low-level-log-length": 5}), \
+            LocalCluster(n_workers=0, processes=False, dashboard_address=None) as lc, Client(lc) as client:
+        bar = _FitProgress(FitSettings(steps=100), enabled=True)
+        for first, last in ((1, 3), (4, 12), (13, 20)):
+            for step in range(first, last + 1):
+                client.log_event("shardzip-fit-test", {"step": step, "loss": 5.0 - step / 100})
+            deadline = time.monotonic() + 10
+            while bar.bar.n < last and time.monotonic() < deadline:
+                bar.drain(client, "shardzip-fit-test")
+                time.sleep(0.05)
+            assert bar.bar.n == last and bar.post["step"] == str(last)
+        bar.close()
 
 
 def test_crops_leave_out_slivers_instead_of_shrinking_to_them():

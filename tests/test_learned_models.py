@@ -156,6 +156,68 @@ def test_checkpoint_round_trip_and_sha_check(tmp_path):
         load_weights(tmp_path / "missing.pt")
 
 
+@pytest.mark.parametrize("precision", ["float16", "int8"])
+def test_compact_checkpoints_load_what_the_quantized_model_computes(tmp_path, precision):
+    """float16 / int8 model files (what a store carries with the data): loaded back, the weights are exactly
+    `quantize_weights`' values, so a model scored before saving codes the same after; the file is a fraction of
+    the float32 one, and a changed weight is refused by the digest."""
+    from shardzip.models import quantize_weights, read_checkpoint, write_compact
+
+    model = perturbed("causal", channels=3, hidden=16)
+    full = tmp_path / "full.pt"
+    save_weights(model, full)
+    path = tmp_path / f"{precision}.pt"
+    save_weights(model, path, {"fit": {"source": "test"}}, precision=precision)
+    quantize_weights(model, precision)
+    again = load_weights(path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(),
+                                                 strict=True))
+    x = photo_crop(24, 30)[None]
+    assert torch.equal(model.nll_bits(x), again.nll_bits(x))
+    params = sum(p.numel() for p in model.parameters())
+    per = {"float16": 2, "int8": 1}[precision]
+    assert path.stat().st_size < per * params + 2500 < full.stat().st_size  # packed: little beyond the weights
+    blob = read_checkpoint(path)
+    assert blob["fit"] == {"source": "test"} and blob["packed"]["precision"] == precision
+    key = "int8" if precision == "int8" else "float16"
+    blob["packed"][key][3] += 1
+    write_compact(blob, path)
+    with pytest.raises(CheckpointError, match="was altered"):
+        load_weights(path)
+
+
+def test_causal_model_trains_from_a_table_of_pixels_that_scores_what_it_codes(monkeypatch):
+    """`fit` trains causal models from independent pixels of a precomputed table: drawn over every pixel, the
+    table's loss is the model's NLL (less the one has-missing bit per image), holes included; a table too large
+    for TRAIN_FLOATS is subsampled; steps on it lower the NLL."""
+    from shardzip.models import causal
+
+    model = perturbed("causal", channels=3, hidden=8)
+    x = torch.stack([photo_crop(20, 26), photo_crop(20, 26, "astronaut")]).long()
+    x[1, :, 4:9, 3:12] = -1
+    x[0, 1, 15:17, :] = -1
+    gen = torch.Generator().manual_seed(0)
+    table = model.training_sampler([x], gen, pixels=64)
+    assert table.count == 2 * 20 * 26
+    everything = causal.PixelBatch([b.take(torch.arange(table.count)) for b in table.bands], table.count)
+    with torch.no_grad():
+        expected = (float(model.train_bits(x).sum()) - 2) / x.numel()
+        assert float(model.loss(everything)) == pytest.approx(expected, rel=1e-5)
+    assert table.next().pixels == 64
+    monkeypatch.setattr(causal, "TRAIN_FLOATS", 5000)
+    small = model.training_sampler([x], gen)
+    per_pixel = sum(len(causal.OWN) + b * (len(causal.EARLIER) + causal.DIFFS) + 1 for b in range(3))
+    assert small.count == 5000 // per_pixel and small.bands[2].feats.shape[0] == small.count
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    before = float(model.nll_bits(x).sum())
+    for _ in range(40):
+        loss = model.loss(table.next())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(model.nll_bits(x).sum()) < before * 0.97
+
+
 def test_every_family_is_registered():
     assert set(FAMILIES) == {"idf", "bbans", "hilloc", "msp", "causal"}
 

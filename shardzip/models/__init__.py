@@ -10,6 +10,9 @@ import Dask or zarr.
 from __future__ import annotations
 
 import hashlib
+import io
+import lzma
+import math
 from pathlib import Path
 from typing import Any
 
@@ -53,32 +56,134 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def half_weights(model: LosslessModel) -> LosslessModel:
-    """Round `model`'s floating weights to float16 values in place (they stay float32 tensors): what a checkpoint
-    saved with `half=True` holds, so the model scores and codes exactly as it will once loaded from the file."""
+PRECISIONS = ("float32", "float16", "int8")
+
+
+def _int8_scale(t: torch.Tensor) -> torch.Tensor:
+    """Per-row scales [rows, 1] of a weight matrix for int8 (symmetric, |q| <= 127), float16 values."""
+    rows = t.reshape(t.shape[0], -1)
+    return (rows.abs().amax(1, keepdim=True).clamp_min(2 ** -14) / 127).half().to(t.dtype)
+
+
+def quantize_weights(model: LosslessModel, precision: str) -> LosslessModel:
+    """Round `model`'s floating weights in place (they stay float32 tensors) to what a checkpoint saved with
+    `precision` holds, so the model scores and codes exactly as it will once loaded from the file.
+
+    float16: every floating tensor rounded to float16. int8 (for small models stored with the data they code):
+    weight matrices as int8 times a float16 scale per output row (the product is exact in float32), other
+    floating tensors float16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float32":
+        return model
     with torch.no_grad():
         for t in model.state_dict().values():
-            if t.is_floating_point():
+            if not t.is_floating_point():
+                continue
+            if precision == "int8" and t.ndim >= 2:
+                s = _int8_scale(t)
+                rows = t.reshape(t.shape[0], -1)
+                rows.copy_(torch.round(rows / s).clamp(-127, 127) * s)
+            else:
                 t.copy_(t.half().to(t.dtype))
     return model
 
 
+def _pack(state: dict[str, torch.Tensor], precision: str) -> dict[str, Any]:
+    """A state dict in as few tensors as its `precision` allows: int8 matrices, their float16 row scales and
+    the other floating tensors (float16), each concatenated flat; a layout (name, shape, kind) to cut them
+    apart. Per-tensor records of a torch file cost ~200 bytes each, more than a small model's weights."""
+    layout, parts = [], {"int8": [], "scale": [], "float16": [], "other": {}}
+    for name, t in state.items():
+        t = t.detach().cpu()
+        if not t.is_floating_point():
+            parts["other"][name] = t.clone()
+            layout.append([name, list(t.shape), "other"])
+        elif precision == "int8" and t.ndim >= 2:
+            s = _int8_scale(t.float())
+            parts["int8"].append(torch.round(t.float().reshape(t.shape[0], -1) / s).clamp(-127, 127)
+                                 .to(torch.int8).reshape(-1))
+            parts["scale"].append(s.reshape(-1).half())
+            layout.append([name, list(t.shape), "int8"])
+        else:
+            parts["float16"].append(t.half().reshape(-1))
+            layout.append([name, list(t.shape), "float16"])
+    flat = {k: (torch.cat(v) if v else torch.zeros(0, dtype=torch.int8 if k == "int8" else torch.float16))
+            for k, v in parts.items() if k != "other"}
+    return {"precision": precision, "layout": layout, **flat, "other": parts["other"]}
+
+
+def _unpack(packed: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The float32 state dict of `_pack`'s output (int8 times its row scale: exact in float32)."""
+    state, at = {}, {"int8": 0, "scale": 0, "float16": 0}
+    for name, shape, kind in packed["layout"]:
+        n = math.prod(shape)
+        if kind == "other":
+            state[name] = packed["other"][name]
+        elif kind == "int8":
+            rows = shape[0] if shape else 1
+            q = packed["int8"][at["int8"]:at["int8"] + n].float().reshape(rows, -1)
+            s = packed["scale"][at["scale"]:at["scale"] + rows].float().reshape(rows, 1)
+            state[name] = (q * s).reshape(shape)
+            at["int8"] += n
+            at["scale"] += rows
+        else:
+            state[name] = packed["float16"][at["float16"]:at["float16"] + n].float().reshape(shape)
+            at["float16"] += n
+    return state
+
+
+def _packed_digest(packed: dict[str, Any]) -> str:
+    tensors = {k: packed[k] for k in ("int8", "scale", "float16")}
+    tensors.update({f"other.{k}": v for k, v in packed["other"].items()})
+    return hashlib.sha256((weights_digest(tensors) + repr(packed["layout"])).encode()).hexdigest()
+
+
 def save_weights(model: LosslessModel, path: str | Path, extra: dict[str, Any] | None = None,
-                 half: bool = False) -> None:
-    """Write a shippable checkpoint: family, hyper-parameters, float32 weights (float16 with `half`, for models
-    stored with the data they code: half the bytes; loaded back as float32, so coding stays exact) and their
-    digest, and `extra` (what it was trained on, how well it did, the command: a fitted model file describes
-    itself)."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    if half:
-        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
-    blob = {"format": CHECKPOINT_FORMAT, "family": model.family, "hparams": model.hparams, "state_dict": state,
-            "weights_digest": weights_digest(state)}
+                 precision: str = "float32") -> None:
+    """Write a shippable checkpoint: family, hyper-parameters, weights and their digest, and `extra` (what it
+    was trained on, how well it did, the command: a fitted model file describes itself).
+
+    float32 weights are a plain state dict; "float16" and "int8" (for models stored with the data they code:
+    a half or a quarter of the bytes) are packed into a few flat tensors (`_pack`). Either way they load back
+    as float32, the values `quantize_weights(model, precision)` gives, so coding stays exact."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    blob: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "family": model.family, "hparams": model.hparams}
+    if precision == "float32":
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        blob.update(state_dict=state, weights_digest=weights_digest(state))
+    else:
+        packed = _pack(model.state_dict(), precision)
+        blob.update(packed=packed, weights_digest=_packed_digest(packed))
     blob.update(extra or {})
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(path) + ".tmp")
-    torch.save(blob, tmp)
+    if precision == "float32":
+        torch.save(blob, tmp)
+    else:
+        write_compact(blob, tmp)
     tmp.replace(path)
+
+
+COMPACT_MAGIC = b"SHARDZIP-MODEL-LZMA-1\n"
+
+
+def write_compact(blob: dict[str, Any], path: str | Path) -> None:
+    """A checkpoint for a store to carry: torch's pickle format (no zip container: ~100 bytes per tensor less)
+    compressed with xz after a magic line. Its description (the fit record, the layout) shrinks to a third; a
+    causal model's whole file to ~70 % (`read_checkpoint` reads both kinds)."""
+    buf = io.BytesIO()
+    torch.save(blob, buf, _use_new_zipfile_serialization=False)
+    Path(path).write_bytes(COMPACT_MAGIC + lzma.compress(buf.getvalue(), preset=9 | lzma.PRESET_EXTREME))
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents (a torch file, or `write_compact`'s), tensors on the CPU, loaded weights-only."""
+    data = Path(path).read_bytes()
+    if data.startswith(COMPACT_MAGIC):
+        data = lzma.decompress(data[len(COMPACT_MAGIC):])
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def load_weights(path: str | Path, sha256: str | None = None, device: str | torch.device = "cpu") -> LosslessModel:
@@ -93,21 +198,23 @@ def load_weights(path: str | Path, sha256: str | None = None, device: str | torc
         if actual != sha256:
             raise CheckpointError(f"checkpoint {p} has sha256 {actual}, but the catalog records {sha256}: "
                                   "the file was changed or replaced; restore it or retrain and update the catalog")
-    blob = torch.load(p, map_location="cpu", weights_only=True)
+    blob = read_checkpoint(p)
     digest = blob.get("weights_digest")
-    if digest is not None and weights_digest(blob["state_dict"]) != digest:
+    packed = blob.get("packed")
+    if digest is not None and (_packed_digest(packed) if packed is not None
+                               else weights_digest(blob["state_dict"])) != digest:
         raise CheckpointError(f"model file {p} was altered: its weights do not match the digest written with them; "
                               "restore the file or fit the model again")
     model = build_model(blob["family"], blob["hparams"])
-    model.load_state_dict(blob["state_dict"])
+    model.load_state_dict(_unpack(packed) if packed is not None else blob["state_dict"])
     return model.to(device).eval()
 
 
 def read_model_info(path: str | Path) -> dict[str, Any]:
     """A checkpoint's description without its weights: family, hyper-parameters and whatever was saved with it
     (a fitted model's `fit` record: source, sample fingerprint, validation bpd, command)."""
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return {k: v for k, v in blob.items() if k != "state_dict"}
+    blob = read_checkpoint(path)
+    return {k: v for k, v in blob.items() if k not in ("state_dict", "packed")}
 
 
 def load_catalog_model(name: str, catalog=None, device: str | torch.device = "cpu") -> LosslessModel:
@@ -123,4 +230,5 @@ def load_catalog_model(name: str, catalog=None, device: str | torch.device = "cp
 
 
 __all__ = ["FAMILIES", "BBANSVAE", "HiLLoC", "IDF", "LosslessModel", "build_model", "load_catalog_model",
-           "half_weights", "load_weights", "read_model_info", "save_weights", "weights_digest"]
+           "PRECISIONS", "load_weights", "quantize_weights", "read_checkpoint",
+           "write_compact", "read_model_info", "save_weights", "weights_digest"]

@@ -38,6 +38,8 @@ class LosslessModel(nn.Module):
     # True: codes rasters of any numeric dtype packed to integers with -1 where a value is missing
     # (`shardzip.format.chunk`'s masked-model method); False: unsigned images of data_bits, every value present
     codes_missing: ClassVar[bool] = False
+    # the precision of a fitted model's file (`shardzip.models.save_weights`): what a store carries with the data
+    stored_precision: ClassVar[str] = "float16"
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__()
@@ -126,6 +128,13 @@ class LosslessModel(nn.Module):
         if self.bits_back:
             return self.BITS_BACK_BATCH
         return max(1, (1 << 20) // max(1, image_values))
+
+    def training_sampler(self, tiles: list[torch.Tensor], generator: torch.Generator, pixels: int | None = None):
+        """Where a family trains better from something else than random crops: an object whose `next()` gives
+        what `loss` takes, drawn from the training `tiles` ([N, C, H, W], -1 where missing) with `generator`
+        (`pixels` per step, None: the family's choice), and whose `validate_every` is the steps between
+        validations. None (the default): random crops."""
+        return None
 
     def initial_words(self, shape: tuple[int, ...], lanes: int) -> int:
         """Clean 32-bit words per lane that the first batch's bits-back pops may need."""

@@ -87,7 +87,7 @@ def fit_task(spec: dict, samples: list[dict]) -> dict[str, Any]:
     import torch
 
     from shardzip.fit import FitSettings, fingerprint, profile_of, run_fit, start_model, validation_bpd
-    from shardzip.models import half_weights, load_weights, save_weights
+    from shardzip.models import load_weights, quantize_weights, save_weights
 
     train = [s for s in samples if s["role"] == "train" and s["images"] is not None]
     val = [s for s in samples if s["role"] == "validation" and s["images"] is not None]
@@ -111,8 +111,10 @@ def fit_task(spec: dict, samples: list[dict]) -> dict[str, Any]:
                      stop_after=spec.get("stop_after"), device=spec.get("device", "cpu"))
     if result is None:
         return {"stopped": True}
-    # The file holds float16 weights (half the bytes a store carries): score the model as it will code.
-    half_weights(result.model)
+    # The file holds the weights at the family's stored precision (float16, or int8 for small models: fewer bytes
+    # for a store to carry): score the model as it will code.
+    precision = result.model.stored_precision
+    quantize_weights(result.model, precision)
     result.validation_bpd = validation_bpd(result.model, [torch.from_numpy(s["images"]).long() for s in val])
     dims = sum(s["dims"] for s in val)
     classical = {}
@@ -128,8 +130,10 @@ def fit_task(spec: dict, samples: list[dict]) -> dict[str, Any]:
               "classical_bpd": {k: (round(v, 5) if v is not None else None) for k, v in classical.items()},
               "steps": result.steps, "best_step": result.best_step, "seconds": round(result.seconds, 1),
               "settings": settings.as_dict(), "started": how, "start_model": spec.get("start_name"),
-              "command": spec["command"], "history": result.history, "torch": torch.__version__.split("+")[0]}
+              "command": spec["command"], "precision": precision,
+              "history": result.history,
+              "torch": torch.__version__.split("+")[0]}
     fitted = os.path.join(spec["run_dir"], "fitted.pt")
-    save_weights(result.model, fitted, {"fit": record}, half=True)
+    save_weights(result.model, fitted, {"fit": record}, precision=precision)
     with open(fitted, "rb") as f:
         return {"stopped": False, "checkpoint": f.read(), "fit": record}
