@@ -120,8 +120,9 @@ def fitted_hparams(profile: DataProfile, base: dict[str, Any] | None = None) -> 
     family = base.pop("family", FIT_FAMILY)
     bits = 8 if profile.bits <= 8 else min(16, profile.bits + 1)
     if family == "causal":
+        # levels: a new fit's model sees the level of the signal (a starting model keeps what it had)
         return {"channels": profile.bands, "data_bits": bits, "hidden": int(base.get("hidden", 16)),
-                "mixtures": int(base.get("mixtures", 3))}
+                "mixtures": int(base.get("mixtures", 3)), "levels": bool(base.get("levels", True))}
     hp = {**FIT_HPARAMS, **base}
     hp.update(channels=profile.bands, data_bits=bits, cond_channels=profile.bands if profile.sequence else 0)
     return hp
@@ -178,7 +179,7 @@ def start_model(profile: DataProfile, start: LosslessModel | None, seed: int,
     if start is None:
         return build_model(family, fitted_hparams(profile, size)), "from scratch"
     if start.family == "causal" and family == "causal" and start.channels == profile.bands:
-        model = build_model(family, fitted_hparams(profile, {**start.hparams, "family": family}))
+        model = build_model(family, fitted_hparams(profile, {"levels": False, **start.hparams, "family": family}))
         model.load_state_dict(start.state_dict())  # no weight depends on the alphabet
         return model, "fine-tuned"
     if start.family != FIT_FAMILY or family != FIT_FAMILY or start.channels != profile.bands:

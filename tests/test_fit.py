@@ -213,6 +213,23 @@ def test_a_fine_tune_keeps_the_start_weights_for_another_alphabet():
         start_model(profile_of([np.zeros((1, 3, 16, 16), np.int32)]), radar, seed=0)
 
 
+def test_a_causal_fine_tune_keeps_whether_its_start_sees_levels():
+    """New causal fits see each band's level (calibrated on the sample); a causal model without levels (files
+    written before them) is fine-tuned as it is, its weights loaded unchanged."""
+    from shardzip.models import build_model
+
+    tiles = [np.full((1, 2, 16, 16), 900, np.int32)]
+    profile = profile_of(tiles)
+    fresh, how = start_model(profile, None, seed=0, size={"family": "causal", "hidden": 8})
+    assert how == "from scratch" and fresh.hparams["levels"] is True
+    old = build_model("causal", {"channels": 2, "data_bits": 8, "hidden": 8, "mixtures": 3})
+    old.hparams.pop("levels")  # as a file written before levels holds them
+    model, how = start_model(profile, old, seed=0, size={"family": "causal"})
+    assert how == "fine-tuned" and model.hparams["levels"] is False and model.hparams["data_bits"] == 11
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), old.state_dict().values(),
+                                                 strict=True))
+
+
 def test_a_one_band_raster_model_codes_each_band_of_a_multiband_raster():
     """A 3-band uint16 scene with the one-band msp-radar: each band an image of its own, not the fallback."""
     scene = zarr.create_array(store={}, shape=(3, 300, 400), dtype="uint16", chunks=(3, 300, 400))
@@ -275,7 +292,10 @@ def test_a_causal_model_fitted_on_the_cluster_codes_the_raster_bit_exactly(clust
     assert read_checkpoint(out)["packed"]["precision"] == "int8" == result["fit"]["precision"]
     # sized to 65 536 values: the narrowest causal width, a few hundred weights
     assert info["hparams"]["hidden"] == 8 and result["fit"]["parameters"] < 1000
-    assert load_user_models()["moon-causal"].family == "causal"
+    fitted = load_user_models()["moon-causal"]
+    assert fitted.family == "causal" and info["hparams"]["levels"] is True
+    level = float(load_weights(out).level_mean[0])  # calibrated on the sample, not the alphabet's middle
+    assert level != 128.0 and 0 < level < 256
     assert result["fit"]["validation_bpd"] <= result["fit"]["history"][0]["validation_bpd"] + 1e-6
     dst = tmp_path / "moon.szip"
     m = jobs.compress(moon, str(dst), "moon-causal", scheduler=address, verify=True, progress=False, log=_quiet)

@@ -48,6 +48,7 @@ TINY = {
     "bbans": ("bbans", dict(hidden=32, latent=8)),
     "hilloc": ("hilloc", dict(hidden=8, blocks=1, tile=32)),
     "causal": ("causal", dict(channels=3, hidden=8)),
+    "causal-levels": ("causal", dict(channels=3, hidden=8, levels=True)),
 }
 
 
@@ -163,7 +164,8 @@ def test_compact_checkpoints_load_what_the_quantized_model_computes(tmp_path, pr
     the float32 one, and a changed weight is refused by the digest."""
     from shardzip.models import quantize_weights, read_checkpoint, write_compact
 
-    model = perturbed("causal", channels=3, hidden=16)
+    model = perturbed("causal", channels=3, hidden=16, levels=True)
+    model.calibrate([photo_crop(24, 30)[None].long()])
     full = tmp_path / "full.pt"
     save_weights(model, full)
     path = tmp_path / f"{precision}.pt"
@@ -192,7 +194,7 @@ def test_causal_model_trains_from_a_table_of_pixels_that_scores_what_it_codes(mo
     for TRAIN_FLOATS is subsampled; steps on it lower the NLL."""
     from shardzip.models import causal
 
-    model = perturbed("causal", channels=3, hidden=8)
+    model = perturbed("causal", channels=3, hidden=8, levels=True)
     x = torch.stack([photo_crop(20, 26), photo_crop(20, 26, "astronaut")]).long()
     x[1, :, 4:9, 3:12] = -1
     x[0, 1, 15:17, :] = -1
@@ -206,7 +208,7 @@ def test_causal_model_trains_from_a_table_of_pixels_that_scores_what_it_codes(mo
     assert table.next().pixels == 64
     monkeypatch.setattr(causal, "TRAIN_FLOATS", 5000)
     small = model.training_sampler([x], gen)
-    per_pixel = sum(len(causal.OWN) + b * (len(causal.EARLIER) + causal.DIFFS) + 1 for b in range(3))
+    per_pixel = sum(len(causal.OWN) + b * (len(causal.EARLIER) + causal.DIFFS) + 2 for b in range(3))  # + level
     assert small.count == 5000 // per_pixel and small.bands[2].feats.shape[0] == small.count
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     before = float(model.nll_bits(x).sum())
@@ -250,12 +252,14 @@ def test_models_say_their_coding_batch():
 
 
 
-def test_causal_model_codes_missing_values_and_costs_its_nll():
+@pytest.mark.parametrize("levels", [False, True])
+def test_causal_model_codes_missing_values_and_costs_its_nll(levels):
     """The causal family on a real photograph crop with holes (-1: a rectangle in one image, a row band in one
     band): bit-exact, each image's missing pixels restored, and the coded size within lane overhead of the NLL
     (the coder walks the same wavefronts as the decoder, so the NLL of the vectorised pass is what it codes)."""
-    model = perturbed("causal", channels=3, hidden=8)
+    model = perturbed("causal", channels=3, hidden=8, levels=levels)
     clean = torch.stack([photo_crop(40, 52), photo_crop(40, 52, "astronaut")])
+    model.calibrate([clean])
     holes = clean.clone()
     holes[1, :, 5:15, 8:30] = -1
     holes[0, 2, 30:33, :] = -1
@@ -266,6 +270,34 @@ def test_causal_model_codes_missing_values_and_costs_its_nll():
         nll = float(model.nll_bits(x).sum())
         assert nll < 8 * len(blob) < nll * 1.05 + 2000
     assert 8 * len(compress(model, holes, batch=2)) > 8 * len(compress(model, clean, batch=2)) * 0.5
+
+
+def test_causal_levels_are_calibrated_on_present_values_and_inform_the_prediction():
+    """A model with levels normalises each band's local mean by its training values' mean and deviation
+    (missing values ignored, rounded to float16 as stored); the level is an input, so two patches alike in
+    shape but at different brightness get different distributions; a model without levels ignores calibrate."""
+    from shardzip.models import causal
+
+    model = perturbed("causal", channels=3, hidden=8, levels=True)
+    x = photo_crop(30, 40).long()[None]
+    holes = x.clone()
+    holes[0, 1, :10] = -1
+    model.calibrate([holes])
+    for b in range(3):
+        v = holes[0, b][holes[0, b] >= 0].double()
+        assert float(model.level_mean[b]) == float(torch.tensor(float(v.mean())).half())
+        assert float(model.level_scale[b]) == float(torch.tensor(float(v.std())).half())
+    assert model.n_inputs(0) == len(causal.OWN) + 2 and model.nets[2][0].in_features == model.n_inputs(2)
+    flat = torch.full((1, 3, 8, 8), 40)
+    rows, cols = torch.tensor([4]), torch.tensor([4])
+    f_dark, *_ = model._features(model._padded(flat), None, 0, rows, cols)
+    f_light, *_ = model._features(model._padded(flat + 150), None, 0, rows, cols)
+    assert torch.equal(f_dark[..., :-1], f_light[..., :-1]) and float(f_light[0, 0, -1] - f_dark[0, 0, -1]) > 1
+    plain = perturbed("causal", channels=3, hidden=8)
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    plain.calibrate([x])
+    assert all(torch.equal(before[k], v) for k, v in plain.state_dict().items())
+    assert "level_mean" not in before  # files of models without levels load as before
 
 
 def test_causal_model_is_trained_by_its_nll_and_refuses_bad_input():

@@ -129,6 +129,10 @@ class LosslessModel(nn.Module):
             return self.BITS_BACK_BATCH
         return max(1, (1 << 20) // max(1, image_values))
 
+    def calibrate(self, tiles: list[torch.Tensor]) -> None:
+        """Set data-dependent constants (normalisations) from the training tiles ([N, C, H, W], -1 where
+        missing) before a fit from scratch trains; a fine-tune keeps its start's. Default: none to set."""
+
     def training_sampler(self, tiles: list[torch.Tensor], generator: torch.Generator, pixels: int | None = None):
         """Where a family trains better from something else than random crops: an object whose `next()` gives
         what `loss` takes, drawn from the training `tiles` ([N, C, H, W], -1 where missing) with `generator`

@@ -58,16 +58,21 @@ class Causal(LosslessModel):
     # scene, 0.013 on Landsat 8 (the weights of a 20-minute fit rounded, validation regions)
     stored_precision = "int8"
 
-    def __init__(self, channels: int = 1, data_bits: int = 8, hidden: int = 16, mixtures: int = 3) -> None:
-        super().__init__(channels=channels, data_bits=data_bits, hidden=hidden, mixtures=mixtures)
+    def __init__(self, channels: int = 1, data_bits: int = 8, hidden: int = 16, mixtures: int = 3,
+                 levels: bool = False) -> None:
+        super().__init__(channels=channels, data_bits=data_bits, hidden=hidden, mixtures=mixtures, levels=levels)
         if not 1 <= data_bits <= 16:
             raise ValueError("causal models code 1- to 16-bit values")
         if channels < 1 or hidden < 1 or mixtures < 1:
             raise ValueError("causal models need channels, hidden and mixtures of at least 1")
         self.C, self.J, self.K = channels, mixtures, 1 << data_bits
+        self.levels = bool(levels)
+        if self.levels:  # each band's level feature is (local mean - level_mean) / level_scale (`calibrate`)
+            self.register_buffer("level_mean", torch.full((channels,), float(self.K // 2)))
+            self.register_buffer("level_scale", torch.full((channels,), float(max(1, self.K // 4))))
         self.nets = nn.ModuleList()
         for b in range(channels):
-            n_in = len(OWN) + b * (len(EARLIER) + DIFFS) + 1
+            n_in = self.n_inputs(b)
             head = nn.Linear(hidden, 3 * mixtures)
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
@@ -78,6 +83,26 @@ class Causal(LosslessModel):
         # components start spread around the local mean (identical components would stay identical)
         self.register_buffer("spread", torch.linspace(-0.5, 0.5, mixtures) if mixtures > 1 else torch.zeros(1),
                              persistent=False)
+
+    def n_inputs(self, b: int) -> int:
+        """Network inputs of band b: its own neighbours, the earlier bands' 3 x 3 and differences, the log
+        spread, and the level where the model has it."""
+        return len(OWN) + b * (len(EARLIER) + DIFFS) + 1 + int(self.levels)
+
+    def calibrate(self, tiles: list[torch.Tensor]) -> None:
+        """Set each band's level normalisation from training tiles ([N, C, H, W], -1 where missing): the mean
+        and standard deviation of its present values, rounded to float16 (as the model file stores them)."""
+        if not self.levels:
+            return
+        with torch.no_grad():
+            for b in range(self.C):
+                v = torch.cat([t[:, b].reshape(-1) for t in tiles]).double()
+                v = v[v >= 0]
+                if v.numel():
+                    self.level_mean[b] = float(v.mean())
+                    self.level_scale[b] = max(1.0, float(v.std())) if v.numel() > 1 else 1.0
+            self.level_mean.copy_(self.level_mean.half().float())
+            self.level_scale.copy_(self.level_scale.half().float())
 
     # ------------------------------------------------------------------ features
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,8 +150,11 @@ class Causal(LosslessModel):
         z = (torch.cat(parts, -1) - base.unsqueeze(-1)) / s
         if b:
             z = torch.cat([z, diffs / s], -1)
-        z = z.clamp(-50.0, 50.0)
-        return torch.cat([z, torch.log(spread).unsqueeze(-1)], -1), base, spread
+        parts = [z.clamp(-50.0, 50.0), torch.log(spread).unsqueeze(-1)]
+        if self.levels:  # the local mean's level: noise and texture depend on the signal (shot noise, saturation)
+            mean, scale = self.level_mean[b].double(), self.level_scale[b].double()
+            parts.append(((base - mean) / scale).clamp(-50.0, 50.0).unsqueeze(-1))
+        return torch.cat(parts, -1), base, spread
 
     @staticmethod
     def _near(x: torch.Tensor, b: int) -> torch.Tensor | None:
@@ -329,7 +357,7 @@ class PixelSample:
             raise ValueError("the training tiles hold no valid values")
         sizes = torch.tensor([x.shape[-2] * x.shape[-1] for x in images])
         total = int(sizes.sum())
-        per_pixel = sum(len(OWN) + b * (len(EARLIER) + DIFFS) + 1 for b in range(model.C))
+        per_pixel = sum(model.n_inputs(b) for b in range(model.C))
         keep = min(total, max(1, TRAIN_FLOATS // per_pixel))
         chosen = torch.randperm(total, generator=generator)[:keep].sort().values
         starts = torch.cumsum(sizes, 0) - sizes

@@ -105,6 +105,8 @@ def fit_task(spec: dict, samples: list[dict]) -> dict[str, Any]:
         os.replace(path + ".tmp", path)
         start = load_weights(path)
     model, how = start_model(profile, start, settings.seed, spec.get("size"))
+    if how == "from scratch":  # data-dependent normalisation (a fine-tuned model keeps its start's)
+        model.calibrate([torch.from_numpy(s["images"]).long() for s in train])
     sample = fingerprint([s["key"] for s in train + val], tiles)
     result = run_fit(model, [s["images"] for s in train], [s["images"] for s in val], settings, spec["run_dir"],
                      sample, resume=spec.get("resume", False), report=_progress(spec.get("topic")),
@@ -131,7 +133,9 @@ def fit_task(spec: dict, samples: list[dict]) -> dict[str, Any]:
               "steps": result.steps, "best_step": result.best_step, "seconds": round(result.seconds, 1),
               "settings": settings.as_dict(), "started": how, "start_model": spec.get("start_name"),
               "command": spec["command"], "precision": precision,
-              "history": result.history,
+              # the validation curve, rounded (the file travels with the data: 16-digit floats cost bytes)
+              "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()}
+                          for h in result.history],
               "torch": torch.__version__.split("+")[0]}
     fitted = os.path.join(spec["run_dir"], "fitted.pt")
     save_weights(result.model, fitted, {"fit": record}, precision=precision)
