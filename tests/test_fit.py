@@ -77,7 +77,8 @@ def test_fit_a_raster_no_shipped_model_saw_then_code_it_by_path_and_by_name(clus
     assert rec["steps"] == FAST["steps"] and len(rec["sample"]) == 64 and rec["validation_regions"] >= 1
     assert 0 < rec["validation_bpd"] < 8 and rec["classical_bpd"]["zstd"] > 0 and rec["classical_bpd"]["jpegxl"] > 0
     # the held-out regions are not trained on, and the best weights were kept: never worse than the start
-    assert rec["validation_bpd"] == pytest.approx(min(h["validation_bpd"] for h in rec["history"]), abs=1e-5)
+    # (the record keeps the best figure to 5 decimals, its validation curve to 4)
+    assert rec["validation_bpd"] == pytest.approx(min(h["validation_bpd"] for h in rec["history"]), abs=6e-5)
     assert load_user_models()["moon"].sha256 == result["sha256"]
     assert "moon" not in load_catalog().models  # never written into the shipped catalog
 
