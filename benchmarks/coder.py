@@ -39,6 +39,7 @@ from shardzip.coding import (  # noqa: E402
     discretized_gaussian,
     discretized_logistic,
     encode,
+    mixture_discretized_logistic,
     uniform,
 )
 
@@ -99,6 +100,31 @@ def float_nll(kind: str, x: np.ndarray, mean: np.ndarray, scale: np.ndarray, K: 
     return float(-np.log2(np.maximum(c_hi - c_lo, 1e-300)).sum())
 
 
+MIX = 3  # components of the mixture rows
+
+
+def mixture_pmf(means: np.ndarray, scales: np.ndarray, weights: np.ndarray, K: int) -> np.ndarray:
+    """Float pmf [n, K] of a mixture of discretized logistics (components on the last axis)."""
+    return sum(weights[:, j:j + 1] * pmf_table("logistic", means[:, j], scales[:, j], K) for j in range(means.shape[1]))
+
+
+def sample_mixture(n: int, K: int, rng: np.random.Generator):
+    """Per-symbol mixtures of MIX logistics (means near each other, as a model's are) and symbols drawn."""
+    centre = rng.uniform(0.1 * K, 0.9 * K, (n, 1))
+    means = centre + rng.normal(0.0, 6.0, (n, MIX))
+    scales = rng.uniform(1.5, 12.0, (n, MIX))
+    weights = rng.dirichlet(np.ones(MIX), n)
+    comp = (weights.cumsum(1) < rng.uniform(size=(n, 1))).sum(1).clip(0, MIX - 1)
+    u = rng.uniform(1e-9, 1 - 1e-9, n)
+    rows = np.arange(n)
+    x = np.clip(np.round(means[rows, comp] + scales[rows, comp] * np.log(u / (1 - u))), 0, K - 1).astype(np.int64)
+    nll = 0.0
+    for s in range(0, n, CHUNK):
+        pmf = mixture_pmf(means[s:s + CHUNK], scales[s:s + CHUNK], weights[s:s + CHUNK], K)
+        nll += float(-np.log2(np.maximum(pmf[np.arange(len(pmf)), x[s:s + CHUNK]], 1e-300)).sum())
+    return x, means, scales, weights, nll
+
+
 def sample(kind: str, n: int, K: int, rng: np.random.Generator):
     """Per-symbol means/scales spread over the alphabet and symbols drawn from them."""
     mean = rng.uniform(0.08 * K, 0.92 * K, n)
@@ -113,42 +139,54 @@ def sample(kind: str, n: int, K: int, rng: np.random.Generator):
 
 
 # ---------------------------------------------------------------- coders
-def run_shardzip(case: str, kind: str, x, mean, scale, K: int, repeats: int, nll: float, lanes=None) -> Row:
-    make = discretized_logistic if kind == "logistic" else discretized_gaussian
+def run_shardzip(case: str, kind: str, x, mean, scale, K: int, repeats: int, nll: float, lanes=None,
+                 weights=None) -> Row:
     xt, mt, st = torch.from_numpy(x), torch.from_numpy(mean), torch.from_numpy(scale)
-    warm = slice(0, 4096)  # untimed: TorchScript specializes its loops on their first calls
-    decode(encode(xt[warm], make(mt[warm], st[warm], alphabet_size=K), lanes=lanes or 64),
-           make(mt[warm], st[warm], alphabet_size=K))
-    data, t_enc = best_time(lambda: encode(xt, make(mt, st, alphabet_size=K), lanes=lanes), repeats)
-    y, t_dec = best_time(lambda: decode(data, make(mt, st, alphabet_size=K)), repeats)
+    if kind == "mixture":
+        wt = torch.from_numpy(weights)
+
+        def make(m, s, alphabet_size, rows=slice(None)):
+            return mixture_discretized_logistic(m, s, weights=wt[rows], alphabet_size=alphabet_size)
+    else:
+        def make(m, s, alphabet_size, rows=None):
+            return (discretized_logistic if kind == "logistic" else discretized_gaussian)(m, s, alphabet_size)
+    warm = slice(0, 4096)  # untimed: the loops load (or compile) on their first calls
+    decode(encode(xt[warm], make(mt[warm], st[warm], K, warm), lanes=lanes or 64), make(mt[warm], st[warm], K, warm))
+    data, t_enc = best_time(lambda: encode(xt, make(mt, st, K), lanes=lanes), repeats)
+    y, t_dec = best_time(lambda: decode(data, make(mt, st, K)), repeats)
     used_lanes = int(describe(data)["lanes"])
     return Row(case, "shardzip", len(x), used_lanes, len(x) / t_enc / 1e6, len(x) / t_dec / 1e6,
                8 * len(data) / len(x), nll / len(x), bool(torch.equal(y, xt)))
 
 
-def run_constriction_tables(case: str, kind: str, x, mean, scale, K: int, repeats: int, nll: float) -> list[Row]:
+def run_constriction_tables(case: str, kind: str, x, mean, scale, K: int, repeats: int, nll: float,
+                            weights=None) -> list[Row]:
     model = constriction.stream.model.Categorical(perfect=False)
     x32 = x.astype(np.int32)
     starts = list(range(0, len(x), CHUNK))
 
+    def table(s: int) -> np.ndarray:  # the float pmf of symbols s..s+CHUNK, as a model would hand it over
+        e = s + CHUNK
+        if kind == "mixture":
+            return mixture_pmf(mean[s:e], scale[s:e], weights[s:e], K)
+        return pmf_table(kind, mean[s:e], scale[s:e], K)
+
     def enc():
         coder = constriction.stream.stack.AnsCoder()
         for s in reversed(starts):
-            e = s + CHUNK
-            coder.encode_reverse(x32[s:e], model, pmf_table(kind, mean[s:e], scale[s:e], K))
+            coder.encode_reverse(x32[s:s + CHUNK], model, table(s))
         return coder.get_compressed()
 
     def dec(words):
         coder = constriction.stream.stack.AnsCoder(words)
-        return np.concatenate([coder.decode(model, pmf_table(kind, mean[s:s + CHUNK], scale[s:s + CHUNK], K))
-                               for s in starts])
+        return np.concatenate([coder.decode(model, table(s)) for s in starts])
 
     words, t_enc = best_time(enc, repeats)
     y, t_dec = best_time(lambda: dec(words), repeats)
     rows = [Row(case, "constriction Categorical", len(x), None, len(x) / t_enc / 1e6, len(x) / t_dec / 1e6,
                 32 * words.size / len(x), nll / len(x), bool(np.array_equal(y, x32)))]
     # the same coder with every table built beforehand: the coder alone, untimed table building
-    tables = [pmf_table(kind, mean[s:s + CHUNK], scale[s:s + CHUNK], K) for s in starts]
+    tables = [table(s) for s in starts]
 
     def enc_pre():
         coder = constriction.stream.stack.AnsCoder()
@@ -322,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(run_constriction_tables(case, kind, x, mean, scale, K, repeats, nll))
         if kind == "gaussian":
             rows.append(run_constriction_gaussian(case, x, mean, scale, K, repeats, nll))
+    case = f"mixture{MIX} K=256"
+    x, means, scales, weights, nll = sample_mixture(n, 256, rng)
+    rows.append(run_shardzip(case, "mixture", x, means, scales, 256, repeats, nll, weights=weights))
+    if constriction is not None:
+        rows.extend(run_constriction_tables(case, "mixture", x, means, scales, 256, repeats, nll, weights=weights))
     rows.extend(run_categorical(min(n, 200_000), 256, repeats, rng))
     print_table(rows)
     bb = bits_back_figure(lanes=64, rounds=50 if args.quick else 200, words_per_lane=2)

@@ -176,18 +176,29 @@ def lane_counts(draw, numel: int):
 
 
 class coder_mode:  # noqa: N801 - used like a function: `with coder_mode(scripted=False): ...`
-    """Context manager switching between the TorchScript and the eager coding loops."""
+    """Context manager choosing the coding loops: compiled (`native=True`), else TorchScript or eager torch."""
 
-    def __init__(self, scripted: bool) -> None:
+    def __init__(self, scripted: bool = True, native: bool = False) -> None:
         self.scripted = scripted
+        self.native = native
 
     def __enter__(self):
-        self.before = kernels.scripted.enabled
+        self.before = kernels.scripted.enabled, kernels.scripted.native
         kernels.scripted.enabled = self.scripted
+        kernels.scripted.native = self.native
         return self
 
     def __exit__(self, *exc) -> None:
-        kernels.scripted.enabled = self.before
+        kernels.scripted.enabled, kernels.scripted.native = self.before
+
+
+KERNELS = ("native", "scripted", "eager")  # every set of coding loops: all must write identical bytes
+
+
+def kernel_mode(name: str) -> coder_mode:
+    """coder_mode for one of KERNELS."""
+    return {"native": coder_mode(native=True), "scripted": coder_mode(scripted=True),
+            "eager": coder_mode(scripted=False)}[name]
 
 
 def encode_header_bits() -> int:

@@ -14,9 +14,10 @@ import inspect
 import re
 import struct
 
+import numpy as np
 import pytest
 import torch
-from conftest import KINDS, build_model, coder_mode, examples, full_cdf, min_precision, sample
+from conftest import KERNELS, KINDS, build_model, coder_mode, examples, full_cdf, kernel_mode, min_precision, sample
 from hypothesis import event, given
 from hypothesis import strategies as st
 from rans_reference import ReferenceMessage, ReferenceUnderflow
@@ -31,6 +32,7 @@ from shardzip.coding import (
     kernels,
     mixture_discretized_logistic,
     models,
+    native,
     tables,
     uniform,
 )
@@ -223,9 +225,9 @@ def _gamma_bits(value: int) -> str:
     return "0" * (value.bit_length() - 1) + format(value, "b")
 
 
-@pytest.mark.parametrize("scripted", [True, False])
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("n", [8, 16, 24, 28])
-def test_single_lane_coder_equals_a_pure_python_rans(n, scripted):
+def test_single_lane_coder_equals_a_pure_python_rans(n, kernel):
     """Words, final state and serialized tail of a one-lane message, re-derived with Python integers."""
     K = 100
     model = build_model("logistic", (400,), K, n, seed=n)
@@ -235,8 +237,10 @@ def test_single_lane_coder_equals_a_pure_python_rans(n, scripted):
     for s, f in zip(reversed(start.tolist()), reversed(freq.tolist()), strict=True):  # last row first
         cold_steps += state < LOWER
         state = _reference_push(state, s, f, n, words)
-    with coder_mode(scripted=scripted):
+    with kernel_mode(kernel):
         msg = Message(1)
+        msg.push(symbols, model)
+        assert torch.equal(msg.pop(model), symbols)
         msg.push(symbols, model)
     assert int(msg.state[0]) == state
     assert LOWER <= state < 2**63
@@ -254,7 +258,7 @@ def test_single_lane_coder_equals_a_pure_python_rans(n, scripted):
     assert 0 < cold_steps < 400
 
 
-def test_eager_and_scripted_kernels_compute_the_same_integers():
+def test_eager_scripted_and_compiled_push_loops_compute_the_same_integers():
     gen = torch.Generator().manual_seed(0)
     T, L, n = 50, 7, 16
     freq = torch.randint(1, 1 << (n - 2), (T, L), generator=gen)
@@ -265,6 +269,10 @@ def test_eager_and_scripted_kernels_compute_the_same_integers():
     b = kernels.push_loop(x0, start, freq, n, True)
     assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
     assert a[1].numel() > 0, "the data must be long enough to emit words"
+    x, words = x0.numpy().copy(), np.zeros(T * L, np.int64)
+    count, cold = native.push_loop(x, start.numpy(), freq.numpy(), n, True, words)
+    assert torch.equal(torch.from_numpy(x), a[0]) and torch.equal(torch.from_numpy(words[:count]), a[1])
+    assert torch.equal(torch.from_numpy(cold), a[2])
 
 
 # ------------------------------------------------------ whole messages against the reference
@@ -295,9 +303,9 @@ def message_programs(draw):
     return lanes, clean, steps
 
 
-@given(message_programs(), st.booleans())
+@given(message_programs(), st.sampled_from(KERNELS))
 @examples(150)
-def test_messages_equal_the_reference_through_pushes_pops_underflows_and_serialization(program, scripted):
+def test_messages_equal_the_reference_through_pushes_pops_underflows_and_serialization(program, kernel):
     """Every state, warm op, word and header field, and the verdict of every pop (symbols or
     MessageUnderflowError, leaving the message untouched), against `rans_reference`."""
     lanes, clean, steps = program
@@ -305,7 +313,7 @@ def test_messages_equal_the_reference_through_pushes_pops_underflows_and_seriali
     ref = ReferenceMessage.parse(msg.to_bytes())
     assert ref.always_warm == (clean is not None)
     pushed = []
-    with coder_mode(scripted=scripted):
+    with kernel_mode(kernel):
         for action, case in steps:
             if action == "undo" and pushed:  # pop the batch on top with its own model
                 model, symbols = pushed.pop()
@@ -343,3 +351,51 @@ def test_messages_equal_the_reference_through_pushes_pops_underflows_and_seriali
                     return
             assert msg.to_bytes() == ref.to_bytes(), (action, case)
             msg, _ = Message.from_bytes(msg.to_bytes())
+
+
+# ------------------------------------------------------ the compiled loops' own entry points
+_MEANS = st.one_of(st.floats(-3e5, 3e5), st.sampled_from([0.5, 1.5, -2.5, 2.0**-9, 2.0**13, 131071.75]),
+                   st.integers(-70000, 70000).map(lambda i: i / 256 + 1 / 512))  # ties of the fixed-point rounding
+_SCALES = st.one_of(st.floats(1e-6, 3e5), st.sampled_from([2.0**-11, 2.0**-8, 2.0**4, 2.0**12, 5000.0, 3.0]))
+
+
+@given(st.lists(st.tuples(_MEANS, _SCALES), min_size=1, max_size=40),
+       st.sampled_from([torch.float64, torch.float32]), st.sampled_from([models.K_.LOC_FRAC, models.BUCKET_FRAC]))
+@examples(80)
+def test_compiled_and_torch_quantization_of_locations_and_scales_agree(pairs, dtype, loc_frac):
+    mean = torch.tensor([m for m, _ in pairs], dtype=dtype)
+    scale = torch.tensor([s for _, s in pairs], dtype=dtype)
+    with kernel_mode("native"):
+        a = models._quantize_loc_scale(mean, scale, loc_frac)
+    with kernel_mode("scripted"):
+        b = models._quantize_loc_scale(mean, scale, loc_frac)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0, -1.0])
+def test_compiled_quantization_reports_bad_parameters_as_torch_does(bad):
+    mean = torch.tensor([3.0, 4.0])
+    with kernel_mode("native"), pytest.raises(models.ModelParameterError) as native_error:
+        discretized_logistic(mean, torch.tensor([1.0, bad]))
+    with kernel_mode("scripted"), pytest.raises(models.ModelParameterError) as torch_error:
+        discretized_logistic(mean, torch.tensor([1.0, bad]))
+    assert str(native_error.value) == str(torch_error.value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_compiled_start_and_frequency_equal_the_torch_cdf(kind):
+    model = build_model(kind, (300,), 300 if kind != "uniform" else 5, 24, seed=5)
+    symbols = sample(model, 6)
+    with kernel_mode("native"):
+        a = model.start_freq(symbols)
+    with kernel_mode("scripted"):
+        b = model.start_freq(symbols)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_compile_all_leaves_every_loop_compiled():
+    if not native.available():
+        pytest.skip("numba is not importable here: the torch loops code")
+    native.compile_all()
+    loops = [*native._POPS, *native._FREQS, native.push_loop, native._quantize]
+    assert all(len(f.signatures) >= 1 for f in loops)

@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 from conftest import (
+    KERNELS,
     KINDS,
     build_model,
-    coder_mode,
     coding_cases,
     encode_header_bits,
     examples,
+    kernel_mode,
     lane_counts,
     min_precision,
     same_coded_intervals,
@@ -76,19 +77,20 @@ def test_roundtrip_every_kind_shape_lane_count_and_precision(case, data):
 
 @given(coding_cases(max_numel=200), st.data())
 @examples(60)
-def test_eager_and_scripted_loops_write_identical_bytes(case, data):
+def test_every_kernel_writes_identical_bytes_and_decodes_the_others(case, data):
+    """The compiled, TorchScript and eager loops: the same bytes, and each decodes what the others wrote."""
     kind, shape, K, precision, seed = case
     model = build_model(kind, shape, K, precision, seed)
     symbols = sample(model, seed + 7)
     lanes = data.draw(lane_counts(model.numel), label="lanes")
-    with coder_mode(scripted=True):
-        scripted = encode(symbols, model, lanes=lanes)
-    with coder_mode(scripted=False):
-        eager = encode(symbols, model, lanes=lanes)
-        assert torch.equal(decode(scripted, model), symbols)
-    assert scripted == eager
-    with coder_mode(scripted=True):
-        assert torch.equal(decode(eager, model), symbols)
+    written = {}
+    for kernel in KERNELS:
+        with kernel_mode(kernel):
+            written[kernel] = encode(symbols, model, lanes=lanes)
+    assert written["native"] == written["scripted"] == written["eager"]
+    for kernel in KERNELS:
+        with kernel_mode(kernel):
+            assert torch.equal(decode(written[KERNELS[(KERNELS.index(kernel) + 1) % 3]], model), symbols)
 
 
 @given(coding_cases(max_numel=300))

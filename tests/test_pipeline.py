@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from conftest import free_port, package_file, start_moto_s3
 
@@ -114,6 +115,9 @@ def test_compress_decompress_mnist_bit_exact(cluster, mnist_src, tmp_path):
     # the worker plugin loaded the model once per worker, not once per task
     loads = client.run(lambda dask_worker: dask_worker.plugins["shardzip-models"].cache.loads)
     assert sorted(loads.values()) == [1, 1]
+    # and gave torch this machine's cores shared by the two 1-thread workers: neither oversubscribed nor idle
+    cores = len(os.sched_getaffinity(0))
+    assert set(client.run(torch.get_num_threads).values()) == {max(1, cores // 2)}
     assert len({r["worker"] for r in m["records"]}) >= 1 and all(r["device"] == "cpu" for r in m["records"])
     images, labels = m["arrays"]["images"], m["arrays"]["labels"]
     assert images["model"] == m["model"]["sha256"] and images["chunks"] == [6, 1, 28, 28]

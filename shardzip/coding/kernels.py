@@ -31,6 +31,7 @@ Model kinds (``kind`` argument) and their parameter lists ``p``:
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -270,12 +271,26 @@ def _try_script(fn):
 
 
 class _Scripted:
-    """Scripted versions of the loops, created on first use (scripting takes ~1 s)."""
+    """Which loops code: the compiled CPU loops (`shardzip.coding.native`, for CPU messages, where numba imports
+    and `native` is on), else the TorchScript loops (created on first use, scripting takes ~1 s), else the eager
+    ones. All write identical bytes. SHARDZIP_CODER=torch (or scripted/eager) turns the compiled loops off."""
 
     def __init__(self) -> None:
         self._push = None
         self._pop = None
-        self.enabled = True
+        choice = os.environ.get("SHARDZIP_CODER", "native").strip().lower()
+        if choice not in ("native", "torch", "scripted", "eager"):
+            raise ValueError(f"SHARDZIP_CODER={choice!r}: expected native, torch, scripted or eager")
+        self.enabled = choice != "eager"
+        self.native = choice == "native"
+
+    def use_native(self, device: torch.device) -> bool:
+        """Whether a message on `device` codes with the compiled loops."""
+        if not (self.native and device.type == "cpu"):
+            return False
+        from shardzip.coding import native
+
+        return native.available()
 
     @property
     def push_loop(self):

@@ -33,6 +33,7 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
 from shardzip.coding import kernels as K_
+from shardzip.coding import native
 from shardzip.coding.bitio import BitReader, BitWriter
 from shardzip.coding.models import EntropyModel, check_symbols
 from shardzip.errors import DecodeMismatchError, MessageFormatError, MessageUnderflowError, ModelParameterError
@@ -104,6 +105,9 @@ class Message:
         lanes = self.lanes
         full, rest = divmod(n, lanes)
         track = not self.always_warm and bool((self.warm < 0).any())
+        if K_.scripted.use_native(self.device):
+            self._push_native(start, freq, precision, full, rest, track)
+            return
         x, cold, words = self.state, torch.zeros_like(self.state), []
         if rest:  # the partial last row goes first (LIFO: it is popped last); lanes >= rest sit it out
             tail = slice(full * lanes, n)
@@ -126,6 +130,36 @@ class Message:
         self.ops += full + (1 if rest else 0)
         self._append(torch.cat(words) if len(words) > 1 else words[0])
 
+    def _push_native(self, start: torch.Tensor, freq: torch.Tensor, precision: int, full: int, rest: int,
+                     track: bool) -> None:
+        """`_push_coded` with the compiled loops: the same states, words and warm ops."""
+        lanes, n = self.lanes, start.numel()
+        x = self.state.numpy().copy()
+        st, fr = start.numpy(), freq.numpy()
+        self._reserve(self._top + n)  # at most one word per symbol
+        buf = self._stack.numpy()[self._top:]
+        cold = np.zeros(lanes, np.int64)
+        used = 0
+        if rest:  # the partial last row goes first (LIFO: it is popped last); lanes >= rest sit it out
+            if track:
+                cold[rest:] = x[rest:] < LOWER
+            w, cr = native.push_loop(x[:rest], st[full * lanes:n].reshape(1, rest), fr[full * lanes:n].reshape(1, rest),
+                                     precision, track, buf)
+            cold[:rest] += cr
+            used += w
+        if full:
+            w, cf = native.push_loop(x, st[:full * lanes].reshape(full, lanes), fr[:full * lanes].reshape(full, lanes),
+                                     precision, track, buf[used:])
+            cold += cf
+            used += w
+        state = torch.from_numpy(x)
+        if track:
+            turned = (self.warm < 0) & (state >= LOWER)
+            self.warm = torch.where(turned, self.ops + torch.from_numpy(cold), self.warm)
+        self.state = state
+        self.ops += full + (1 if rest else 0)
+        self._top += used
+
     def _check_device(self, model: EntropyModel) -> None:
         if model.device != self.device:
             raise ModelParameterError(f"model lives on {model.device} but the message on {self.device}")
@@ -145,10 +179,52 @@ class Message:
                 f"popping {n} symbols needs {steps} steps but the message holds only {self.ops};"
                 " for bits-back coding start the message with clean bits (Message.with_clean_bits)"
             )
-        params = model.flat_params()
-        guess = model.guess_params()
         warm_from = torch.full_like(self.warm, _ALWAYS) if self.always_warm else \
             torch.where(self.warm >= 0, self.warm, _COLD)
+        if K_.scripted.use_native(self.device):
+            x, top, bad, out = self._pop_native(model, warm_from, full, rest)
+        else:
+            x, top, bad, out = self._pop_torch(model, warm_from, full, rest)
+        if bad or top < 0:
+            raise MessageUnderflowError(
+                "a pop needed more bits than the message holds: for bits-back start the message with enough clean"
+                " bits (Message.with_clean_bits); otherwise the message is corrupt or decoded with other models,"
+                " shapes or order than it was encoded with"
+            )
+        self.state = x
+        self._top = top
+        self.ops -= steps
+        if not self.always_warm:
+            self.warm = torch.where(self.warm > self.ops, -1, self.warm)
+        return out.reshape(model.shape)
+
+    def _pop_native(self, model: EntropyModel, warm_from: torch.Tensor, full: int, rest: int):
+        """The pop's rows with the compiled loops: (states, stack top, impossible events, symbols)."""
+        n, lanes = model.numel, self.lanes
+        p0, p1, p2 = native.as_rows(model.flat_params(), n, model.kind, model.alphabet_size)
+        edges = np.ascontiguousarray(model.edges_tensor().numpy())
+        tab = model.table_tensor().numpy()
+        offset = 0.5 if model.edges is None else 0.0
+        x = self.state.numpy().copy()
+        stack = self._stack.numpy() if self._top > 0 else self._stack.numpy()[:1]
+        wf = warm_from.numpy()
+        out = np.empty(n, np.int64)
+        top, bad = self._top, 0
+        for rows, width, lo in ((full, lanes, 0), (1 if rest else 0, rest, full * lanes)):
+            if rows == 0:
+                continue
+            top, flags = native.pop_loop(x[:width], stack, top, model.kind, p0, p1, p2, lo, edges, tab,
+                                         model.alphabet_size, model.precision, model.loc_frac, model.guess_id, offset,
+                                         wf[:width], self.ops - (0 if lo == 0 else full), rows,
+                                         out[lo:lo + rows * width].reshape(rows, width))
+            top, bad = int(top), bad + int(flags)
+        return torch.from_numpy(x), top, bad, torch.from_numpy(out)
+
+    def _pop_torch(self, model: EntropyModel, warm_from: torch.Tensor, full: int, rest: int):
+        """The pop's rows with the torch loops (any device): (states, stack top, impossible events, symbols)."""
+        lanes = self.lanes
+        params = model.flat_params()
+        guess = model.guess_params()
         stack = self._stack if self._top > 0 else self._stack[:1]
         common = (model.kind, model.edges_tensor(), model.table_tensor(), model.alphabet_size, model.precision,
                   model.loc_frac, model.guess_id)
@@ -169,25 +245,18 @@ class Message:
             x = xs if width == lanes else torch.cat([xs, x[width:]])
             top, bad = int(ptr[0]), bad + int(flags[0])
             outs.append(out.reshape(-1))
-        if bad or top < 0:
-            raise MessageUnderflowError(
-                "a pop needed more bits than the message holds: for bits-back start the message with enough clean"
-                " bits (Message.with_clean_bits); otherwise the message is corrupt or decoded with other models,"
-                " shapes or order than it was encoded with"
-            )
-        self.state = x
-        self._top = top
-        self.ops -= steps
-        if not self.always_warm:
-            self.warm = torch.where(self.warm > self.ops, -1, self.warm)
-        return torch.cat(outs).reshape(model.shape)
+        return x, top, bad, torch.cat(outs)
 
-    def _append(self, words: torch.Tensor) -> None:
-        need = self._top + words.numel()
+    def _reserve(self, need: int) -> None:
+        """Grow the word stack to hold at least `need` words."""
         if need > self._stack.numel():
             grown = torch.zeros(max(need, 2 * self._stack.numel()), dtype=torch.int64, device=self.device)
             grown[: self._top] = self._stack[: self._top]
             self._stack = grown
+
+    def _append(self, words: torch.Tensor) -> None:
+        need = self._top + words.numel()
+        self._reserve(need)
         self._stack[self._top:need] = words
         self._top = need
 

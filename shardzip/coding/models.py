@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 from shardzip.coding import kernels as K_
@@ -104,6 +105,15 @@ class EntropyModel:
 
     def start_freq_flat(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(start, frequency) of already checked flat int64 symbols."""
+        if K_.scripted.use_native(self.device) and flat.numel():
+            from shardzip.coding import native
+
+            p0, p1, p2 = native.as_rows(self.flat_params(), self.numel, self.kind, self.alphabet_size)
+            start, freq = native.start_freq(self.kind, np.ascontiguousarray(flat.numpy()), p0, p1, p2,
+                                            np.ascontiguousarray(self.edges_tensor().numpy()),
+                                            self.table_tensor().numpy(), self.alphabet_size, self.precision,
+                                            self.loc_frac)
+            return torch.from_numpy(start), torch.from_numpy(freq)
         p, e, tab = self.flat_params(), self.edges_tensor(), self.table_tensor()
         args = (self.alphabet_size, self.precision, self.loc_frac)
         start = K_.cdf(self.kind, flat, p, e, tab, *args)
@@ -231,12 +241,21 @@ def categorical(probs: torch.Tensor | None = None, logits: torch.Tensor | None =
 
 
 def _quantize_loc_scale(mean, scale, loc_frac: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lo, hi = _SCALE_RANGE[loc_frac]
+    limit = _LOC_LIMIT[loc_frac]
+    if (isinstance(mean, torch.Tensor) and isinstance(scale, torch.Tensor) and mean.shape == scale.shape
+            and mean.device.type == "cpu" and scale.device.type == "cpu" and K_.scripted.use_native(mean.device)):
+        from shardzip.coding import native  # one compiled pass, the same integers (tested)
+
+        with torch.no_grad():
+            found = native.quantize_loc_scale(mean.detach().to(torch.float64).numpy(),
+                                              scale.detach().to(torch.float64).numpy(), loc_frac, lo, hi, limit)
+        if found is not None:
+            return torch.from_numpy(found[0]), torch.from_numpy(found[1])
     mean = _finite64("mean", mean, None)
     scale = _finite64("scale", scale, mean.device)
     if scale.numel() and bool((scale <= 0).any()):
         raise ModelParameterError("scale must be positive")
-    lo, hi = _SCALE_RANGE[loc_frac]
-    limit = _LOC_LIMIT[loc_frac]
     mean, scale = torch.broadcast_tensors(mean.clamp(-limit, limit), scale.clamp(lo, hi))
     loc_q = torch.round(mean * (1 << loc_frac)).long()
     inv_q = torch.round((1 << K_.INV_SCALE_FRAC) / scale).long()

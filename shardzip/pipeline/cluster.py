@@ -158,5 +158,14 @@ def workers_info(client) -> dict[str, dict]:
     return dict(client.scheduler_info(n_workers=-1)["workers"])  # clients without an RPC handle (test fakes)
 
 
+def host_threads(client) -> dict[str, int]:
+    """Host -> the task threads of all workers on it: what `ModelPlugin` divides a machine's cores by."""
+    out: dict[str, int] = {}
+    for address, info in workers_info(client).items():
+        host = info.get("host") or address.split("://")[-1].rsplit(":", 1)[0]
+        out[host] = out.get(host, 0) + int(info.get("nthreads") or 1)
+    return out
+
+
 def n_workers(client) -> int:
     return len(workers_info(client))

@@ -41,7 +41,7 @@ from shardzip.format.store import (
 )
 from shardzip.format.weights import install_weights, is_shipped, numerics_profile, portable, profile_numerics
 from shardzip.numerics import EXACT
-from shardzip.pipeline.cluster import AUTO, format_resources
+from shardzip.pipeline.cluster import AUTO, format_resources, host_threads
 from shardzip.pipeline.plan import (
     CHUNK_BYTES,
     SHARD_CHUNKS,
@@ -334,7 +334,7 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         if job is None and auto:
             log(f"auto: scoring {len(cands)} model(s) ({', '.join(c.name for c in cands)}) on sample chunks of each "
                 "array, next to the classical codecs")
-            client.register_plugin(ModelPlugin(device=device, weights={
+            client.register_plugin(ModelPlugin(host_threads=host_threads(client), device=device, weights={
                 c.sha256: c.checkpoint.read_bytes() for c in cands if not is_shipped(c.sha256)}),
                 name="shardzip-models")
             plans = choose_plans(client, arrays, cands, src_url, src_paths, storage_options, chunk_bytes,
@@ -401,7 +401,8 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         total = len(specs) + len(done)
         if resume:
             log(f"resume: {len(done)} of {total} shards already committed; computing {len(specs)}")
-        client.register_plugin(ModelPlugin(preload=tuple(sorted({p.model for p in plans if p.model})), device=device,
+        client.register_plugin(ModelPlugin(host_threads=host_threads(client),
+                                           preload=tuple(sorted({p.model for p in plans if p.model})), device=device,
                                            store=(dst, storage_options)), name="shardzip-models")
         bar = _Progress(total, len(done), progress, "compress")
         t0 = time.perf_counter()
@@ -536,7 +537,8 @@ def _run_on_store(loc: Location, manifest: dict, fn, specs: list[dict], schedule
         _wait_for_workers(client)
         profile = manifest["profile"]  # exact numerics decode on any device kind; float ones on the store's
         resources, device = placement(client, resources, None if portable(profile) else profile["device"])
-        client.register_plugin(ModelPlugin(preload=shas, device=device, store=(loc.url, loc.options)),
+        client.register_plugin(ModelPlugin(host_threads=host_threads(client), preload=shas, device=device,
+                                           store=(loc.url, loc.options)),
                                name="shardzip-models")
         bar = _Progress(len(specs), 0, progress, what)
         try:

@@ -29,13 +29,15 @@ class ModelPlugin(WorkerPlugin):
 
     def __init__(self, preload: tuple[str, ...] = (), weights_dirs: tuple[str, ...] = (),
                  torch_threads: int | None = None, device: str = "cpu",
-                 store: tuple[str, dict | None] | None = None, weights: dict[str, bytes] | None = None) -> None:
+                 store: tuple[str, dict | None] | None = None, weights: dict[str, bytes] | None = None,
+                 host_threads: dict[str, int] | None = None) -> None:
         self.device_kind = device
         self.store = store  # (url, storage options) of a store holding the weights, fetched if not found
         self.weights = dict(weights or {})  # sha256 -> checkpoint bytes of models workers may not have
         self.preload = tuple(preload)
         self.weights_dirs = tuple(weights_dirs)
         self.torch_threads = torch_threads
+        self.host_threads = dict(host_threads or {})  # host -> task threads of all workers on it (client's view)
         self.cache: ModelCache | None = None  # made on the worker (a lock does not pickle)
         self.device = torch.device("cpu")
 
@@ -46,8 +48,9 @@ class ModelPlugin(WorkerPlugin):
             register_weights_dir(d)
         self.device = torch.device(self.device_kind)
         self.cache = ModelCache()
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
+        threads = self.torch_threads or worker_torch_threads(worker, self.host_threads)
+        if threads:
+            torch.set_num_threads(threads)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             self.error = f"worker {getattr(worker, 'address', '?')} advertises a GPU but torch sees no CUDA device"
             return
@@ -74,6 +77,25 @@ class ModelPlugin(WorkerPlugin):
         if self.cache is None:
             self.cache = ModelCache()
         return self.cache.get(sha256, self.device)
+
+
+def worker_torch_threads(worker, host_threads: dict[str, int]) -> int | None:
+    """torch threads for a worker's tasks: this machine's cores shared among the task threads of every worker on
+    it (so two 1-thread workers on 2 cores run torch on 1 thread each, not 2 each), at least 1; None outside a
+    worker. Float-numerics containers record the count they were coded with, exact ones need none."""
+    if worker is None:
+        return None
+    import os
+
+    from distributed.comm import get_address_host
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    nthreads = getattr(getattr(worker, "state", None), "nthreads", None) or getattr(worker, "nthreads", 1) or 1
+    try:
+        sharing = host_threads.get(get_address_host(worker.address), nthreads)
+    except (AttributeError, ValueError, TypeError):
+        sharing = nthreads
+    return max(1, cores // max(1, sharing, nthreads))
 
 
 def worker_model(sha256: str):
