@@ -399,3 +399,24 @@ def test_compile_all_leaves_every_loop_compiled():
     native.compile_all()
     loops = [*native._POPS, *native._FREQS, native.push_loop, native._quantize]
     assert all(len(f.signatures) >= 1 for f in loops)
+
+
+@given(st.integers(1, 12), st.integers(2, 300), st.booleans(), st.integers(0, 2**32 - 1),
+       st.sampled_from([8, 16, 24, 28]))
+@examples(60)
+def test_compiled_and_torch_categorical_weights_agree(rows, K, from_probs, seed, precision):
+    gen = torch.Generator().manual_seed(seed)
+    if from_probs:  # peaked, flat, all-zero rows and exact ties
+        values = torch.rand((rows, K), generator=gen, dtype=torch.float64) ** 8
+        values[0] = 0.0
+        values[-1] = torch.round(values[-1] * 4) / 4
+    else:
+        values = torch.randn((rows, K), generator=gen, dtype=torch.float64) * 30
+        values[-1] = torch.round(values[-1] * 2048) / 2048 + 1 / 2048  # ties of the 2**-10 rounding
+    precision = max(precision, min_precision(K))
+    kw = {"probs": values} if from_probs else {"logits": values}
+    with kernel_mode("native"):
+        a = categorical(precision=precision, **kw)
+    with kernel_mode("scripted"):
+        b = categorical(precision=precision, **kw)
+    assert torch.equal(a.params[0], b.params[0])

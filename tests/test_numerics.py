@@ -422,3 +422,28 @@ def test_the_cross_check_catches_what_exact_1_numerics_do_on_another_cpu_vendor(
     out = cross_decode.cross_decode(["msp-radar"], ["cpu/best", "cpu/othersqrt"], "1", numerics="exact-1",
                                     work=tmp_path, log=lambda *_: None)
     assert not out["ok"] and not out["same_bytes"]
+
+
+def test_compiled_float32_sigmoid_equals_the_torch_steps_bit_for_bit():
+    """shardzip.numerics.compiled.sigmoid32 against elementary.sigmoid's torch operations: every scale a network
+    produces, random bit patterns (subnormals, huge values) and the edges of exp's clamp, as bits."""
+    from conftest import kernel_mode
+
+    from shardzip.numerics import compiled
+    from shardzip.numerics import elementary as E
+
+    if not compiled.available():
+        pytest.skip("numba is not importable here: elementary's torch steps run")
+    rng = np.random.default_rng(7)
+    special = np.array([0.0, -0.0, 1e-45, -1e-45, 1.2e-38, -87.0, -87.00001, -86.99999, 87.0, 88.0, 88.1, -88.1,
+                        1e30, -1e30, np.inf, -np.inf, 0.5, -0.5, 16.0, -16.0], np.float32)
+    patterns = rng.integers(0, 2**32, 400_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = np.concatenate([special, patterns[np.isfinite(patterns)]]
+                       + [(rng.standard_normal(200_000) * s).astype(np.float32) for s in (0.05, 1.0, 8.0, 60.0)])
+    with kernel_mode("scripted"):
+        want = E.sigmoid(torch.from_numpy(x)).numpy()
+    with kernel_mode("native"):
+        got = E.sigmoid(torch.from_numpy(x)).numpy()
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    nan = compiled.sigmoid32(np.array([np.nan], np.float32))
+    assert np.isnan(nan).all()

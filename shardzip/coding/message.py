@@ -445,7 +445,7 @@ def encode(symbols: torch.Tensor, model: EntropyModel, lanes: int | None = None)
     flat = check_symbols(symbols, model)
     start, freq = model.start_freq_flat(flat)
     n = freq.numel()
-    info = model.precision - freq.double().log2()
+    info = freq.double().log2_().neg_().add_(model.precision)  # precision - log2 f, bit for bit, in place
     total = float(info.sum()) if n else 0.0
     if lanes is None:
         lanes = default_lanes(n, total, BOOTSTRAPPED_LANE_BITS)
@@ -469,9 +469,16 @@ def encode(symbols: torch.Tensor, model: EntropyModel, lanes: int | None = None)
 def _prefix_length(info: torch.Tensor, lanes: int) -> int:
     """Symbols whose cold-coded message roughly fills the lanes' 62-bit initial states."""
     seed_lanes = max(1, lanes // PREFIX_LANE_RATIO)
-    need = lanes * PAYLOAD_BITS - seed_lanes * LANE_OVERHEAD_BITS - 8 * (_HEADER.size + _CRC.size)
-    cumulative = torch.cumsum(info, 0)
-    return int(torch.searchsorted(cumulative, torch.tensor([float(max(need, 1))], dtype=cumulative.dtype))[0]) + 1
+    need = torch.tensor([float(max(lanes * PAYLOAD_BITS - seed_lanes * LANE_OVERHEAD_BITS
+                                   - 8 * (_HEADER.size + _CRC.size), 1))], dtype=info.dtype, device=info.device)
+    # the running sum of a growing head of `info` (the same sequential sums as over all of it): the prefix is
+    # a few thousand symbols, the batch may be millions
+    size = 1 << 14
+    while True:
+        cumulative = torch.cumsum(info[:size], 0)
+        if size >= info.numel() or bool(cumulative[-1] >= need[0]):
+            return int(torch.searchsorted(cumulative, need)[0]) + 1
+        size *= 4
 
 
 def _container(count: int, crc: int):

@@ -216,9 +216,18 @@ def categorical(probs: torch.Tensor | None = None, logits: torch.Tensor | None =
     precision = precision or default_precision(K)
     _check_common(K, precision)
     rows = source.reshape(-1, K)
+    shift = max(0, TABLE_BITS + (K - 1).bit_length() + precision - 62)
+    if rows.device.type == "cpu" and K_.scripted.use_native(rows.device):
+        from shardzip.coding import native  # one compiled pass per row, the same integers (tested)
+
+        with torch.no_grad():
+            found = native.categorical_weights(rows.detach().to(torch.float64).numpy(), probs is not None, shift,
+                                               float(ONE), EXP_FRAC, table("exp_neg", rows.device).numpy())
+        if found is not None:
+            return EntropyModel(K_.TABLE, K, precision, tuple(source.shape[:-1]),
+                                (torch.from_numpy(found).reshape(source.shape[:-1] + (K + 1,)),), device=rows.device)
     cum = torch.empty((rows.shape[0], K + 1), dtype=torch.int64, device=rows.device)
     cum[:, 0] = 0
-    shift = max(0, TABLE_BITS + (K - 1).bit_length() + precision - 62)
     step = max(1, _CHUNK_ENTRIES // K)
     for lo in range(0, rows.shape[0], step):
         chunk = rows[lo:lo + step].to(torch.float64)

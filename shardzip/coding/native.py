@@ -375,6 +375,52 @@ def quantize_loc_scale(mean: np.ndarray, scale: np.ndarray, loc_frac: int, lo: f
     return loc_q.reshape(mean.shape), inv_q.reshape(mean.shape)
 
 
+@_njit
+def _categorical(rows, from_probs, shift, one, exp_frac, exp_neg, cum):
+    """models.categorical's cumulative weights, a row at a time; False where a value is not finite (or, for
+    probabilities, negative; for logits, beyond 2**50): the caller then takes the torch path, which reports
+    it."""
+    n, K = rows.shape
+    last = exp_neg.shape[0] - 1
+    scale = float(np.int64(1) << exp_frac)
+    for i in range(n):
+        peak = -np.inf
+        for k in range(K):
+            v = rows[i, k]
+            if not math.isfinite(v) or (from_probs and v < 0.0) or (not from_probs and abs(v) > 2.0**50):
+                return False  # (logits beyond 2**50: the torch path's conversions decide, as they always did)
+            if v > peak:
+                peak = v
+        acc = np.int64(0)
+        cum[i, 0] = 0
+        if from_probs:
+            mult = one / (peak if peak > 0.0 else 1.0)
+            for k in range(K):
+                acc += np.int64(np.rint(rows[i, k] * mult)) >> shift
+                cum[i, k + 1] = acc
+        else:
+            qmax = np.int64(np.rint(peak * scale))
+            for k in range(K):
+                d = qmax - np.int64(np.rint(rows[i, k] * scale))
+                acc += exp_neg[d if d < last else last] >> shift
+                cum[i, k + 1] = acc
+        if acc == 0:  # no mass at all: uniform
+            for k in range(K + 1):
+                cum[i, k] = k
+    return True
+
+
+def categorical_weights(rows: np.ndarray, from_probs: bool, shift: int, one: int, exp_frac: int,
+                        exp_neg: np.ndarray) -> np.ndarray | None:
+    """Cumulative integer weights [N, K + 1] of float64 rows [N, K] (probabilities or logits), as
+    models.categorical computes them; None where a value is not finite or a probability negative."""
+    rows = np.ascontiguousarray(rows, dtype=np.float64)
+    cum = np.empty((rows.shape[0], rows.shape[1] + 1), np.int64)
+    if not _categorical(rows, from_probs, shift, one, exp_frac, exp_neg, cum):
+        return None
+    return cum
+
+
 # One compiled loop per model kind, the kind a constant in each: with the kind a run-time value the inlined
 # searches of all four kinds kept the loop from being optimised (measured: 68 ns against 8 ns per uniform symbol).
 @_njit
@@ -445,8 +491,14 @@ def compile_all() -> float:
         _FREQS[kind](np.zeros(0, np.int64), i2, i2, i2, i1, i1, 2, 8, 8, i1, i1)
     push_loop(i1, np.zeros((0, 1), np.int64), np.zeros((0, 1), np.int64), 8, True, i1)
     _quantize(np.zeros(0), np.zeros(0), 8, 1.0, 2.0, 3.0, i1, i1)
+    for from_probs in (True, False):
+        _categorical(np.zeros((0, 2)), from_probs, 0, float(1 << 30), 10, i1, i2)
+    from shardzip.numerics import compiled
+
+    compiled.compile_all()
     return time.perf_counter() - t0
 
 
-__all__ = ["available", "as_rows", "compile_all", "pop_loop", "push_loop", "quantize_loc_scale", "start_freq"]
+__all__ = ["available", "as_rows", "categorical_weights", "compile_all", "pop_loop", "push_loop", "quantize_loc_scale",
+           "start_freq"]
 

@@ -268,11 +268,27 @@ def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     return m * a + (1.0 - m) * b
 
 
+def _compiled_min() -> int:
+    from shardzip.numerics.compiled import MIN_ELEMENTS
+
+    return MIN_ELEMENTS
+
+
+def _compiled_on() -> bool:
+    from shardzip.coding.kernels import scripted
+
+    return scripted.use_native(torch.device("cpu"))
+
+
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
     """1 / (1 + e**-x), from e = e**-|x| (no overflow): 1/(1+e) for x >= 0, e/(1+e) below; in x's precision
     (float32 or float64)."""
     if x.dtype != torch.float32:
         x = x.double()
+    elif x.device.type == "cpu" and not x.requires_grad and x.numel() >= _compiled_min() and _compiled_on():
+        from shardzip.numerics.compiled import sigmoid32  # the same bits, one compiled pass (tested)
+
+        return torch.from_numpy(sigmoid32(x.detach().contiguous().numpy()))
     e = exp(-x.abs())
     inv = 1.0 / (e + 1.0)
     return _select(x < 0, e * inv, inv)
