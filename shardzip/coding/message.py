@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import struct
+import sys
 import zlib
 
 import numpy as np
@@ -248,9 +249,9 @@ class Message:
         return x, top, bad, torch.cat(outs)
 
     def _reserve(self, need: int) -> None:
-        """Grow the word stack to hold at least `need` words."""
+        """Grow the word stack to hold at least `need` words (what lies beyond the top is never read)."""
         if need > self._stack.numel():
-            grown = torch.zeros(max(need, 2 * self._stack.numel()), dtype=torch.int64, device=self.device)
+            grown = torch.empty(max(need, 2 * self._stack.numel()), dtype=torch.int64, device=self.device)
             grown[: self._top] = self._stack[: self._top]
             self._stack = grown
 
@@ -327,11 +328,13 @@ class Message:
             if x >= LOWER and not self.always_warm:
                 writer.write_gamma(w + 1)
         tail = writer.getvalue()
-        words = self._stack[: self._top].cpu().numpy().astype("<u4").tobytes()
+        stack = self._stack[: self._top].cpu().numpy()
+        # each word is the low 32 bits of an int64: on a little-endian machine the first half of its 8 bytes
+        words = stack.view("<u4")[::2].tobytes() if sys.byteorder == "little" else stack.astype("<u4").tobytes()
         flags = ALWAYS_WARM if self.always_warm else 0
         head = _HEADER.pack(MAGIC, VERSION, flags, self.lanes, self.ops, self._top, len(tail))
-        body = head + tail + words
-        return body + _CRC.pack(zlib.crc32(body))
+        crc = zlib.crc32(words, zlib.crc32(tail, zlib.crc32(head)))  # = crc32(head + tail + words), no copy
+        return b"".join((head, tail, words, _CRC.pack(crc)))
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview, device: torch.device | str = "cpu") -> tuple[Message, int]:
@@ -428,7 +431,8 @@ def _bytes_to_payload(data: bytes, lanes: int) -> torch.Tensor:
 
 def symbols_crc(flat: torch.Tensor) -> int:
     """CRC32 of symbols as little-endian int64: what decode verifies its output against."""
-    return zlib.crc32(flat.reshape(-1).to(torch.int64).cpu().numpy().astype("<i8").tobytes())
+    values = np.ascontiguousarray(flat.reshape(-1).to(torch.int64).cpu().numpy())
+    return zlib.crc32(values if sys.byteorder == "little" else values.astype("<i8").tobytes())  # little-endian int64s
 
 
 def encode(symbols: torch.Tensor, model: EntropyModel, lanes: int | None = None) -> bytes:
@@ -463,7 +467,7 @@ def encode(symbols: torch.Tensor, model: EntropyModel, lanes: int | None = None)
     capacity = lanes * PAYLOAD_BITS // 8
     main = Message.warm_started(_bytes_to_payload(seed_bytes[:capacity], lanes), model.device)
     main._push_coded(start[prefix:], freq[prefix:], model.precision)
-    return head(BOOTSTRAPPED, prefix) + main.to_bytes() + seed_bytes[capacity:]
+    return b"".join((head(BOOTSTRAPPED, prefix), main.to_bytes(), seed_bytes[capacity:]))
 
 
 def _prefix_length(info: torch.Tensor, lanes: int) -> int:
