@@ -61,6 +61,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/coder.py
+	$(PY) benchmarks/codec.py
 
 # End-to-end MB/s and bpd of the pipeline with 1 and 2 workers next to a Dask zstd rewrite.
 bench-pipeline: data
