@@ -81,7 +81,8 @@ def run(src: str, model: str, workers: list[int], shard_chunks: int, classical: 
                 rows.append({"workers": n, "shardzip_c": raw / tc / 1e6, "shardzip_d": raw / td / 1e6,
                              "shardzip_bpd": bits / dims, "zstd_c": raw / zw / 1e6, "zstd_d": raw / zr / 1e6,
                              "zstd_bpd": 8 * zbytes / dims,
-                             "model_chunks": sum(a["chunks_by_method"]["model"] for a in m["arrays"].values()),
+                             "model_chunks": sum(a["chunks_by_method"].get(k, 0) for a in m["arrays"].values()
+                                                 for k in ("model", "masked-model")),
                              "chunks": sum(sum(a["chunks_by_method"].values()) for a in m["arrays"].values())})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
