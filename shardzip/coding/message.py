@@ -202,9 +202,7 @@ class Message:
     def _pop_native(self, model: EntropyModel, warm_from: torch.Tensor, full: int, rest: int):
         """The pop's rows with the compiled loops: (states, stack top, impossible events, symbols)."""
         n, lanes = model.numel, self.lanes
-        p0, p1, p2 = native.as_rows(model.flat_params(), n, model.kind, model.alphabet_size)
-        edges = np.ascontiguousarray(model.edges_tensor().numpy())
-        tab = model.table_tensor().numpy()
+        p0, p1, p2, edges, tab = native.model_arrays(model)
         offset = 0.5 if model.edges is None else 0.0
         x = self.state.numpy().copy()
         stack = self._stack.numpy() if self._top > 0 else self._stack.numpy()[:1]

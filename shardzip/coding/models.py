@@ -108,10 +108,8 @@ class EntropyModel:
         if K_.scripted.use_native(self.device) and flat.numel():
             from shardzip.coding import native
 
-            p0, p1, p2 = native.as_rows(self.flat_params(), self.numel, self.kind, self.alphabet_size)
-            start, freq = native.start_freq(self.kind, np.ascontiguousarray(flat.numpy()), p0, p1, p2,
-                                            np.ascontiguousarray(self.edges_tensor().numpy()),
-                                            self.table_tensor().numpy(), self.alphabet_size, self.precision,
+            start, freq = native.start_freq(self.kind, np.ascontiguousarray(flat.numpy()),
+                                            *native.model_arrays(self), self.alphabet_size, self.precision,
                                             self.loc_frac)
             return torch.from_numpy(start), torch.from_numpy(freq)
         p, e, tab = self.flat_params(), self.edges_tensor(), self.table_tensor()
@@ -217,7 +215,7 @@ def categorical(probs: torch.Tensor | None = None, logits: torch.Tensor | None =
     _check_common(K, precision)
     rows = source.reshape(-1, K)
     shift = max(0, TABLE_BITS + (K - 1).bit_length() + precision - 62)
-    if rows.device.type == "cpu" and K_.scripted.use_native(rows.device):
+    if K_.scripted.use_native(rows.device):
         from shardzip.coding import native  # one compiled pass per row, the same integers (tested)
 
         with torch.no_grad():
@@ -253,7 +251,7 @@ def _quantize_loc_scale(mean, scale, loc_frac: int) -> tuple[torch.Tensor, torch
     lo, hi = _SCALE_RANGE[loc_frac]
     limit = _LOC_LIMIT[loc_frac]
     if (isinstance(mean, torch.Tensor) and isinstance(scale, torch.Tensor) and mean.shape == scale.shape
-            and mean.device.type == "cpu" and scale.device.type == "cpu" and K_.scripted.use_native(mean.device)):
+            and mean.device == scale.device and K_.scripted.use_native(mean.device)):
         from shardzip.coding import native  # one compiled pass, the same integers (tested)
 
         with torch.no_grad():

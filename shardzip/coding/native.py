@@ -428,18 +428,15 @@ def pop_loop(x, words, top, kind, p0, p1, p2, row0, edges, tab, K, n, loc_frac, 
                        ops_before, steps, out)
 
 
-def as_rows(params, numel: int, kind: int, alphabet_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The flat parameters of an entropy model (numpy views where possible) as the loops' three 2-D arrays."""
-    empty = np.zeros((0, 0), np.int64)
+def model_arrays(model) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What the loops take from a CPU entropy model: its parameters as three 2-D int64 arrays (locations,
+    inverse scales and mixture weights [N, J] with J = 1 for one location-scale; categorical cumulative weights
+    [N, K + 1]; unused ones [0, 0]), its bin edges and its CDF table (numpy views where possible)."""
+    numel = model.numel
     arrays = [np.ascontiguousarray(p.numpy()).reshape(numel, -1) if numel else np.zeros((0, 1), np.int64)
-              for p in params]
-    if kind == 0:
-        return empty, empty, empty
-    if kind == 1:
-        return arrays[0], empty, empty
-    if kind == 2:
-        return arrays[0], arrays[1], empty
-    return arrays[0], arrays[1], arrays[2]
+              for p in model.flat_params()]  # none (uniform), one (categorical), two or three
+    arrays += [np.zeros((0, 0), np.int64)] * (3 - len(arrays))
+    return (*arrays, np.ascontiguousarray(model.edges_tensor().numpy()), model.table_tensor().numpy())
 
 
 def compile_all() -> float:
@@ -465,6 +462,6 @@ def compile_all() -> float:
     return time.perf_counter() - t0
 
 
-__all__ = ["available", "as_rows", "categorical_weights", "compile_all", "pop_loop", "push_loop", "quantize_loc_scale",
-           "start_freq"]
+__all__ = ["available", "categorical_weights", "compile_all", "model_arrays", "pop_loop", "push_loop",
+           "quantize_loc_scale", "start_freq"]
 

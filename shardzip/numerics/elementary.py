@@ -268,16 +268,13 @@ def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     return m * a + (1.0 - m) * b
 
 
-def _compiled_min() -> int:
+def _compiled(x: torch.Tensor) -> bool:
+    """Whether `shardzip.numerics.compiled` computes this float32 tensor's function: on the CPU, outside autograd,
+    large enough to be worth a call, with the compiled loops on (`shardzip.coding.kernels`)."""
+    from shardzip.coding.kernels import scripted
     from shardzip.numerics.compiled import MIN_ELEMENTS
 
-    return MIN_ELEMENTS
-
-
-def _compiled_on() -> bool:
-    from shardzip.coding.kernels import scripted
-
-    return scripted.use_native(torch.device("cpu"))
+    return not x.requires_grad and x.numel() >= MIN_ELEMENTS and scripted.use_native(x.device)
 
 
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -285,7 +282,7 @@ def sigmoid(x: torch.Tensor) -> torch.Tensor:
     (float32 or float64)."""
     if x.dtype != torch.float32:
         x = x.double()
-    elif x.device.type == "cpu" and not x.requires_grad and x.numel() >= _compiled_min() and _compiled_on():
+    elif _compiled(x):
         from shardzip.numerics.compiled import sigmoid32  # the same bits, one compiled pass (tested)
 
         return torch.from_numpy(sigmoid32(x.detach().contiguous().numpy()))

@@ -180,11 +180,9 @@ def fit_where_none_wins(client, plans: list[ArrayPlan], arrays: list[tuple[str, 
     rec = res["fit"]
     log(f"fit: {fitted.name} ({rec['parameters']} parameters, {out.stat().st_size} B) on "
         f"{', '.join(rec['arrays'])}: validation {rec['validation_bpd']:.3f} bpd after {rec['steps']} steps")
-    from shardzip.pipeline.cluster import host_threads
-    from shardzip.workers.plugin import ModelPlugin
+    from shardzip.pipeline.cluster import register_models
 
-    client.register_plugin(ModelPlugin(host_threads=host_threads(client), device=device,
-                                       weights={sha: out.read_bytes()}), name="shardzip-models")
+    register_models(client, device=device, weights={sha: out.read_bytes()})
     redo = [(p, a) for p, a in arrays if p in lost]
     again = {p.path: p for p in choose_plans(client, redo, [fitted], src, src_paths, storage_options, chunk_bytes,
                                              shard_chunks, classical, resources, log)}

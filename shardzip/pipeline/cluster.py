@@ -167,5 +167,13 @@ def host_threads(client) -> dict[str, int]:
     return out
 
 
+def register_models(client, **plugin) -> None:
+    """Register the job's `ModelPlugin` (arguments `plugin`) on every worker, with this cluster's task threads
+    per host so that each worker sizes its torch threads to its share of the machine."""
+    from shardzip.workers.plugin import PLUGIN_NAME, ModelPlugin
+
+    client.register_plugin(ModelPlugin(host_threads=host_threads(client), **plugin), name=PLUGIN_NAME)
+
+
 def n_workers(client) -> int:
     return len(workers_info(client))

@@ -152,10 +152,9 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
     """Coded bpd, NLL and baselines for every dataset x array x model: a report dict (schema v1); models code
     under `numerics` (`shardzip.models.codec`), as `compress` would. Model "auto" is, per array, what
     `compress --model auto` would choose (probed the same way; its rows carry the `choice`)."""
-    from shardzip.pipeline.cluster import host_threads, job_client, placement
+    from shardzip.pipeline.cluster import job_client, placement, register_models
     from shardzip.pipeline.jobs import _array_name, _array_spec, _load_model, _Progress, _run_tasks
     from shardzip.pipeline.plan import CHUNK_BYTES, SHARD_CHUNKS
-    from shardzip.workers.plugin import ModelPlugin
     from shardzip.workers.tasks import eval_shard
 
     unknown = [b for b in baselines if b not in ALL_BASELINES]
@@ -182,9 +181,8 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
         resources, device = placement(client)  # GPU=1 where workers with a GPU resource have CUDA
         chosen: dict[tuple[str, str], ArrayPlan] = {}
         if auto:  # per array, the model `compress --model auto` would pick, probed on the workers as it does
-            client.register_plugin(ModelPlugin(host_threads=host_threads(client), device=device, weights={
-                c.sha256: c.checkpoint.read_bytes() for c in cands if not is_shipped(c.sha256)}),
-                name="shardzip-models")
+            register_models(client, device=device, weights={
+                c.sha256: c.checkpoint.read_bytes() for c in cands if not is_shipped(c.sha256)})
             for shown, url, arrays in sources:
                 picked = choose_plans(client, [(p or _array_name(url), a) for p, a in arrays], cands, url,
                                       {_array_name(url): ""} if arrays and arrays[0][0] == "" else {},
@@ -226,9 +224,7 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
         used = {e.sha256: e.checkpoint for _, e in loaded.values()}
         used |= {p.model: by_sha[p.model].checkpoint for p in chosen.values() if p.model}
         weights = {sha: path.read_bytes() for sha, path in used.items() if not is_shipped(sha)}
-        client.register_plugin(ModelPlugin(host_threads=host_threads(client), preload=tuple(used), device=device,
-                                           weights=weights),
-                               name="shardzip-models")
+        register_models(client, preload=tuple(used), device=device, weights=weights)
         bar = _Progress(len(specs), 0, progress, "eval")
         try:
             recs = _run_tasks(client, eval_shard, specs, resources, bar, "eval")

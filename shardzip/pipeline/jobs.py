@@ -41,7 +41,7 @@ from shardzip.format.store import (
 )
 from shardzip.format.weights import install_weights, is_shipped, numerics_profile, portable, profile_numerics
 from shardzip.numerics import EXACT
-from shardzip.pipeline.cluster import AUTO, format_resources, host_threads
+from shardzip.pipeline.cluster import AUTO, format_resources, register_models
 from shardzip.pipeline.plan import (
     CHUNK_BYTES,
     SHARD_CHUNKS,
@@ -269,7 +269,6 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
     `numerics`: how the model's networks compute (`exact-2`, the default: the store decodes on any machine;
     `float`: plain torch, faster, decodes only under the encoder's threads, kernels and device kind)."""
     from shardzip.pipeline.cluster import job_client, placement
-    from shardzip.workers.plugin import ModelPlugin
     from shardzip.workers.tasks import compress_shard
 
     if resume and overwrite:
@@ -334,9 +333,8 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         if job is None and auto:
             log(f"auto: scoring {len(cands)} model(s) ({', '.join(c.name for c in cands)}) on sample chunks of each "
                 "array, next to the classical codecs")
-            client.register_plugin(ModelPlugin(host_threads=host_threads(client), device=device, weights={
-                c.sha256: c.checkpoint.read_bytes() for c in cands if not is_shipped(c.sha256)}),
-                name="shardzip-models")
+            register_models(client, device=device, weights={
+                c.sha256: c.checkpoint.read_bytes() for c in cands if not is_shipped(c.sha256)})
             plans = choose_plans(client, arrays, cands, src_url, src_paths, storage_options, chunk_bytes,
                                  shard_chunks, classical, resources, log)
             if model == FIT_MODEL:
@@ -401,9 +399,8 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         total = len(specs) + len(done)
         if resume:
             log(f"resume: {len(done)} of {total} shards already committed; computing {len(specs)}")
-        client.register_plugin(ModelPlugin(host_threads=host_threads(client),
-                                           preload=tuple(sorted({p.model for p in plans if p.model})), device=device,
-                                           store=(dst, storage_options)), name="shardzip-models")
+        register_models(client, preload=tuple(sorted({p.model for p in plans if p.model})), device=device,
+                        store=(dst, storage_options))
         bar = _Progress(total, len(done), progress, "compress")
         t0 = time.perf_counter()
         interrupted = False
@@ -528,7 +525,6 @@ def _run_on_store(loc: Location, manifest: dict, fn, specs: list[dict], schedule
     """Run per-shard tasks `fn` that decode a committed store, on a cluster whose workers hold its model,
     on the device kind the store was coded with."""
     from shardzip.pipeline.cluster import job_client, placement
-    from shardzip.workers.plugin import ModelPlugin
 
     shas = models_used(manifest)
     for sha in shas:
@@ -537,9 +533,7 @@ def _run_on_store(loc: Location, manifest: dict, fn, specs: list[dict], schedule
         _wait_for_workers(client)
         profile = manifest["profile"]  # exact numerics decode on any device kind; float ones on the store's
         resources, device = placement(client, resources, None if portable(profile) else profile["device"])
-        client.register_plugin(ModelPlugin(host_threads=host_threads(client), preload=shas, device=device,
-                                           store=(loc.url, loc.options)),
-                               name="shardzip-models")
+        register_models(client, preload=shas, device=device, store=(loc.url, loc.options))
         bar = _Progress(len(specs), 0, progress, what)
         try:
             return _run_tasks(client, fn, specs, resources, bar, what)
