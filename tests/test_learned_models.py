@@ -316,3 +316,30 @@ def test_causal_model_is_trained_by_its_nll_and_refuses_bad_input():
         model.nll_bits(x + 300)
     with pytest.raises(ModelParameterError, match="expected images"):
         model.nll_bits(x[:, 0])
+
+
+@pytest.mark.parametrize("name", ["msp-radar", "idf-photos"])
+def test_chunks_are_scored_by_the_coding_pass_alone(name, monkeypatch):
+    """Issue 16: the NLL that reports print comes out of the pass that codes (the model's encode), not from a
+    second forward: with nll_bits unavailable a chunk still codes, with the same per-image NLL, and decodes."""
+    from shardzip.format.chunk import Packing, decode_chunk, encode_chunk, raster_symbols, to_images
+
+    model = load_catalog_model(name)
+    photos = np.stack([np.asarray(photo_crop(40, 56, n)) for n in ("chelsea", "astronaut")])
+    packing = Packing(fill=0) if name == "msp-radar" else None
+    if name == "msp-radar":  # 16-bit rasters with fill values: the masked path (method 5)
+        chunk = photos[:, :1].astype(np.uint16) + 1000
+        chunk[0, 0, :5, :7] = 0
+        symbols = torch.from_numpy(to_images(raster_symbols(chunk, packing, 16)[0], "NCHW"))
+    else:
+        chunk = photos.astype(np.uint8)
+        symbols = torch.from_numpy(chunk.astype(np.int64))
+    with torch.no_grad():
+        want = [float(v) for v in model.nll_bits(symbols)]
+    monkeypatch.setattr(type(model), "nll_bits", lambda *a: (_ for _ in ()).throw(AssertionError("second pass")))
+    data, stats = encode_chunk(chunk, model, "NCHW", packing=packing)
+    assert stats.method in ("model", "masked-model")
+    assert stats.image_nll_bits == pytest.approx(want, rel=1e-5)
+    assert stats.nll_bits == pytest.approx(sum(want), rel=1e-5)
+    back = decode_chunk(data, chunk.shape, chunk.dtype, "NCHW", lambda: model, packing=packing)
+    assert np.array_equal(back, chunk)

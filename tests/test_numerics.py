@@ -447,3 +447,60 @@ def test_compiled_float32_sigmoid_equals_the_torch_steps_bit_for_bit():
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
     nan = compiled.sigmoid32(np.array([np.nan], np.float32))
     assert np.isnan(nan).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 2), st.integers(1, 6), st.integers(1, 10), st.integers(1, 12), st.integers(1, 40),
+       st.sampled_from([2, 3, 5]), st.integers(0, 2), st.booleans(), st.floats(-6, 6), st.integers(1, 3),
+       st.integers(0, 2**31 - 1))
+def test_compiled_convolution_equals_the_torch_one_bit_for_bit(n, cin, cout, h, w, k, padding, bias, log_scale,
+                                                                threads, seed):
+    """shardzip.numerics.compiled.conv2d (the direct loop exact_convolution uses on CPUs) against aten's exact
+    sums: every output-channel remainder of its blocks of four, 3 x 3 and other kernels, paddings, thread
+    counts, as bits."""
+    from conftest import kernel_mode
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin, h + k, w + k, generator=gen) * 10.0**log_scale
+    x[:, :, 0] = 0.0  # exact zeros, as masked inputs have
+    wt = torch.randn(cout, cin, k, k, generator=gen)
+    b = torch.randn(cout, generator=gen) if bias else None
+    args = ([1, 1], [padding] * 2, [1, 1], False, [0, 0], 1)
+    with kernel_mode("scripted"):
+        want = exact_convolution(x, wt, b, *args)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with kernel_mode("native"):
+            got = exact_convolution(x, wt, b, *args)
+    finally:
+        torch.set_num_threads(before)
+    assert got.dtype == want.dtype == torch.float32
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 300.0])
+def test_compiled_pixel_norm_and_silu_equal_the_torch_steps_bit_for_bit(scale):
+    """PixelNorm and SiLU under exact numerics, compiled (shardzip.numerics.compiled) against the torch steps of
+    the dispatch mode, as bits: random activations with constant pixels (variance 0) and zero channels."""
+    from conftest import kernel_mode
+
+    from shardzip.models.layers import PixelNorm
+
+    gen = torch.Generator().manual_seed(3)
+    norm = PixelNorm(24)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(norm.weight.shape, generator=gen))
+        norm.bias.copy_(torch.randn(norm.bias.shape, generator=gen))
+    x = torch.randn(2, 24, 40, 37, generator=gen) * scale
+    x[0, :, :3] = 1.5  # a constant pixel: variance 0, the norm is eps alone
+    x[1, 5] = 0.0
+    outs = {}
+    for mode in ("scripted", "native"):
+        with kernel_mode(mode), exact_numerics():
+            y = norm(x)
+            outs[mode] = (y, torch.nn.functional.silu(y))
+    for want, got in zip(outs["scripted"], outs["native"]):
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    with exact_numerics():  # outside the compiled switch's reach nothing changes: training runs plain torch
+        assert norm(x).dtype == torch.float32

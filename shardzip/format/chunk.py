@@ -330,19 +330,27 @@ def _image_nll(model, images: torch.Tensor, batch: int) -> list[float]:
 def _encode_masked_model(chunk: np.ndarray, model, layout: str, packing: Packing | None, batch: int | None,
                          zstd_level: int, numerics: str = EXACT):
     """Method 5's payload and per-image NLL bits, or None when the chunk's values don't fit the model."""
-    from shardzip.models.codec import compress
-
     found = raster_symbols(chunk, packing, model.data_bits)
     if found is None:
         return None
     symbols, kinds, lo, step, offset = found
     images = torch.from_numpy(to_images(symbols, layout))
-    b = batch or model.coding_batch(images.shape[0], images[0].numel())
-    nll = _image_nll(model, images, b)
+    coded, nll = _model_coded(model, images, batch, numerics)
     single = int(kinds[0]) if kinds.size and kinds.min() == kinds.max() else 0
     kind_bytes = bytes(_zstd(zstd_level).encode(kinds.tobytes())) if kinds.size and not single else b""
     head = _MM_HEAD.pack(step, offset, lo, single, len(kind_bytes))
-    return head + kind_bytes + compress(model, images, batch=b, numerics=numerics), nll
+    return head + kind_bytes + coded, nll
+
+
+def _model_coded(model, images: torch.Tensor, batch: int | None, numerics: str) -> tuple[bytes, list[float]]:
+    """The model container of `images` and their -log2 p, from one network pass where the family's `encode`
+    scores (msp, idf), else from a second (`nll_bits`)."""
+    from shardzip.models.codec import compress_scored
+
+    b = batch or model.coding_batch(images.shape[0], images[0].numel())
+    with torch.no_grad():
+        coded, nll = compress_scored(model, images, batch=b, numerics=numerics)
+    return coded, nll if nll is not None else _image_nll(model, images, b)
 
 
 def _decode_masked_model(payload: memoryview, shape: tuple[int, ...], dtype: np.dtype, layout: str, model,
@@ -432,15 +440,9 @@ def encode_chunk(chunk: np.ndarray, model=None, layout: str | None = None, batch
             candidates[MASKED_MODEL], image_nll = coded
             nll, model_bytes = sum(image_nll), len(coded[0])
     elif model is not None and chunk.size:
-        from shardzip.models.codec import compress
-
         images = torch.from_numpy(to_images(chunk, layout).astype(np.int64))
-        b = batch or model.coding_batch(images.shape[0], images[0].numel())
-        image_nll = _image_nll(model, images, b)
-        nll = sum(image_nll)
-        with torch.no_grad():
-            candidates[MODEL] = compress(model, images, batch=b, numerics=numerics)
-        model_bytes = len(candidates[MODEL])
+        candidates[MODEL], image_nll = _model_coded(model, images, batch, numerics)
+        nll, model_bytes = sum(image_nll), len(candidates[MODEL])
     method = min(candidates, key=lambda m: (len(candidates[m]), -m))
     out = _HEAD.pack(MAGIC, VERSION, method, crc) + candidates[method]
     stats = ChunkStats(len(raw), len(out), METHODS[method], nll, model_bytes, len(candidates[ZSTD]),

@@ -54,8 +54,10 @@ class LosslessModel(nn.Module):
         """Differentiable per-sample bits used by `loss` (defaults to `nll_bits`)."""
         return self.nll_bits(x)
 
-    def encode(self, message: Message, x: torch.Tensor) -> None:
-        """Push the batch `x` onto `message` (bits-back models also pop from it)."""
+    def encode(self, message: Message, x: torch.Tensor) -> torch.Tensor | None:
+        """Push the batch `x` onto `message` (bits-back models also pop from it). Families that can return the
+        batch's -log2 p per image (float64, [B]) from the network pass that made the CDFs, so that reports need
+        no second pass (`shardzip.models.codec.compress_scored`); None where they cannot."""
         raise NotImplementedError
 
     def decode(self, message: Message, shape: tuple[int, ...]) -> torch.Tensor:

@@ -94,6 +94,13 @@ def compress(model: LosslessModel, images: torch.Tensor | Sequence[torch.Tensor]
              lanes: int | None = None, numerics: str = EXACT) -> bytes:
     """Code `images` (a stack [N, C, H, W] or a list of [C, H, W]) into bytes, under `numerics`
     (`exact-2`: decodes on any machine; `float`: plain torch, decodes only under the same threads and kernels)."""
+    return compress_scored(model, images, batch, lanes, numerics)[0]
+
+
+def compress_scored(model: LosslessModel, images: torch.Tensor | Sequence[torch.Tensor], batch: int = 16,
+                    lanes: int | None = None, numerics: str = EXACT) -> tuple[bytes, list[float] | None]:
+    """`compress`, and -log2 p of every image from the same network pass (the models' `encode`), or None for a
+    family whose `encode` does not return it (the caller then scores with `nll_bits`, a second pass)."""
     if numerics not in NUMERICS:
         raise NumericsError(f"unknown numerics {numerics!r}; shardzip codes with {', '.join(NUMERICS)}")
     items = [x.long() for x in _items(images, batch)]
@@ -107,8 +114,7 @@ def compress(model: LosslessModel, images: torch.Tensor | Sequence[torch.Tensor]
         msg = Message.with_clean_bits(lanes, words, device=device) if model.bits_back else Message(lanes, device)
         try:
             with _FLOAT_LOCK if numerics == FLOAT else contextlib.nullcontext(), numerics_context(numerics):
-                for unit in units:
-                    model.encode(msg, unit.to(device))
+                scores = [model.encode(msg, unit.to(device)) for unit in units]
                 threads = torch.get_num_threads() if numerics == FLOAT else 0
             break
         except MessageUnderflowError:
@@ -123,7 +129,19 @@ def compress(model: LosslessModel, images: torch.Tensor | Sequence[torch.Tensor]
     head += _GEOM.pack(lanes, words, len(items))
     head += b"".join(_DIMS.pack(x.shape[1], x.shape[2], x.shape[3], x.shape[0]) for x in items)
     head += _U32.pack(_pixels_crc(items))
-    return head + _U32.pack(zlib.crc32(head)) + msg.to_bytes()
+    return head + _U32.pack(zlib.crc32(head)) + msg.to_bytes(), _per_image(scores, items, model)
+
+
+def _per_image(scores: list, items: list[torch.Tensor], model: LosslessModel) -> list[float] | None:
+    """Bits per image from the units' scores (a tiled image's units summed); None unless every unit has one."""
+    if any(s is None for s in scores):
+        return None
+    out, k = [], 0
+    for item in items:
+        n = len(tile_boxes(model, item.shape[2], item.shape[3]))
+        out.extend(float(v) for v in torch.stack([s.double().cpu() for s in scores[k:k + n]]).sum(0))
+        k += n
+    return out
 
 
 def read_header(data: bytes) -> dict:

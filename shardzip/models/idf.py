@@ -192,11 +192,15 @@ class IDF(LosslessModel):
         return total
 
     # ------------------------------------------------------------------ coding
-    def encode(self, message: Message, x: torch.Tensor) -> None:
+    def encode(self, message: Message, x: torch.Tensor) -> torch.Tensor:
+        """Push the batch and return its bits per image under the float model of the same network pass."""
         x = self.check_input(x)
+        total = torch.zeros(x.shape[0], device=x.device)  # summed as train_bits sums
         with torch.no_grad():
             for i, (z, (m, ls, lg)) in enumerate(self._analyse(x)):
+                total = total - mixture_log2prob(z + self.offset, m, ls, lg, self.K).flatten(1).sum(1)
                 message.push(to_symbols(z, self.offset, self.K, f"idf latent {i}"), mixture_coder(m, ls, lg, self.K))
+        return total.double()
 
     def decode(self, message: Message, shape: tuple[int, ...]) -> torch.Tensor:
         b, _, height, width = shape

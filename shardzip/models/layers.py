@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from shardzip.numerics import exact
+
 NORMS = ("group", "pixel")
 
 
@@ -27,6 +29,9 @@ class PixelNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        compiled = exact.pixel_norm(x, self.weight, self.bias, self.eps)  # the same bits, faster (exact numerics)
+        if compiled is not None:
+            return compiled
         mean = x.mean(1, keepdim=True)
         var = (x - mean).square().mean(1, keepdim=True)
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias

@@ -292,39 +292,48 @@ class MSP(LosslessModel):
         total = [torch.zeros(x.shape[0], device=x.device)]
 
         def take(kind, params, sel, truth):
-            if kind == "uniform":
-                total[0] = total[0] + math.log2(params) * (truth.numel() // truth.shape[0])
-                return truth
-            if kind == "mask":
-                lp = F.logsigmoid(torch.where(truth.bool(), params, -params)) / LN2
-            else:
-                lp = mixture_log2prob(truth.float(), *params, self.K)
-            per = torch.zeros(sel.shape, device=x.device, dtype=lp.dtype)
-            per[sel] = -lp
-            total[0] = total[0] + per.flatten(1).sum(1)
+            self._score(total, kind, params, sel, truth)
             return truth
 
         cond = self._previous(x) if self._conditional() else None
         self._walk(tuple(x.shape), x, take, cond, self._stats(x))
         return total[0]
 
-    def encode(self, message: Message, x: torch.Tensor) -> None:
+    def _score(self, total: list, kind: str, params, sel: torch.Tensor, truth: torch.Tensor) -> None:
+        """Add -log2 p of `truth` at the positions `sel` under `params` to total[0] (bits per image)."""
+        if kind == "uniform":
+            total[0] = total[0] + math.log2(params) * (truth.numel() // truth.shape[0])
+            return
+        if kind == "mask":
+            lp = F.logsigmoid(torch.where(truth.bool(), params, -params)) / LN2
+        else:
+            lp = mixture_log2prob(truth.float(), *params, self.K)
+        per = torch.zeros(sel.shape, device=truth.device, dtype=lp.dtype)
+        per[sel] = -lp
+        total[0] = total[0] + per.flatten(1).sum(1)
+
+    def encode(self, message: Message, x: torch.Tensor) -> torch.Tensor:
+        """Push the batch and return its bits per image under the float model of the same network pass."""
         x = self.check_input(x)
         # A conditional model codes frame by frame (the decoder needs frame t-1 before frame t), with the
         # same [1, C, H, W] shapes the decoder will use; the last frame is pushed first.
         units = ([(x[i:i + 1], (x[i - 1:i], torch.ones(1, dtype=torch.bool, device=x.device)) if i else None)
                   for i in range(x.shape[0])] if self._conditional() else [(x, None)])
+        bits = []
         with torch.no_grad():
             for xs, cond in reversed(units):
-                pushes = []
+                pushes, total = [], [torch.zeros(xs.shape[0], device=x.device)]
 
-                def take(kind, params, sel, truth, pushes=pushes):
+                def take(kind, params, sel, truth, pushes=pushes, total=total):
+                    self._score(total, kind, params, sel, truth)
                     pushes.append((truth, self._coder(kind, params, tuple(truth.shape))))
                     return truth
 
                 self._walk(tuple(xs.shape), xs, take, cond, self._stats(xs))
                 for symbols, model in reversed(pushes):
                     message.push(symbols, model)
+                bits.append(total[0])
+        return torch.cat(bits[::-1]).double()
 
     def decode(self, message: Message, shape: tuple[int, ...]) -> torch.Tensor:
         b = shape[0]
