@@ -500,7 +500,7 @@ def test_compiled_pixel_norm_and_silu_equal_the_torch_steps_bit_for_bit(scale):
         with kernel_mode(mode), exact_numerics():
             y = norm(x)
             outs[mode] = (y, torch.nn.functional.silu(y))
-    for want, got in zip(outs["scripted"], outs["native"]):
+    for want, got in zip(outs["scripted"], outs["native"], strict=True):
         assert torch.equal(got.view(torch.int32), want.view(torch.int32))
     with exact_numerics():  # outside the compiled switch's reach nothing changes: training runs plain torch
         assert norm(x).dtype == torch.float32

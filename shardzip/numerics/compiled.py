@@ -167,18 +167,17 @@ def pixel_norm32(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
         return None
     bits2 = grid(top2, c) if top2 > 0 else 0
     out = np.empty_like(x3)
-    _pixel_scale(x3, mean, math.ldexp(1.0, bits2), math.ldexp(1.0, -bits2), np.float32(eps),
-                 np.ascontiguousarray(weight, np.float32).reshape(-1), np.ascontiguousarray(bias, np.float32).reshape(-1),
-                 out)
+    weight, bias = (np.ascontiguousarray(v, np.float32).reshape(-1) for v in (weight, bias))
+    _pixel_scale(x3, mean, math.ldexp(1.0, bits2), math.ldexp(1.0, -bits2), np.float32(eps), weight, bias, out)
     return out.reshape(x.shape)
 
 
 # ------------------------------------------------------------------------------ exact convolutions
 @_njit_sums
-def _conv3x3(P, Wq, O, r0, r1):
-    """O[n, :, y] for the rows n * H + y in [r0, r1) of a 3 x 3, stride-1 convolution of the padded P."""
-    cin = P.shape[1]
-    cout, height, width = O.shape[1], O.shape[2], O.shape[3]
+def _conv3x3(src_all, wq, out, r0, r1):
+    """out[n, :, y] for the rows n * H + y in [r0, r1) of a 3 x 3, stride-1 convolution of the padded `src_all`."""
+    cin = src_all.shape[1]
+    cout, height, width = out.shape[1], out.shape[2], out.shape[3]
     acc = np.empty((4, width))
     for r in range(r0, r1):
         n, y = r // height, r % height
@@ -188,11 +187,11 @@ def _conv3x3(P, Wq, O, r0, r1):
             for ic in range(cin):
                 if k == 4:  # four output channels, three taps of a row per pass
                     for ky in range(3):
-                        src = P[n, ic, y + ky]
-                        a0, a1, a2 = Wq[oc, ic, ky, 0], Wq[oc, ic, ky, 1], Wq[oc, ic, ky, 2]
-                        b0, b1, b2 = Wq[oc + 1, ic, ky, 0], Wq[oc + 1, ic, ky, 1], Wq[oc + 1, ic, ky, 2]
-                        c0, c1, c2 = Wq[oc + 2, ic, ky, 0], Wq[oc + 2, ic, ky, 1], Wq[oc + 2, ic, ky, 2]
-                        d0, d1, d2 = Wq[oc + 3, ic, ky, 0], Wq[oc + 3, ic, ky, 1], Wq[oc + 3, ic, ky, 2]
+                        src = src_all[n, ic, y + ky]
+                        a0, a1, a2 = wq[oc, ic, ky, 0], wq[oc, ic, ky, 1], wq[oc, ic, ky, 2]
+                        b0, b1, b2 = wq[oc + 1, ic, ky, 0], wq[oc + 1, ic, ky, 1], wq[oc + 1, ic, ky, 2]
+                        c0, c1, c2 = wq[oc + 2, ic, ky, 0], wq[oc + 2, ic, ky, 1], wq[oc + 2, ic, ky, 2]
+                        d0, d1, d2 = wq[oc + 3, ic, ky, 0], wq[oc + 3, ic, ky, 1], wq[oc + 3, ic, ky, 2]
                         for x in range(width):
                             s0, s1, s2 = src[x], src[x + 1], src[x + 2]
                             acc[0, x] += a0 * s0 + a1 * s1 + a2 * s2
@@ -200,9 +199,9 @@ def _conv3x3(P, Wq, O, r0, r1):
                             acc[2, x] += c0 * s0 + c1 * s1 + c2 * s2
                             acc[3, x] += d0 * s0 + d1 * s1 + d2 * s2
                 else:  # one to three channels left: one at a time, all nine taps per pass
-                    t0, t1, t2 = P[n, ic, y], P[n, ic, y + 1], P[n, ic, y + 2]
+                    t0, t1, t2 = src_all[n, ic, y], src_all[n, ic, y + 1], src_all[n, ic, y + 2]
                     for o in range(k):
-                        w = Wq[oc + o, ic]
+                        w = wq[oc + o, ic]
                         w00, w01, w02, w10, w11, w12 = w[0, 0], w[0, 1], w[0, 2], w[1, 0], w[1, 1], w[1, 2]
                         w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
                         for x in range(width):
@@ -210,14 +209,14 @@ def _conv3x3(P, Wq, O, r0, r1):
                                           + w10 * t1[x] + w11 * t1[x + 1] + w12 * t1[x + 2]
                                           + w20 * t2[x] + w21 * t2[x + 1] + w22 * t2[x + 2])
             for o in range(k):
-                O[n, oc + o, y] = acc[o]
+                out[n, oc + o, y] = acc[o]
 
 
 @_njit_sums
-def _conv_any(P, Wq, O, r0, r1):
+def _conv_any(src_all, wq, out, r0, r1):
     """`_conv3x3` for any kernel size: four output channels, one tap per pass."""
-    cin, kh, kw = P.shape[1], Wq.shape[2], Wq.shape[3]
-    cout, height, width = O.shape[1], O.shape[2], O.shape[3]
+    cin, kh, kw = src_all.shape[1], wq.shape[2], wq.shape[3]
+    cout, height, width = out.shape[1], out.shape[2], out.shape[3]
     acc = np.empty((4, width))
     for r in range(r0, r1):
         n, y = r // height, r % height
@@ -226,14 +225,14 @@ def _conv_any(P, Wq, O, r0, r1):
             acc[:k] = 0.0
             for ic in range(cin):
                 for ky in range(kh):
-                    src = P[n, ic, y + ky]
+                    src = src_all[n, ic, y + ky]
                     for kx in range(kw):
                         for o in range(k):
-                            w = Wq[oc + o, ic, ky, kx]
+                            w = wq[oc + o, ic, ky, kx]
                             for x in range(width):
                                 acc[o, x] += w * src[x + kx]
             for o in range(k):
-                O[n, oc + o, y] = acc[o]
+                out[n, oc + o, y] = acc[o]
 
 
 @_njit
@@ -308,7 +307,7 @@ def conv2d(padded: np.ndarray, weights: np.ndarray, threads: int = 1) -> np.ndar
         fn(padded, weights, out, 0, rows)
     else:
         cuts = [rows * i // parts for i in range(parts + 1)]
-        for f in [_pool().submit(fn, padded, weights, out, a, b) for a, b in zip(cuts, cuts[1:])]:
+        for f in [_pool().submit(fn, padded, weights, out, a, b) for a, b in zip(cuts, cuts[1:], strict=False)]:
             f.result()
     return out
 
