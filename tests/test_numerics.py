@@ -504,3 +504,21 @@ def test_compiled_pixel_norm_and_silu_equal_the_torch_steps_bit_for_bit(scale):
         assert torch.equal(got.view(torch.int32), want.view(torch.int32))
     with exact_numerics():  # outside the compiled switch's reach nothing changes: training runs plain torch
         assert norm(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize("k,width", [(3, 700), (3, 7), (2, 520), (5, 9)])
+def test_compiled_convolution_segments_wide_and_narrow_images_alike(k, width):
+    """conv2d cuts each image into runs of whole rows (one row when it is wider than a segment, many when narrow):
+    every cut gives aten's exact integer sums, on one thread and on three."""
+    from shardzip.numerics import compiled
+
+    if not compiled.available():
+        pytest.skip("numba is not importable here")
+    gen = torch.Generator().manual_seed(width)
+    x = torch.randint(-2**20, 2**20, (2, 3, 5, width), generator=gen).float()
+    w = torch.randint(-2**20, 2**20, (6, 3, k, k), generator=gen).double()
+    want = torch.nn.functional.conv2d(x.double(), w, padding=k // 2)
+    for threads in (1, 3):
+        got = compiled.conv2d(compiled.on_grid_padded(x.numpy(), 0, k // 2, k // 2), w.numpy(), threads)
+        assert np.array_equal(got, want.numpy()[..., :got.shape[2], :got.shape[3]])
+        assert got.shape == (2, 6, 5 + 2 * (k // 2) - k + 1, width + 2 * (k // 2) - k + 1)

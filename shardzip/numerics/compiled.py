@@ -174,65 +174,77 @@ def pixel_norm32(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
 
 # ------------------------------------------------------------------------------ exact convolutions
 @_njit_sums
-def _conv3x3(src_all, wq, out, r0, r1):
-    """out[n, :, y] for the rows n * H + y in [r0, r1) of a 3 x 3, stride-1 convolution of the padded `src_all`."""
-    cin = src_all.shape[1]
+def _conv3x3(flat, wq, out, wp, rows, t0, t1):
+    """out for the work items [t0, t1) of a 3 x 3, stride-1 convolution of `flat` [N, Cin, (Hp + 1) * Wp] (padded
+    planes with one spare zero row, flattened): item t is image t // S, output rows from (t % S) * rows on, S
+    items per image. A segment of rows is one flat run of rows * Wp positions (the two right-hand positions of each
+    row are discarded), so narrow images give long vectorized loops too."""
+    cin = flat.shape[1]
     cout, height, width = out.shape[1], out.shape[2], out.shape[3]
-    acc = np.empty((4, width))
-    for r in range(r0, r1):
-        n, y = r // height, r % height
+    per_image = (height + rows - 1) // rows
+    acc = np.empty((4, rows * wp))
+    for t in range(t0, t1):
+        n, y0 = t // per_image, (t % per_image) * rows
+        nrows = min(rows, height - y0)
+        span = nrows * wp
         for oc in range(0, cout, 4):
             k = min(4, cout - oc)
-            acc[:k] = 0.0
+            acc[:k, :span] = 0.0
             for ic in range(cin):
+                plane = flat[n, ic]
                 if k == 4:  # four output channels, three taps of a row per pass
                     for ky in range(3):
-                        src = src_all[n, ic, y + ky]
+                        src = plane[(y0 + ky) * wp:]
                         a0, a1, a2 = wq[oc, ic, ky, 0], wq[oc, ic, ky, 1], wq[oc, ic, ky, 2]
                         b0, b1, b2 = wq[oc + 1, ic, ky, 0], wq[oc + 1, ic, ky, 1], wq[oc + 1, ic, ky, 2]
                         c0, c1, c2 = wq[oc + 2, ic, ky, 0], wq[oc + 2, ic, ky, 1], wq[oc + 2, ic, ky, 2]
                         d0, d1, d2 = wq[oc + 3, ic, ky, 0], wq[oc + 3, ic, ky, 1], wq[oc + 3, ic, ky, 2]
-                        for x in range(width):
+                        for x in range(span):
                             s0, s1, s2 = src[x], src[x + 1], src[x + 2]
                             acc[0, x] += a0 * s0 + a1 * s1 + a2 * s2
                             acc[1, x] += b0 * s0 + b1 * s1 + b2 * s2
                             acc[2, x] += c0 * s0 + c1 * s1 + c2 * s2
                             acc[3, x] += d0 * s0 + d1 * s1 + d2 * s2
                 else:  # one to three channels left: one at a time, all nine taps per pass
-                    t0, t1, t2 = src_all[n, ic, y], src_all[n, ic, y + 1], src_all[n, ic, y + 2]
+                    r0, r1, r2 = plane[y0 * wp:], plane[(y0 + 1) * wp:], plane[(y0 + 2) * wp:]
                     for o in range(k):
                         w = wq[oc + o, ic]
                         w00, w01, w02, w10, w11, w12 = w[0, 0], w[0, 1], w[0, 2], w[1, 0], w[1, 1], w[1, 2]
                         w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
-                        for x in range(width):
-                            acc[o, x] += (w00 * t0[x] + w01 * t0[x + 1] + w02 * t0[x + 2]
-                                          + w10 * t1[x] + w11 * t1[x + 1] + w12 * t1[x + 2]
-                                          + w20 * t2[x] + w21 * t2[x + 1] + w22 * t2[x + 2])
+                        for x in range(span):
+                            acc[o, x] += (w00 * r0[x] + w01 * r0[x + 1] + w02 * r0[x + 2]
+                                          + w10 * r1[x] + w11 * r1[x + 1] + w12 * r1[x + 2]
+                                          + w20 * r2[x] + w21 * r2[x + 1] + w22 * r2[x + 2])
             for o in range(k):
-                out[n, oc + o, y] = acc[o]
+                for i in range(nrows):
+                    out[n, oc + o, y0 + i] = acc[o, i * wp:i * wp + width]
 
 
 @_njit_sums
-def _conv_any(src_all, wq, out, r0, r1):
+def _conv_any(flat, wq, out, wp, rows, t0, t1):
     """`_conv3x3` for any kernel size: four output channels, one tap per pass."""
-    cin, kh, kw = src_all.shape[1], wq.shape[2], wq.shape[3]
+    cin, kh, kw = flat.shape[1], wq.shape[2], wq.shape[3]
     cout, height, width = out.shape[1], out.shape[2], out.shape[3]
-    acc = np.empty((4, width))
-    for r in range(r0, r1):
-        n, y = r // height, r % height
+    per_image = (height + rows - 1) // rows
+    acc = np.empty((4, rows * wp))
+    for t in range(t0, t1):
+        n, y0 = t // per_image, (t % per_image) * rows
+        nrows = min(rows, height - y0)
+        span = nrows * wp
         for oc in range(0, cout, 4):
             k = min(4, cout - oc)
-            acc[:k] = 0.0
+            acc[:k, :span] = 0.0
             for ic in range(cin):
                 for ky in range(kh):
-                    src = src_all[n, ic, y + ky]
                     for kx in range(kw):
+                        src = flat[n, ic, (y0 + ky) * wp + kx:]
                         for o in range(k):
                             w = wq[oc + o, ic, ky, kx]
-                            for x in range(width):
-                                acc[o, x] += w * src[x + kx]
+                            for x in range(span):
+                                acc[o, x] += w * src[x]
             for o in range(k):
-                out[n, oc + o, y] = acc[o]
+                for i in range(nrows):
+                    out[n, oc + o, y0 + i] = acc[o, i * wp:i * wp + width]
 
 
 @_njit
@@ -267,9 +279,10 @@ def _finish32(sums, scale, bias, biased, out):
 
 
 def on_grid_padded(x: np.ndarray, bits: int, ph: int, pw: int) -> np.ndarray:
-    """x (float32 or float64, [N, C, H, W]) on the grid 2**-bits, rounded half to even, zero-padded by (ph, pw)."""
+    """x (float32 or float64, [N, C, H, W]) on the grid 2**-bits, rounded half to even, zero-padded by (ph, pw),
+    with one more zero row below (`conv2d` reads a few positions past each plane's last row)."""
     n, c, h, w = x.shape
-    padded = np.empty((n, c, h + 2 * ph, w + 2 * pw))
+    padded = np.empty((n, c, h + 2 * ph + 1, w + 2 * pw))
     _on_grid_padded(x, math.ldexp(1.0, bits), padded, ph, pw)
     return padded
 
@@ -293,22 +306,29 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+SEGMENT = 512  # output positions per segment of `conv2d` (four channels' sums stay in L1)
+
+
 def conv2d(padded: np.ndarray, weights: np.ndarray, threads: int = 1) -> np.ndarray:
-    """The stride-1 convolution [N, Cout, H, W] of `padded` [N, Cin, H + kh - 1, W + kw - 1] with `weights`
-    [Cout, Cin, kh, kw], both float64 integers whose every partial sum stays below 2**53 (then exact), on
-    `threads` threads."""
-    n, _, hp, wp = padded.shape
+    """The stride-1 convolution [N, Cout, H, W] of `padded` [N, Cin, H + kh (one spare zero row), W + kw - 1] (from
+    `on_grid_padded`) with `weights` [Cout, Cin, kh, kw], both float64 integers whose every partial sum stays below
+    2**53 (then exact), on `threads` threads."""
+    n, cin, hp, wp = padded.shape
     cout, _, kh, kw = weights.shape
-    out = np.empty((n, cout, hp - kh + 1, wp - kw + 1))
+    height = hp - kh
+    out = np.empty((n, cout, height, wp - kw + 1))
     fn = _conv3x3 if (kh, kw) == (3, 3) else _conv_any
-    rows = n * out.shape[2]
-    parts = max(1, min(threads, rows // 16))
+    rows = max(1, min(height, SEGMENT // wp))
+    items = n * -(-height // rows)
+    flat = padded.reshape(n, cin, hp * wp)
+    parts = max(1, min(threads, items))
     if parts == 1:
-        fn(padded, weights, out, 0, rows)
+        fn(flat, weights, out, wp, rows, 0, items)
     else:
-        cuts = [rows * i // parts for i in range(parts + 1)]
-        for f in [_pool().submit(fn, padded, weights, out, a, b) for a, b in zip(cuts, cuts[1:], strict=False)]:
-            f.result()
+        cuts = [items * i // parts for i in range(parts + 1)]
+        jobs = [_pool().submit(fn, flat, weights, out, wp, rows, a, b) for a, b in zip(cuts, cuts[1:], strict=False)]
+        for job in jobs:
+            job.result()
     return out
 
 

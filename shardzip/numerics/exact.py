@@ -710,6 +710,19 @@ class ExactNumerics(TorchDispatchMode):
         return out
 
 
+@contextlib.contextmanager
+def suspended() -> Iterator[None]:
+    """Plain torch inside `exact_numerics()`: for figures that are reported and never coded (the NLL printed
+    beside the coded bits), which need no exactness and cost several times more under the mode."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    if not active():
+        yield
+        return
+    with _disable_current_modes():
+        yield
+
+
 def active() -> bool:
     """Whether exact numerics are in force here (an `ExactNumerics` mode is on the dispatch stack)."""
     from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
@@ -741,4 +754,4 @@ def exact_numerics(numerics_version: int = NUMERICS_VERSION) -> Iterator[None]:
 
 
 __all__ = ["EXACT", "EXACT_VERSIONS", "NUMERICS_VERSION", "WEIGHT_BITS", "ExactNumerics", "exact_convolution",
-           "exact_matmul", "exact_mean", "exact_numerics", "exact_sum", "pixel_norm", "quantize_weights", "version"]
+           "exact_matmul", "exact_mean", "exact_numerics", "exact_sum", "pixel_norm", "quantize_weights", "suspended", "version"]
