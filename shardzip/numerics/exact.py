@@ -754,4 +754,5 @@ def exact_numerics(numerics_version: int = NUMERICS_VERSION) -> Iterator[None]:
 
 
 __all__ = ["EXACT", "EXACT_VERSIONS", "NUMERICS_VERSION", "WEIGHT_BITS", "ExactNumerics", "exact_convolution",
-           "exact_matmul", "exact_mean", "exact_numerics", "exact_sum", "pixel_norm", "quantize_weights", "suspended", "version"]
+           "exact_matmul", "exact_mean", "exact_numerics", "exact_sum", "pixel_norm", "quantize_weights", "suspended",
+           "version"]
