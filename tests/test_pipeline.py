@@ -105,6 +105,23 @@ def _same_store(a: str, b: str, storage_options=None) -> None:
         assert np.array_equal(gb[path][...], arr[...]), path
 
 
+def _mmapped_bytes_for_a_20_mb_array() -> int:
+    """How many more bytes glibc holds in mmapped blocks while a 20 MB array is alive (mallinfo2's hblkhd)."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    mallinfo2.restype = MallInfo2
+    before = mallinfo2().hblkhd
+    block = np.ones(20 << 20, np.uint8)
+    grown = mallinfo2().hblkhd - before
+    del block
+    return grown
+
+
 def test_compress_decompress_mnist_bit_exact(cluster, mnist_src, tmp_path):
     _, client = cluster
     dst, out = str(tmp_path / "mnist.szip"), str(tmp_path / "mnist.out.zarr")
@@ -118,6 +135,8 @@ def test_compress_decompress_mnist_bit_exact(cluster, mnist_src, tmp_path):
     # and gave torch this machine's cores shared by the two 1-thread workers: neither oversubscribed nor idle
     cores = len(os.sched_getaffinity(0))
     assert set(client.run(torch.get_num_threads).values()) == {max(1, cores // 2)}
+    # and let glibc keep a network pass's arrays on the heap (Dask's MALLOC_TRIM_THRESHOLD_ made each a fresh mmap)
+    assert set(client.run(_mmapped_bytes_for_a_20_mb_array).values()) == {0}
     assert len({r["worker"] for r in m["records"]}) >= 1 and all(r["device"] == "cpu" for r in m["records"])
     images, labels = m["arrays"]["images"], m["arrays"]["labels"]
     assert images["model"] == m["model"]["sha256"] and images["chunks"] == [6, 1, 28, 28]

@@ -51,6 +51,7 @@ class ModelPlugin(WorkerPlugin):
         threads = self.torch_threads or worker_torch_threads(worker, self.host_threads)
         if threads:
             torch.set_num_threads(threads)
+        keep_freed_memory()
         if self.device.type == "cuda" and not torch.cuda.is_available():
             self.error = f"worker {getattr(worker, 'address', '?')} advertises a GPU but torch sees no CUDA device"
             return
@@ -77,6 +78,31 @@ class ModelPlugin(WorkerPlugin):
         if self.cache is None:
             self.cache = ModelCache()
         return self.cache.get(sha256, self.device)
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64-bit systems
+TRIM_THRESHOLD = 128 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed memory for reuse in this worker process (False where this is no glibc).
+
+    Dask starts worker processes with MALLOC_TRIM_THRESHOLD_=65536, so that freed memory goes back to the OS at
+    once. That also pins glibc's mmap threshold at 128 KiB: every array a network pass allocates (a float64
+    convolution's input is ~17 MB) is then a fresh mmap whose pages fault in zeroed. Measured on msp-radar's
+    radar chunks: 1.8x slower coding in a worker than in a plain process. Arrays up to 32 MiB come from the heap
+    again, and up to 128 MiB of freed heap is kept."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def worker_torch_threads(worker, host_threads: dict[str, int]) -> int | None:
