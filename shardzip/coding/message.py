@@ -27,6 +27,8 @@ from __future__ import annotations
 import functools
 import struct
 import sys
+import threading
+import time
 import zlib
 
 import numpy as np
@@ -66,13 +68,31 @@ def default_lanes(n_symbols: int, ideal_bits: float, lane_bits: float = LANE_OVE
     return max(1, min(target, n_symbols, MAX_DEFAULT_LANES))
 
 
+_CLOCK = threading.local()
+
+
+def coder_seconds() -> float:
+    """Seconds this thread has spent in `Message.push` and `Message.pop` so far (the coder's share of a job's
+    time: workers record the difference over each shard)."""
+    return getattr(_CLOCK, "seconds", 0.0)
+
+
 def _plain(method):
     """Run a coding step outside any torch dispatch mode: the coder is integer arithmetic, exact as it is, and
-    `shardzip.numerics.exact_numerics` (under which models build their entropy models) would only slow it."""
+    `shardzip.numerics.exact_numerics` (under which models build their entropy models) would only slow it.
+    The step's time adds to `coder_seconds`."""
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
-        with _disable_current_modes():
-            return method(*args, **kwargs)
+        depth = getattr(_CLOCK, "depth", 0)
+        t0 = time.perf_counter()
+        _CLOCK.depth = depth + 1
+        try:
+            with _disable_current_modes():
+                return method(*args, **kwargs)
+        finally:
+            _CLOCK.depth = depth
+            if not depth:  # a step inside a step is counted once
+                _CLOCK.seconds = coder_seconds() + time.perf_counter() - t0
     return wrapper
 
 
@@ -559,4 +579,4 @@ def ideal_bits(symbols: torch.Tensor, model: EntropyModel) -> float:
     return float(-model.log2_prob(symbols).sum())
 
 
-__all__ = ["Message", "decode", "default_lanes", "describe", "encode", "ideal_bits"]
+__all__ = ["Message", "coder_seconds", "decode", "default_lanes", "describe", "encode", "ideal_bits"]

@@ -605,7 +605,9 @@ def decompress(src: str, out: str, *, scheduler: str | None = None, workers: int
     root.attrs["shardzip_decompressed"] = attrs
     consolidate(oloc)
     return {"shards": len(recs), "raw_bytes": sum(r["raw_bytes"] for r in recs),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0,
+            **{key: sum(r[key] for r in recs) for key in ("read_seconds", "code_seconds", "coder_seconds")},
+            "task_seconds": sum(r["seconds"] for r in recs)}
 
 
 def info(dst: str, storage_options: dict[str, Any] | None = None) -> dict:

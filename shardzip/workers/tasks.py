@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from shardzip.coding.message import coder_seconds
 from shardzip.errors import ChunkChecksumError, CodingError, FormatError, ShardzipError
 from shardzip.format import shard as shardfmt
 from shardzip.format.chunk import METHODS, Packing, decode_chunk, encode_chunk
@@ -76,7 +77,7 @@ def compress_shard(spec: dict) -> dict:
     """Code shard `spec["shard"]` of array `spec["array"]` from the source into the destination."""
     from shardzip.workers.plugin import worker_model
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), coder_seconds()
     if os.environ.get("SHARDZIP_FAULT_DELAY"):  # fault injection for tests: slow shards, to kill a job mid-way
         time.sleep(float(os.environ["SHARDZIP_FAULT_DELAY"]))
     shape = tuple(spec["shape"])
@@ -101,7 +102,7 @@ def compress_shard(spec: dict) -> dict:
         if stats.nll_bits is not None:
             totals["nll_bits"] += stats.nll_bits
     blob = shardfmt.pack_shard(coded)
-    t_code = time.perf_counter() - t0 - t_read
+    t_code, t_coder = time.perf_counter() - t0 - t_read, coder_seconds() - c0
     dst = _location(spec["dst"], _freeze(spec["dst_options"]))
     key = shardfmt.shard_key(spec["array"], index)
     dst.write_bytes(key, blob)
@@ -118,7 +119,8 @@ def compress_shard(spec: dict) -> dict:
         "dims": int(data.size), "coded_bits": 8 * len(blob), "nll_bits": totals["nll_bits"] if model else None,
         "zstd_bytes": totals["zstd_bytes"], "chunks": {m: totals[f"{m}_chunks"] for m in METHODS.values()},
         "crc32": crc, "verified": verified, "seconds": time.perf_counter() - t0, "read_seconds": t_read,
-        "code_seconds": t_code, "worker": _worker_name(), "device": device, "run": spec["run"],
+        "code_seconds": t_code, "coder_seconds": t_coder, "worker": _worker_name(), "device": device,
+        "run": spec["run"],
     }
     dst.write_json(record_key(spec["array"], index), record)
     return record
@@ -203,10 +205,13 @@ def decompress_shard(spec: dict) -> dict:
     """Decode one shard and write its values into the plain zarr array at spec["out"]."""
     import zarr
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), coder_seconds()
     shape, index = tuple(spec["shape"]), tuple(spec["shard"])
     dst = _location(spec["dst"], _freeze(spec["dst_options"]))
-    data = decode_shard(dst.read_bytes(shardfmt.shard_key(spec["array"], index)), spec, shape, index)
+    blob = dst.read_bytes(shardfmt.shard_key(spec["array"], index))
+    t_read = time.perf_counter() - t0
+    data = decode_shard(blob, spec, shape, index)
+    t_code, t_coder = time.perf_counter() - t0 - t_read, coder_seconds() - c0
     if region_crc(data) != spec["crc32"]:
         raise ChunkChecksumError(f"array {spec['array'] or '/'} shard {index}: decoded values differ from the "
                                  "source's checksum in the manifest")
@@ -214,7 +219,8 @@ def decompress_shard(spec: dict) -> dict:
     arr = zarr.open_array(store=out_loc.zarr_store(), path=spec["array"], mode="r+")
     arr[shardfmt.region(index, tuple(spec["shards"]), shape)] = data
     return {"array": spec["array"], "shard": list(index), "dims": int(data.size), "raw_bytes": int(data.nbytes),
-            "seconds": time.perf_counter() - t0, "worker": _worker_name()}
+            "seconds": time.perf_counter() - t0, "read_seconds": t_read, "code_seconds": t_code,
+            "coder_seconds": t_coder, "worker": _worker_name()}
 
 
 def eval_shard(spec: dict) -> dict:
