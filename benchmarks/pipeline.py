@@ -1,8 +1,9 @@
 """End-to-end pipeline throughput per shipped family, next to zstd and JPEG XL run through the same Dask harness.
 
-For each case (a shipped model on the data it was made for) and 1 and 2 worker processes of one thread each
-(a LocalCluster started once per row; its start-up and each process's first load of the compiled loops are not
-timed, the model's load per job is):
+For each case (a shipped model on the data it was made for) and 1 and 2 worker processes of one thread and one
+core each (SHARDZIP_TORCH_THREADS=1; a LocalCluster started once per row, then warmed by a small job of the same
+model, so that neither its start-up nor each process's first load of torch's kernels and the compiled loops is
+timed; each job's own model load is):
   - shardzip compress (the model path, the zstd fallback; no classical candidates unless --classical) and
     decompress to a plain zarr store, checked equal to the source;
   - zstd: the same arrays read with dask.array.from_zarr and written with to_zarr as zarr v3 with zstd (the
@@ -142,6 +143,20 @@ def _warm() -> None:
     native.compile_all()
 
 
+def _warm_source(src: str, dst: Path, copies: int) -> str:
+    """A small store like `src` for a warm-up job: `copies` copies of its first array (at most 1000 items along the
+    first axis, with its attributes), so that every worker gets a task. A worker's first tasks pay for loading
+    torch's kernels and the model and for growing the heap (measured: 30 % more CPU time for the same work in a
+    job's first seconds); a long job does not, so this benchmark does not time them."""
+    _, arr = source_arrays(zarr.open_group(src, mode="r"))[0]
+    data = arr[:1000]
+    group = zarr.open_group(str(dst), mode="w")
+    for i in range(copies):
+        group.create_array(f"warm{i}", data=data, chunks=data.shape, fill_value=arr.fill_value,
+                           attributes=dict(arr.attrs))
+    return str(dst)
+
+
 def _profile(wall: float, workers: int, task: float, read: float, code: float, coder: float) -> str:
     total = wall * workers
     io = read + max(0.0, task - read - code)
@@ -155,8 +170,11 @@ def run_case(model: str, src: str, workers: int, shard_chunks: int, classical: b
     arrays = source_arrays(zarr.open_group(src, mode="r"))
     raw, dims = sum(a.nbytes for _, a in arrays), sum(a.size for _, a in arrays)
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=40) as lc, Client(lc) as client:
+                      silence_logs=40, env={"SHARDZIP_TORCH_THREADS": "1"}) as lc, Client(lc) as client:
         client.run(_warm)
+        warm = _warm_source(src, tmp / f"{model}-warm{workers}.zarr", 2 * workers)
+        jobs.compress(warm, str(tmp / f"{model}-warm{workers}.szip"), model, scheduler=lc.scheduler_address,
+                      progress=False, log=lambda *_: None, overwrite=True, shard_chunks=1, classical=classical)
         dst, out = tmp / f"{model}-c{workers}.szip", tmp / f"{model}-d{workers}.zarr"
         t0 = time.perf_counter()
         m = jobs.compress(src, str(dst), model, scheduler=lc.scheduler_address, progress=False,

@@ -486,3 +486,20 @@ def test_a_source_that_is_one_array_becomes_a_named_array_of_the_store(cluster, 
                   progress=False, log=said.append)
     assert "already complete" in said[0]
     assert jobs.verify(dst, scheduler=cluster[1].scheduler.address, progress=False)["bad"] == []
+
+
+def test_worker_torch_threads_share_the_cores_unless_the_environment_says(monkeypatch):
+    """Cores are shared among the task threads of a host's workers; SHARDZIP_TORCH_THREADS overrides (a benchmark
+    giving each worker one core, a machine shared with other work)."""
+    from types import SimpleNamespace
+
+    from shardzip.workers.plugin import worker_torch_threads
+
+    cores = len(os.sched_getaffinity(0))
+    worker = SimpleNamespace(address="tcp://127.0.0.1:1234", state=SimpleNamespace(nthreads=1))
+    monkeypatch.delenv("SHARDZIP_TORCH_THREADS", raising=False)
+    assert worker_torch_threads(None, {}) is None
+    assert worker_torch_threads(worker, {"127.0.0.1": 1}) == cores
+    assert worker_torch_threads(worker, {"127.0.0.1": 2 * cores}) == 1
+    monkeypatch.setenv("SHARDZIP_TORCH_THREADS", "3")
+    assert worker_torch_threads(worker, {"127.0.0.1": 1}) == 3

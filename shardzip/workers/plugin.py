@@ -108,10 +108,15 @@ def keep_freed_memory() -> bool:
 def worker_torch_threads(worker, host_threads: dict[str, int]) -> int | None:
     """torch threads for a worker's tasks: this machine's cores shared among the task threads of every worker on
     it (so two 1-thread workers on 2 cores run torch on 1 thread each, not 2 each), at least 1; None outside a
-    worker. Float-numerics containers record the count they were coded with, exact ones need none."""
+    worker. Float-numerics containers record the count they were coded with, exact ones need none.
+    SHARDZIP_TORCH_THREADS in the worker's environment overrides it (a machine shared with other work; a
+    benchmark giving each worker one core)."""
     if worker is None:
         return None
     import os
+
+    if os.environ.get("SHARDZIP_TORCH_THREADS", "").strip():
+        return max(1, int(os.environ["SHARDZIP_TORCH_THREADS"]))
 
     from distributed.comm import get_address_host
 
