@@ -32,11 +32,13 @@ if available():
     _njit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
     # sums of integer-valued products below 2**53: exact whatever the order, fused or not (FMA allowed)
     _njit_sums = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
+    _inline_sums = numba.njit(inline="always", nogil=True, boundscheck=False, error_model="numpy",
+                              fastmath={"contract"})
 else:  # pragma: no cover - without numba nothing here is called
     def _njit(fn):
         return fn
 
-    _njit_sums = _njit
+    _njit_sums = _inline_sums = _njit
 
 MIN_ELEMENTS = 4096  # below this the torch steps cost less than a call
 
@@ -173,57 +175,57 @@ def pixel_norm32(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
 
 
 # ------------------------------------------------------------------------------ exact convolutions
-@_njit_sums
-def _conv3x3(flat, wq, out, wp, rows, t0, t1):
-    """out for the work items [t0, t1) of a 3 x 3, stride-1 convolution of `flat` [N, Cin, (Hp + 1) * Wp] (padded
-    planes with one spare zero row, flattened): item t is image t // S, output rows from (t % S) * rows on, S
-    items per image. A segment of rows is one flat run of rows * Wp positions (the two right-hand positions of each
-    row are discarded), so narrow images give long vectorized loops too."""
-    cin = flat.shape[1]
-    cout, height, width = out.shape[1], out.shape[2], out.shape[3]
-    per_image = (height + rows - 1) // rows
-    acc = np.empty((4, rows * wp))
-    for t in range(t0, t1):
-        n, y0 = t // per_image, (t % per_image) * rows
-        nrows = min(rows, height - y0)
-        span = nrows * wp
-        for oc in range(0, cout, 4):
-            k = min(4, cout - oc)
-            acc[:k, :span] = 0.0
-            for ic in range(cin):
-                plane = flat[n, ic]
-                if k == 4:  # four output channels, three taps of a row per pass
-                    for ky in range(3):
-                        src = plane[(y0 + ky) * wp:]
-                        a0, a1, a2 = wq[oc, ic, ky, 0], wq[oc, ic, ky, 1], wq[oc, ic, ky, 2]
-                        b0, b1, b2 = wq[oc + 1, ic, ky, 0], wq[oc + 1, ic, ky, 1], wq[oc + 1, ic, ky, 2]
-                        c0, c1, c2 = wq[oc + 2, ic, ky, 0], wq[oc + 2, ic, ky, 1], wq[oc + 2, ic, ky, 2]
-                        d0, d1, d2 = wq[oc + 3, ic, ky, 0], wq[oc + 3, ic, ky, 1], wq[oc + 3, ic, ky, 2]
-                        for x in range(span):
-                            s0, s1, s2 = src[x], src[x + 1], src[x + 2]
-                            acc[0, x] += a0 * s0 + a1 * s1 + a2 * s2
-                            acc[1, x] += b0 * s0 + b1 * s1 + b2 * s2
-                            acc[2, x] += c0 * s0 + c1 * s1 + c2 * s2
-                            acc[3, x] += d0 * s0 + d1 * s1 + d2 * s2
-                else:  # one to three channels left: one at a time, all nine taps per pass
-                    r0, r1, r2 = plane[y0 * wp:], plane[(y0 + 1) * wp:], plane[(y0 + 2) * wp:]
-                    for o in range(k):
-                        w = wq[oc + o, ic]
-                        w00, w01, w02, w10, w11, w12 = w[0, 0], w[0, 1], w[0, 2], w[1, 0], w[1, 1], w[1, 2]
-                        w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
-                        for x in range(span):
-                            acc[o, x] += (w00 * r0[x] + w01 * r0[x + 1] + w02 * r0[x + 2]
-                                          + w10 * r1[x] + w11 * r1[x + 1] + w12 * r1[x + 2]
-                                          + w20 * r2[x] + w21 * r2[x + 1] + w22 * r2[x + 2])
+@_inline_sums
+def _taps3x3_four(acc, plane, wq, oc, ic, y0, wp, span):
+    """Four output channels of a 3 x 3 kernel, three taps of a row per pass."""
+    for ky in range(3):
+        src = plane[(y0 + ky) * wp:]
+        a0, a1, a2 = wq[oc, ic, ky, 0], wq[oc, ic, ky, 1], wq[oc, ic, ky, 2]
+        b0, b1, b2 = wq[oc + 1, ic, ky, 0], wq[oc + 1, ic, ky, 1], wq[oc + 1, ic, ky, 2]
+        c0, c1, c2 = wq[oc + 2, ic, ky, 0], wq[oc + 2, ic, ky, 1], wq[oc + 2, ic, ky, 2]
+        d0, d1, d2 = wq[oc + 3, ic, ky, 0], wq[oc + 3, ic, ky, 1], wq[oc + 3, ic, ky, 2]
+        for x in range(span):
+            s0, s1, s2 = src[x], src[x + 1], src[x + 2]
+            acc[0, x] += a0 * s0 + a1 * s1 + a2 * s2
+            acc[1, x] += b0 * s0 + b1 * s1 + b2 * s2
+            acc[2, x] += c0 * s0 + c1 * s1 + c2 * s2
+            acc[3, x] += d0 * s0 + d1 * s1 + d2 * s2
+
+
+@_inline_sums
+def _taps3x3_each(acc, plane, wq, oc, ic, k, y0, wp, span):
+    """One to three output channels of a 3 x 3 kernel, one at a time, all nine taps per pass."""
+    r0, r1, r2 = plane[y0 * wp:], plane[(y0 + 1) * wp:], plane[(y0 + 2) * wp:]
+    for o in range(k):
+        w = wq[oc + o, ic]
+        w00, w01, w02, w10, w11, w12 = w[0, 0], w[0, 1], w[0, 2], w[1, 0], w[1, 1], w[1, 2]
+        w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
+        for x in range(span):
+            acc[o, x] += (w00 * r0[x] + w01 * r0[x + 1] + w02 * r0[x + 2]
+                          + w10 * r1[x] + w11 * r1[x + 1] + w12 * r1[x + 2]
+                          + w20 * r2[x] + w21 * r2[x + 1] + w22 * r2[x + 2])
+
+
+@_inline_sums
+def _taps_any(acc, plane, wq, oc, ic, k, y0, wp, span):
+    """Up to four output channels of any kernel, one tap per pass."""
+    for ky in range(wq.shape[2]):
+        for kx in range(wq.shape[3]):
+            src = plane[(y0 + ky) * wp + kx:]
             for o in range(k):
-                for i in range(nrows):
-                    out[n, oc + o, y0 + i] = acc[o, i * wp:i * wp + width]
+                w = wq[oc + o, ic, ky, kx]
+                for x in range(span):
+                    acc[o, x] += w * src[x]
 
 
 @_njit_sums
-def _conv_any(flat, wq, out, wp, rows, t0, t1):
-    """`_conv3x3` for any kernel size: four output channels, one tap per pass."""
-    cin, kh, kw = flat.shape[1], wq.shape[2], wq.shape[3]
+def _conv(flat, wq, out, wp, rows, t0, t1):
+    """out for the work items [t0, t1) of a stride-1 convolution of `flat` [N, Cin, (Hp + 1) * Wp] (padded planes
+    with one spare zero row, flattened): item t is image t // S, output rows from (t % S) * rows on, S items per
+    image. A segment of rows is one flat run of rows * Wp positions (the kw - 1 right-hand positions of each row
+    are discarded), so narrow images give long vectorized loops too; four output channels' sums stay in L1."""
+    cin = flat.shape[1]
+    three = wq.shape[2] == 3 and wq.shape[3] == 3
     cout, height, width = out.shape[1], out.shape[2], out.shape[3]
     per_image = (height + rows - 1) // rows
     acc = np.empty((4, rows * wp))
@@ -235,13 +237,12 @@ def _conv_any(flat, wq, out, wp, rows, t0, t1):
             k = min(4, cout - oc)
             acc[:k, :span] = 0.0
             for ic in range(cin):
-                for ky in range(kh):
-                    for kx in range(kw):
-                        src = flat[n, ic, (y0 + ky) * wp + kx:]
-                        for o in range(k):
-                            w = wq[oc + o, ic, ky, kx]
-                            for x in range(span):
-                                acc[o, x] += w * src[x]
+                if three and k == 4:
+                    _taps3x3_four(acc, flat[n, ic], wq, oc, ic, y0, wp, span)
+                elif three:
+                    _taps3x3_each(acc, flat[n, ic], wq, oc, ic, k, y0, wp, span)
+                else:
+                    _taps_any(acc, flat[n, ic], wq, oc, ic, k, y0, wp, span)
             for o in range(k):
                 for i in range(nrows):
                     out[n, oc + o, y0 + i] = acc[o, i * wp:i * wp + width]
@@ -317,16 +318,15 @@ def conv2d(padded: np.ndarray, weights: np.ndarray, threads: int = 1) -> np.ndar
     cout, _, kh, kw = weights.shape
     height = hp - kh
     out = np.empty((n, cout, height, wp - kw + 1))
-    fn = _conv3x3 if (kh, kw) == (3, 3) else _conv_any
     rows = max(1, min(height, SEGMENT // wp))
     items = n * -(-height // rows)
     flat = padded.reshape(n, cin, hp * wp)
     parts = max(1, min(threads, items))
     if parts == 1:
-        fn(flat, weights, out, wp, rows, 0, items)
+        _conv(flat, weights, out, wp, rows, 0, items)
     else:
         cuts = [items * i // parts for i in range(parts + 1)]
-        jobs = [_pool().submit(fn, flat, weights, out, wp, rows, a, b) for a, b in zip(cuts, cuts[1:], strict=False)]
+        jobs = [_pool().submit(_conv, flat, weights, out, wp, rows, a, b) for a, b in zip(cuts, cuts[1:], strict=False)]
         for job in jobs:
             job.result()
     return out
