@@ -307,6 +307,15 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+def _forget_pool() -> None:
+    global _POOL
+    _POOL = None  # a forked child has none of its parent's threads: it starts its own pool
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 SEGMENT = 512  # output positions per segment of `conv2d` (four channels' sums stay in L1)
 
 
@@ -318,6 +327,8 @@ def conv2d(padded: np.ndarray, weights: np.ndarray, threads: int = 1) -> np.ndar
     cout, _, kh, kw = weights.shape
     height = hp - kh
     out = np.empty((n, cout, height, wp - kw + 1))
+    if out.size == 0:
+        return out
     rows = max(1, min(height, SEGMENT // wp))
     items = n * -(-height // rows)
     flat = padded.reshape(n, cin, hp * wp)

@@ -145,12 +145,14 @@ def exact_mean(x: torch.Tensor, dims: list[int] | None = None, keepdim: bool = F
     return _divide(exact_sum(xd, dims, keepdim), float(_reduced(xd, dims)[1]))
 
 
-def _direct(x: torch.Tensor, w: torch.Tensor, stride, dilation, transposed: bool, groups: int) -> bool:
+def _direct(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, transposed: bool, groups: int) -> bool:
     """Whether `shardzip.numerics.compiled.conv2d` computes this convolution: 2-d, stride 1, undilated, ungrouped,
     a kernel larger than 1 x 1 (a 1 x 1 one is a matrix product, which torch does well), on the CPU with the
     compiled loops on (`shardzip.coding.kernels`)."""
     if x.dim() != 4 or transposed or groups != 1 or w.shape[2] * w.shape[3] == 1 or x.requires_grad:
         return False
+    if any(int(x.shape[i]) + 2 * int(p) < int(w.shape[i]) for i, p in ((2, padding[0]), (3, padding[1]))):
+        return False  # no output: aten says why
     if any(int(s) != 1 for s in stride) or any(int(d) != 1 for d in dilation):
         return False
     from shardzip.coding.kernels import scripted
@@ -178,7 +180,7 @@ def exact_convolution(x, w, b, stride, padding, dilation, transposed, output_pad
     l1 = float(wq.abs().flatten(1).sum(1).amax()) if not transposed else float(wq.abs().sum())
     a = _checked_amax(x, "a convolution")
     xbits = _grid_bits(a, l1) if a > 0 and l1 > 0 else 0
-    if dtype == torch.float32 and _direct(x, w, stride, dilation, transposed, groups):
+    if dtype == torch.float32 and _direct(x, w, stride, padding, dilation, transposed, groups):
         return _direct_convolution(x, xbits, wq, wbits, padding, b)
     xq = _on_grid(x, xbits)
     ctx = torch.backends.cudnn.flags(enabled=False) if xq.is_cuda else contextlib.nullcontext()
