@@ -4,16 +4,17 @@
 them; on a CPU that costs a pass over memory per step (the float32 sigmoid of a SiLU network: ~15 passes).
 Here the same steps run per element in compiled code: the same IEEE operations in the same order on float32
 values, float32 constants rounded once from the same float64 ones, no fast-math (LLVM neither fuses a
-multiply and an add into an FMA nor reorders without it), table lookups for 2**(j/64) and 2**m. Tested equal,
-bit for bit, to `elementary` over millions of values including every special case; used for float32 tensors
+multiply and an add into an FMA nor reorders without it), a table lookup for 2**(j/64), 2**m from its bits.
+Tested equal, bit for bit, to `elementary` over millions of values including every special case; used for float32 tensors
 on the CPU where numba imports and the compiled coder is on (`SHARDZIP_CODER`, `shardzip.coding.kernels`).
 
 `conv2d` is the sum of products of `shardzip.numerics.exact.exact_convolution`: integer-valued float64
 operands whose every partial sum is an integer below 2**53, so any order of summation, with or without FMA,
 gives the one exact result that torch's float64 convolution gives too (tested equal). Torch computes it with
 im2col and a matrix product, 0.4-18 GF/s on this project's shapes (a few output channels make it a
-matrix-vector product over a 9x copy of the input); here a direct loop keeps an output row of four channels
-in L1 and adds three taps per pass, 45-70 GF/s on one core. Rows are shared among torch's thread count.
+matrix-vector product over a 9x copy of the input); here a direct loop keeps four output channels' sums for a
+run of ~512 positions in L1 and adds three taps per pass, 45-70 GF/s on one core. Runs are shared among torch's
+thread count.
 """
 
 from __future__ import annotations
@@ -251,19 +252,24 @@ def _conv(flat, wq, out, wp, rows, t0, t1):
 @_njit
 def _on_grid_padded(x, scale, padded, ph, pw):
     """padded[n, c, ph + y, pw + x] = rint(float64(x[n, c, y, x]) * scale), exact numerics' `_on_grid`, with zero
-    borders."""
+    borders (each value written once)."""
     n_, c_, h_, w_ = x.shape
-    padded[:] = 0.0
     for n in range(n_):
         for c in range(c_):
+            plane = padded[n, c]
+            plane[:ph] = 0.0
+            plane[ph + h_:] = 0.0
             for y in range(h_):
+                row = plane[ph + y]
+                row[:pw] = 0.0
+                row[pw + w_:] = 0.0
                 for q in range(w_):
-                    padded[n, c, ph + y, pw + q] = np.rint(np.float64(x[n, c, y, q]) * scale)
+                    row[pw + q] = np.rint(np.float64(x[n, c, y, q]) * scale)
 
 
 @_njit
 def _finish32(sums, scale, bias, biased, out):
-    """out = float32(sums * scale + bias[c]) (without the sum unless `biased`): exact numerics' scaling, float64
+    """out = float32(sums * scale + bias[c]) (without the bias unless `biased`): exact numerics' scaling, float64
     bias and rounding, unfused."""
     n_, c_ = sums.shape[:2]
     for n in range(n_):

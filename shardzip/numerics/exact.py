@@ -274,7 +274,7 @@ def _silu(x):
     if x.dtype == torch.float32 and E._compiled(x):
         from shardzip.numerics.compiled import sigmoid32  # the same products in one compiled pass (tested)
 
-        return torch.from_numpy(sigmoid32(x.detach().contiguous().numpy(), silu=True)).view(x.shape)
+        return torch.from_numpy(sigmoid32(x.detach().contiguous().numpy(), silu=True))
     return x * E.sigmoid(x).to(x.dtype)  # the canonical x * sigmoid(x), rounded as torch's decomposition is
 
 
