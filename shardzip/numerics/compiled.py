@@ -5,8 +5,9 @@ them; on a CPU that costs a pass over memory per step (the float32 sigmoid of a 
 Here the same steps run per element in compiled code: the same IEEE operations in the same order on float32
 values, float32 constants rounded once from the same float64 ones, no fast-math (LLVM neither fuses a
 multiply and an add into an FMA nor reorders without it), a table lookup for 2**(j/64), 2**m from its bits.
-Tested equal, bit for bit, to `elementary` over millions of values including every special case; used for float32 tensors
-on the CPU where numba imports and the compiled coder is on (`SHARDZIP_CODER`, `shardzip.coding.kernels`).
+Tested equal, bit for bit, to `elementary` over millions of values including every special case; used for
+float32 tensors on the CPU where numba imports and the compiled coder is on (`SHARDZIP_CODER`,
+`shardzip.coding.kernels`).
 
 `conv2d` is the sum of products of `shardzip.numerics.exact.exact_convolution`: integer-valued float64
 operands whose every partial sum is an integer below 2**53, so any order of summation, with or without FMA,
