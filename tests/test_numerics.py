@@ -449,6 +449,30 @@ def test_compiled_float32_sigmoid_equals_the_torch_steps_bit_for_bit():
     assert np.isnan(nan).all()
 
 
+def test_compiled_float64_exp_equals_the_torch_steps_bit_for_bit():
+    """shardzip.numerics.compiled.exp64 (the coders' mixture scales) against elementary.exp's float64 torch steps:
+    random bit patterns, every scale of log-scales and the edges of the clamp, as bits."""
+    from conftest import kernel_mode
+
+    from shardzip.numerics import compiled
+    from shardzip.numerics import elementary as E
+
+    if not compiled.available():
+        pytest.skip("numba is not importable here: elementary's torch steps run")
+    rng = np.random.default_rng(8)
+    special = np.array([0.0, -0.0, 5e-324, -5e-324, 2.2e-308, -700.0, np.nextafter(-700.0, -1e3), -699.9999999,
+                        709.0, np.nextafter(709.0, 1e3), -745.2, 1e300, -1e300, np.inf, -np.inf, 0.5, -0.5])
+    patterns = rng.integers(0, 2**63, 300_000, dtype=np.int64).view(np.float64) * rng.choice([-1.0, 1.0], 300_000)
+    x = np.concatenate([special, patterns[np.isfinite(patterns)]]
+                       + [rng.standard_normal(200_000) * s for s in (0.01, 1.0, 10.0, 300.0)])
+    with kernel_mode("scripted"):
+        want = E.exp(torch.from_numpy(x)).numpy()
+    with kernel_mode("native"):
+        got = E.exp(torch.from_numpy(x)).numpy()
+    assert np.array_equal(got.view(np.int64), want.view(np.int64))
+    assert np.isnan(compiled.exp64(np.array([np.nan]))).all()
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 2), st.integers(1, 6), st.integers(1, 10), st.integers(1, 12), st.integers(1, 40),
        st.sampled_from([2, 3, 5]), st.integers(0, 2), st.booleans(), st.floats(-6, 6), st.integers(1, 3),

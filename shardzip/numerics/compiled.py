@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from shardzip.coding.native import available
+from shardzip.numerics.direct import kernels
 
 if available():
     import numba
@@ -108,6 +109,47 @@ def sigmoid32(x: np.ndarray, silu: bool = False) -> np.ndarray:
     return out.reshape(np.shape(x))
 
 
+EXP_MIN, EXP_MAX = -700.0, 709.0  # elementary.EXP_MIN, EXP_MAX
+
+
+@_njit
+def _exp64(xs, out, inv_step, hi, lo, c0, c1, c2, c3, c4, c5, tab):
+    """out = elementary.exp(xs) in float64: its steps per value, in three loops per block (two vectorize): x clamped
+    to [EXP_MIN, EXP_MAX], k = rint(x / step), P(r) for r = (x - k hi) - k lo, times 2**(j/64) from the table and
+    2**m from its bits, times 0 below EXP_MIN; NaN stays NaN."""
+    poly = np.empty(_BLOCK)
+    k_int = np.empty(_BLOCK, np.int64)
+    pow2 = np.empty(_BLOCK, np.int64)
+    pow2_f = pow2.view(np.float64)
+    for start in range(0, xs.shape[0], _BLOCK):
+        m = min(_BLOCK, xs.shape[0] - start)
+        for j in range(m):
+            x = min(max(xs[start + j], EXP_MIN), EXP_MAX)
+            k = np.rint(x * inv_step)
+            r = (x - k * hi) - k * lo
+            poly[j] = ((((r * c5 + c4) * r + c3) * r + c2) * r + c1) * r + c0
+            ki = np.int64(k)
+            k_int[j] = ki
+            pow2[j] = ((ki >> 6) + 1023) << 52
+        for j in range(m):
+            poly[j] = poly[j] * tab[k_int[j] & 63] * pow2_f[j]
+        for j in range(m):
+            x = xs[start + j]
+            out[start + j] = poly[j] * (1.0 if x >= EXP_MIN else 0.0) if x == x else x
+
+
+def exp64(x: np.ndarray) -> np.ndarray:
+    """elementary.exp of a float64 array."""
+    from shardzip.numerics.elementary import _TABLE, _constants
+
+    c = _constants()
+    flat = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+    out = np.empty_like(flat)
+    _exp64(flat, out, c["inv_step"], c["step_hi"], c["step_lo"], *c["exp_poly"],
+           np.array(c["exp_table"], np.float64)[:_TABLE])
+    return out.reshape(np.shape(x))
+
+
 # ------------------------------------------------------------------------------ per-pixel norm
 @_njit
 def _pixel_mean(x, scale, inv_scale, mean):
@@ -177,77 +219,59 @@ def pixel_norm32(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
 
 
 # ------------------------------------------------------------------------------ exact convolutions
-@_inline_sums
-def _taps3x3_four(acc, plane, wq, oc, ic, y0, wp, span):
-    """Four output channels of a 3 x 3 kernel, three taps of a row per pass."""
-    for ky in range(3):
-        src = plane[(y0 + ky) * wp:]
-        a0, a1, a2 = wq[oc, ic, ky, 0], wq[oc, ic, ky, 1], wq[oc, ic, ky, 2]
-        b0, b1, b2 = wq[oc + 1, ic, ky, 0], wq[oc + 1, ic, ky, 1], wq[oc + 1, ic, ky, 2]
-        c0, c1, c2 = wq[oc + 2, ic, ky, 0], wq[oc + 2, ic, ky, 1], wq[oc + 2, ic, ky, 2]
-        d0, d1, d2 = wq[oc + 3, ic, ky, 0], wq[oc + 3, ic, ky, 1], wq[oc + 3, ic, ky, 2]
-        for x in range(span):
-            s0, s1, s2 = src[x], src[x + 1], src[x + 2]
-            acc[0, x] += a0 * s0 + a1 * s1 + a2 * s2
-            acc[1, x] += b0 * s0 + b1 * s1 + b2 * s2
-            acc[2, x] += c0 * s0 + c1 * s1 + c2 * s2
-            acc[3, x] += d0 * s0 + d1 * s1 + d2 * s2
+if available():
+    from llvmlite import ir as _ir
+    from numba import types as _types
+    from numba.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def _call_block(typingctx, fn, src, cstride, cin, kh, kw, wp, w, acc, astride, span):
+        """Call the micro-kernel at address `fn` (`shardzip.numerics.direct`), pointers as integers."""
+        def codegen(context, builder, signature, args):
+            i64 = _ir.IntType(64)
+            kernel = builder.inttoptr(args[0], _ir.FunctionType(_ir.VoidType(), [i64] * 10).as_pointer())
+            builder.call(kernel, [builder.zext(a, i64) if a.type.width < 64 else a for a in args[1:]])
+            return context.get_dummy_value()
+
+        return _types.void(*(_types.int64,) * 11), codegen
+else:  # pragma: no cover
+    def _call_block(*args):
+        raise RuntimeError("numba is not importable")
 
 
-@_inline_sums
-def _taps3x3_each(acc, plane, wq, oc, ic, k, y0, wp, span):
-    """One to three output channels of a 3 x 3 kernel, one at a time, all nine taps per pass."""
-    r0, r1, r2 = plane[y0 * wp:], plane[(y0 + 1) * wp:], plane[(y0 + 2) * wp:]
-    for o in range(k):
-        w = wq[oc + o, ic]
-        w00, w01, w02, w10, w11, w12 = w[0, 0], w[0, 1], w[0, 2], w[1, 0], w[1, 1], w[1, 2]
-        w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
-        for x in range(span):
-            acc[o, x] += (w00 * r0[x] + w01 * r0[x + 1] + w02 * r0[x + 2]
-                          + w10 * r1[x] + w11 * r1[x + 1] + w12 * r1[x + 2]
-                          + w20 * r2[x] + w21 * r2[x + 1] + w22 * r2[x + 2])
-
-
-@_inline_sums
-def _taps_any(acc, plane, wq, oc, ic, k, y0, wp, span):
-    """Up to four output channels of any kernel, one tap per pass."""
-    for ky in range(wq.shape[2]):
-        for kx in range(wq.shape[3]):
-            src = plane[(y0 + ky) * wp + kx:]
-            for o in range(k):
-                w = wq[oc + o, ic, ky, kx]
-                for x in range(span):
-                    acc[o, x] += w * src[x]
-
-
-@_njit_sums
-def _conv(flat, wq, out, wp, rows, t0, t1):
+@_njit
+def _conv(fns, flat, packed, starts, sizes, out, wp, kh, kw, rows, t0, t1, scale, bias, biased):
     """out for the work items [t0, t1) of a stride-1 convolution of `flat` [N, Cin, (Hp + 1) * Wp] (padded planes
     with one spare zero row, flattened): item t is image t // S, output rows from (t % S) * rows on, S items per
     image. A segment of rows is one flat run of rows * Wp positions (the kw - 1 right-hand positions of each row
-    are discarded), so narrow images give long vectorized loops too; four output channels' sums stay in L1."""
-    cin = flat.shape[1]
-    three = wq.shape[2] == 3 and wq.shape[3] == 3
-    cout, height, width = out.shape[1], out.shape[2], out.shape[3]
+    are discarded), so narrow images give long vector loops too. Output channels go in groups of up to eight:
+    group g's weights start at packed[starts[g]] as [Cin, kh, kw, sizes[g]], and the micro-kernel fns[size - 1]
+    sums them into `acc`. Each sum s is written as s * scale (+ bias[c] if `biased`), rounded to out's dtype."""
+    cin, plane = flat.shape[1], flat.shape[2]
+    height, width = out.shape[2], out.shape[3]
     per_image = (height + rows - 1) // rows
-    acc = np.empty((4, rows * wp))
+    acc = np.empty((8, rows * wp))
+    base, weights, sums = flat.ctypes.data, packed.ctypes.data, acc.ctypes.data
     for t in range(t0, t1):
         n, y0 = t // per_image, (t % per_image) * rows
         nrows = min(rows, height - y0)
-        span = nrows * wp
-        for oc in range(0, cout, 4):
-            k = min(4, cout - oc)
-            acc[:k, :span] = 0.0
-            for ic in range(cin):
-                if three and k == 4:
-                    _taps3x3_four(acc, flat[n, ic], wq, oc, ic, y0, wp, span)
-                elif three:
-                    _taps3x3_each(acc, flat[n, ic], wq, oc, ic, k, y0, wp, span)
-                else:
-                    _taps_any(acc, flat[n, ic], wq, oc, ic, k, y0, wp, span)
+        src = base + 8 * (n * cin * plane + y0 * wp)
+        oc = 0
+        for g in range(sizes.shape[0]):
+            k = sizes[g]
+            _call_block(fns[k - 1], src, plane, cin, kh, kw, wp, weights + 8 * starts[g], sums, rows * wp,
+                        nrows * wp)
             for o in range(k):
+                b = bias[oc + o]
                 for i in range(nrows):
-                    out[n, oc + o, y0 + i] = acc[o, i * wp:i * wp + width]
+                    row, a = out[n, oc + o, y0 + i], acc[o, i * wp:]
+                    if biased:
+                        for q in range(width):
+                            row[q] = a[q] * scale + b
+                    else:
+                        for q in range(width):
+                            row[q] = a[q] * scale
+            oc += k
 
 
 @_njit
@@ -268,24 +292,6 @@ def _on_grid_padded(x, scale, padded, ph, pw):
                     row[pw + q] = np.rint(np.float64(x[n, c, y, q]) * scale)
 
 
-@_njit
-def _finish32(sums, scale, bias, biased, out):
-    """out = float32(sums * scale + bias[c]) (without the bias unless `biased`): exact numerics' scaling, float64
-    bias and rounding, unfused."""
-    n_, c_ = sums.shape[:2]
-    for n in range(n_):
-        for c in range(c_):
-            b = bias[c]
-            o = out[n, c]
-            s = sums[n, c]
-            if biased:
-                for p in range(s.shape[0]):
-                    o[p] = np.float32(s[p] * scale + b)
-            else:
-                for p in range(s.shape[0]):
-                    o[p] = np.float32(s[p] * scale)
-
-
 def on_grid_padded(x: np.ndarray, bits: int, ph: int, pw: int) -> np.ndarray:
     """x (float32 or float64, [N, C, H, W]) on the grid 2**-bits, rounded half to even, zero-padded by (ph, pw),
     with one more zero row below (`conv2d` reads a few positions past each plane's last row)."""
@@ -293,15 +299,6 @@ def on_grid_padded(x: np.ndarray, bits: int, ph: int, pw: int) -> np.ndarray:
     padded = np.empty((n, c, h + 2 * ph + 1, w + 2 * pw))
     _on_grid_padded(x, math.ldexp(1.0, bits), padded, ph, pw)
     return padded
-
-
-def finish32(sums: np.ndarray, bits: int, bias: np.ndarray | None) -> np.ndarray:
-    """float32(sums * 2**-bits + bias) per channel of float64 [N, C, H, W] sums, with a float64 bias (or none)."""
-    n, c = sums.shape[:2]
-    out = np.empty(sums.shape, np.float32)
-    b = np.zeros(c) if bias is None else np.ascontiguousarray(bias, np.float64)
-    _finish32(sums.reshape(n, c, -1), math.ldexp(1.0, -bits), b, bias is not None, out.reshape(n, c, -1))
-    return out
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -323,28 +320,46 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
-SEGMENT = 512  # output positions per segment of `conv2d` (four channels' sums stay in L1)
+SEGMENT = 1024  # output positions per segment of `conv2d` (its input rows of all channels stay in L2)
 
 
-def conv2d(padded: np.ndarray, weights: np.ndarray, threads: int = 1) -> np.ndarray:
+def _packed(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[Cout, Cin, kh, kw] weights in groups of up to eight output channels, each [Cin, kh, kw, group]: the
+    layout the micro-kernels read (one broadcast per channel and tap); with each group's start and size."""
+    cout = weights.shape[0]
+    sizes = np.array([min(8, cout - c) for c in range(0, cout, 8)], np.int64)
+    parts = [np.ascontiguousarray(weights[c:c + 8].transpose(1, 2, 3, 0)).reshape(-1) for c in range(0, cout, 8)]
+    starts = np.cumsum([0] + [p.size for p in parts[:-1]]).astype(np.int64)
+    return np.concatenate(parts), starts, sizes
+
+
+def conv2d(padded: np.ndarray, weights: np.ndarray, threads: int = 1, bits: int = 0, bias: np.ndarray | None = None,
+           dtype=np.float64) -> np.ndarray:
     """The stride-1 convolution [N, Cout, H, W] of `padded` [N, Cin, H + kh (one spare zero row), W + kw - 1] (from
     `on_grid_padded`) with `weights` [Cout, Cin, kh, kw], both float64 integers whose every partial sum stays below
-    2**53 (then exact), on `threads` threads."""
+    2**53 (then exact), on `threads` threads; each sum scaled by 2**-bits, the float64 `bias` per output channel
+    added (if any), and rounded to `dtype`: exact numerics' scaling, bias and rounding, unfused. Needs the
+    micro-kernels (`shardzip.numerics.direct.kernels()` not None)."""
     n, cin, hp, wp = padded.shape
     cout, _, kh, kw = weights.shape
     height = hp - kh
-    out = np.empty((n, cout, height, wp - kw + 1))
+    out = np.empty((n, cout, height, wp - kw + 1), dtype)
     if out.size == 0:
         return out
+    fns = np.array(kernels(), np.int64)
     rows = max(1, min(height, SEGMENT // wp))
     items = n * -(-height // rows)
-    flat = padded.reshape(n, cin, hp * wp)
+    flat = np.ascontiguousarray(padded).reshape(n, cin, hp * wp)
+    packed, starts, sizes = _packed(np.ascontiguousarray(weights, np.float64))
+    b = np.zeros(cout) if bias is None else np.ascontiguousarray(bias, np.float64)
+    args = (fns, flat, packed, starts, sizes, out, wp, kh, kw, rows)
+    tail = (math.ldexp(1.0, -bits), b, bias is not None)
     parts = max(1, min(threads, items))
     if parts == 1:
-        _conv(flat, weights, out, wp, rows, 0, items)
+        _conv(*args, 0, items, *tail)
     else:
         cuts = [items * i // parts for i in range(parts + 1)]
-        jobs = [_pool().submit(_conv, flat, weights, out, wp, rows, a, b) for a, b in zip(cuts, cuts[1:], strict=False)]
+        jobs = [_pool().submit(_conv, *args, a, b_, *tail) for a, b_ in zip(cuts, cuts[1:], strict=False)]
         for job in jobs:
             job.result()
     return out
@@ -355,9 +370,9 @@ def compile_all() -> None:
     if available():
         for silu in (False, True):
             sigmoid32(np.zeros(1, np.float32), silu)
+        exp64(np.zeros(1))
         x = np.ones((1, 2, 4, 4), np.float32)
-        for k in (3, 2):
-            sums = conv2d(on_grid_padded(x, 0, 1, 1), np.ones((1, 2, k, k)))
-            for bias in (None, np.zeros(1)):
-                finish32(sums, 0, bias)
+        if kernels() is not None:
+            for dtype in (np.float32, np.float64):
+                conv2d(on_grid_padded(x, 0, 1, 1), np.ones((1, 2, 3, 3)), 1, 0, np.zeros(1), dtype)
         pixel_norm32(x, np.ones(2, np.float32), np.zeros(2, np.float32), 1e-5, lambda amax, n: 0)

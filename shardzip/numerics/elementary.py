@@ -112,8 +112,12 @@ def exp(x: torch.Tensor) -> torch.Tensor:
     |r| <= ln2/128 (P of degree 5 in float64, 3 in float32)."""
     if x.dtype == torch.float32:
         return _exp32(x)
-    c = _constants()
     x = x.double()
+    if _compiled(x):
+        from shardzip.numerics.compiled import exp64  # the same steps, one compiled pass (tested)
+
+        return torch.from_numpy(exp64(x.detach().contiguous().numpy()))
+    c = _constants()
     live = (x >= EXP_MIN).double()
     x = x.clamp(EXP_MIN, EXP_MAX)
     k = torch.round(x * c["inv_step"])
@@ -269,7 +273,7 @@ def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
 
 
 def _compiled(x: torch.Tensor) -> bool:
-    """Whether `shardzip.numerics.compiled` computes this float32 tensor's function: on the CPU, outside autograd,
+    """Whether `shardzip.numerics.compiled` computes this tensor's function: on the CPU, outside autograd,
     large enough to be worth a call, with the compiled loops on (`shardzip.coding.kernels`)."""
     from shardzip.coding.kernels import scripted
     from shardzip.numerics.compiled import MIN_ELEMENTS

@@ -38,6 +38,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -156,8 +157,9 @@ def _direct(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, transpo
     if any(int(s) != 1 for s in stride) or any(int(d) != 1 for d in dilation):
         return False
     from shardzip.coding.kernels import scripted
+    from shardzip.numerics.direct import kernels
 
-    return scripted.use_native(x.device)
+    return scripted.use_native(x.device) and kernels() is not None
 
 
 def _direct_convolution(x: torch.Tensor, xbits: int, wq: torch.Tensor, wbits: int, padding,
@@ -165,12 +167,12 @@ def _direct_convolution(x: torch.Tensor, xbits: int, wq: torch.Tensor, wbits: in
     """What exact_convolution's aten path gives (x on its grid, the exact integer sums, scaled, the float64 bias
     added, rounded to float32), from compiled loops: the same sums and roundings, 3-30x faster on one core
     (`shardzip.numerics.compiled`)."""
-    from shardzip.numerics.compiled import conv2d, finish32, on_grid_padded
+    from shardzip.numerics.compiled import conv2d, on_grid_padded
 
     ph, pw = (int(p) for p in padding)
-    sums = conv2d(on_grid_padded(x.detach().contiguous().numpy(), xbits, ph, pw), wq.numpy(), torch.get_num_threads())
+    padded = on_grid_padded(x.detach().contiguous().numpy(), xbits, ph, pw)
     bias = None if b is None else b.detach().double().numpy()
-    return torch.from_numpy(finish32(sums, xbits + wbits, bias))
+    return torch.from_numpy(conv2d(padded, wq.numpy(), torch.get_num_threads(), xbits + wbits, bias, np.float32))
 
 
 def exact_convolution(x, w, b, stride, padding, dilation, transposed, output_padding, groups) -> torch.Tensor:
