@@ -397,7 +397,7 @@ def test_compile_all_leaves_every_loop_compiled():
     if not native.available():
         pytest.skip("numba is not importable here: the torch loops code")
     native.compile_all()
-    loops = [*native._POPS, *native._FREQS, native.push_loop, native._quantize]
+    loops = [*native._POPS, *native._FREQS, native.push_loop, native._quantize, native._mixture]
     assert all(len(f.signatures) >= 1 for f in loops)
 
 
@@ -420,3 +420,39 @@ def test_compiled_and_torch_categorical_weights_agree(rows, K, from_probs, seed,
     with kernel_mode("scripted"):
         b = categorical(precision=precision, **kw)
     assert torch.equal(a.params[0], b.params[0])
+
+
+@given(st.integers(1, 12), st.integers(1, 9), st.integers(0, 2**32 - 1), st.sampled_from([1536, 65536]))
+@examples(60)
+def test_compiled_and_torch_mixture_weights_agree(rows, J, seed, K):
+    """mixture_discretized_logistic's integer weights from logits, compiled and torch: spread, peaked, equal rows,
+    ties of the 2**-10 rounding and weights too small to count (every component's exp_neg entry 0 but one)."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn((rows, 3, J), generator=gen, dtype=torch.float64) * 30
+    logits[0, 0] = 0.0
+    logits[-1, -1] = torch.round(logits[-1, -1] * 2048) / 2048 + 1 / 2048
+    logits[0, 1] = torch.arange(J, dtype=torch.float64) * -1e4
+    means = torch.rand((rows, 3, J), generator=gen, dtype=torch.float64) * K
+    scales = torch.rand((rows, 3, J), generator=gen, dtype=torch.float64) * 20 + 0.1
+    with kernel_mode("native"):
+        a = mixture_discretized_logistic(means, scales, logit_weights=logits, alphabet_size=K)
+    with kernel_mode("scripted"):
+        b = mixture_discretized_logistic(means, scales, logit_weights=logits, alphabet_size=K)
+    assert all(torch.equal(x, y) for x, y in zip(a.params, b.params, strict=True))
+    assert a.shape == b.shape
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 2.0**60])
+def test_compiled_mixture_weights_leave_bad_logits_to_the_torch_path(bad):
+    """A logit the compiled pass does not take gives the torch path's answer: its error, or its weights."""
+    logits = torch.tensor([[0.0, bad]])
+    outcome = {}
+    for mode in ("native", "scripted"):
+        with kernel_mode(mode):
+            try:
+                outcome[mode] = mixture_discretized_logistic(torch.zeros(1, 2), torch.ones(1, 2),
+                                                             logit_weights=logits).params[2]
+            except models.ModelParameterError as exc:
+                outcome[mode] = str(exc)
+    assert type(outcome["native"]) is type(outcome["scripted"])
+    assert str(outcome["native"]) == str(outcome["scripted"])

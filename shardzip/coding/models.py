@@ -303,7 +303,20 @@ def mixture_discretized_logistic(means, scales, weights=None, logit_weights=None
             raise ModelParameterError("mixture weights must be non-negative")
         raw = torch.round(w / w.amax(-1, keepdim=True).clamp(min=1e-300) * (1 << 20)).long()
     else:
+        if isinstance(logit_weights, torch.Tensor) and logit_weights.shape == loc_q.shape and \
+                K_.scripted.use_native(loc_q.device):
+            from shardzip.coding import native  # one compiled pass per row, the same integers (tested)
+
+            with torch.no_grad():
+                found = native.mixture_weights(logit_weights.detach().to(torch.float64).reshape(-1, loc_q.shape[-1])
+                                               .numpy(), EXP_FRAC, table("exp_neg", loc_q.device).numpy(), K_.MIX_BITS)
+            if found is not None:
+                return EntropyModel(K_.MIXTURE, alphabet_size, precision, tuple(loc_q.shape[:-1]),
+                                    (loc_q.contiguous(), inv_q.contiguous(), torch.from_numpy(found).view(loc_q.shape)),
+                                    table_name="sigmoid", device=loc_q.device)
         lw = _finite64("mixture logit weights", logit_weights, loc_q.device)
+        if lw.numel() and float(lw.abs().amax()) > 2.0**50:  # their fixed-point values would overflow int64
+            raise ModelParameterError("mixture logit weights beyond +-2**50")
         q = torch.round(lw * (1 << EXP_FRAC)).long()
         raw = table("exp_neg", loc_q.device)[(q.amax(-1, keepdim=True) - q).clamp(max=EXP_LEN - 1)] >> 10
     loc_q, inv_q, raw = torch.broadcast_tensors(loc_q, inv_q, raw)

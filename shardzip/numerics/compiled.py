@@ -56,34 +56,37 @@ def _sigmoid32(xs, out, silu, inv_step, hi, lo, c0, c1, c2, c3, tab):
     elementary's float32 steps per value, in three loops per block so that two of them vectorize: e = e**-|x|
     (clamped at -87, below which it is 0) as p(r) * 2**(j/64) * 2**m, then 1 / (1 + e) and the select. The
     table lookup 2**(j/64) is the one scalar loop; 2**m is built from its exponent bits (m >= -126: a normal
-    float32, the value the old table held)."""
+    float32, the value the old table held). Blocks are indexed through slices: an index that numba cannot prove
+    non-negative gets a wrap-around select, which turns the vector loads and stores into gathers and scatters
+    (3x slower)."""
     one, zero, floor = np.float32(1.0), np.float32(0.0), np.float32(-87.0)
     poly = np.empty(_BLOCK, np.float32)
-    k_int = np.empty(_BLOCK, np.int32)
+    index = np.empty(_BLOCK, np.int32)
+    scale = np.empty(_BLOCK, np.float32)
     pow2 = np.empty(_BLOCK, np.int32)
     pow2_f = pow2.view(np.float32)
     for start in range(0, xs.shape[0], _BLOCK):
         m = min(_BLOCK, xs.shape[0] - start)
+        xb, ob = xs[start:start + m], out[start:start + m]
         for j in range(m):
-            x = xs[start + j]
-            a = max(-abs(x) if x == x else zero, floor)
+            a = -abs(xb[j])
+            a = a if a >= floor else floor  # NaN too: its output is x itself (below)
             k = np.rint(a * inv_step)
             r = (a - k * hi) - k * lo
             poly[j] = ((r * c3 + c2) * r + c1) * r + c0
             ki = np.int32(k)
-            k_int[j] = ki
-            pow2[j] = ((ki >> 6) + 127) << 23
+            index[j] = ki & np.int32(63)
+            pow2[j] = ((ki >> np.int32(6)) + np.int32(127)) << np.int32(23)
         for j in range(m):
-            poly[j] = poly[j] * tab[k_int[j] & 63] * pow2_f[j]
+            scale[j] = tab[index[j]]
         for j in range(m):
-            x = xs[start + j]
-            live = one if (-abs(x) if x == x else zero) >= floor else zero
-            e = poly[j] * live
+            x = xb[j]
+            e = poly[j] * scale[j] * pow2_f[j]
+            e = e if -abs(x) >= floor else zero  # e**-|x| is 0 below the clamp
             inv = one / (e + one)
-            neg = one if x < zero else zero
-            sig = neg * (e * inv) + (one - neg) * inv  # elementary._select's arithmetic
+            sig = e * inv if x < zero else inv  # elementary._select's arithmetic, for a 0/1 mask
             value = x * sig if silu else sig
-            out[start + j] = value if x == x else x  # NaN stays NaN
+            ob[j] = value if x == x else x  # NaN stays NaN
 
 
 _ARGS: tuple | None = None
@@ -123,30 +126,42 @@ def _exp64(xs, out, inv_step, hi, lo, c0, c1, c2, c3, c4, c5, tab):
     pow2_f = pow2.view(np.float64)
     for start in range(0, xs.shape[0], _BLOCK):
         m = min(_BLOCK, xs.shape[0] - start)
+        xb, ob = xs[start:start + m], out[start:start + m]  # slices: see _sigmoid32
         for j in range(m):
-            x = min(max(xs[start + j], EXP_MIN), EXP_MAX)
+            x = xb[j]
+            x = EXP_MIN if not x >= EXP_MIN else (EXP_MAX if x > EXP_MAX else x)  # NaN too: its output is x
             k = np.rint(x * inv_step)
             r = (x - k * hi) - k * lo
             poly[j] = ((((r * c5 + c4) * r + c3) * r + c2) * r + c1) * r + c0
             ki = np.int64(k)
-            k_int[j] = ki
+            k_int[j] = ki & 63
             pow2[j] = ((ki >> 6) + 1023) << 52
         for j in range(m):
-            poly[j] = poly[j] * tab[k_int[j] & 63] * pow2_f[j]
+            poly[j] = poly[j] * tab[k_int[j]] * pow2_f[j]
         for j in range(m):
-            x = xs[start + j]
-            out[start + j] = poly[j] * (1.0 if x >= EXP_MIN else 0.0) if x == x else x
+            x = xb[j]
+            ob[j] = poly[j] * (1.0 if x >= EXP_MIN else 0.0) if x == x else x
+
+
+_EXP: tuple | None = None
+
+
+def exp_constants() -> tuple:
+    """`_exp64`'s constants after its two arrays: elementary's reduction, polynomial and table."""
+    global _EXP
+    if _EXP is None:
+        from shardzip.numerics.elementary import _TABLE, _constants
+
+        c = _constants()
+        _EXP = (c["inv_step"], c["step_hi"], c["step_lo"], *c["exp_poly"], np.array(c["exp_table"], np.float64)[:_TABLE])
+    return _EXP
 
 
 def exp64(x: np.ndarray) -> np.ndarray:
     """elementary.exp of a float64 array."""
-    from shardzip.numerics.elementary import _TABLE, _constants
-
-    c = _constants()
     flat = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
     out = np.empty_like(flat)
-    _exp64(flat, out, c["inv_step"], c["step_hi"], c["step_lo"], *c["exp_poly"],
-           np.array(c["exp_table"], np.float64)[:_TABLE])
+    _exp64(flat, out, *exp_constants())
     return out.reshape(np.shape(x))
 
 
@@ -288,8 +303,9 @@ def _on_grid_padded(x, scale, padded, ph, pw):
                 row = plane[ph + y]
                 row[:pw] = 0.0
                 row[pw + w_:] = 0.0
+                src, dst = x[n, c, y], row[pw:pw + w_]  # slices: see _sigmoid32
                 for q in range(w_):
-                    row[pw + q] = np.rint(np.float64(x[n, c, y, q]) * scale)
+                    dst[q] = np.rint(np.float64(src[q]) * scale)
 
 
 def on_grid_padded(x: np.ndarray, bits: int, ph: int, pw: int) -> np.ndarray:
