@@ -510,6 +510,6 @@ def compile_all() -> float:
     return time.perf_counter() - t0
 
 
-__all__ = ["available", "categorical_weights", "compile_all", "mixture_weights", "model_arrays", "pop_loop", "push_loop",
-           "quantize_loc_scale", "start_freq"]
+__all__ = ["available", "categorical_weights", "compile_all", "mixture_weights", "model_arrays", "pop_loop",
+           "push_loop", "quantize_loc_scale", "start_freq"]
 

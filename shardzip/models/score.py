@@ -2,9 +2,9 @@
 
 `base.mixture_log2prob` computes it with about twenty torch operations over [..., J] tensors; scoring a
 chunk's coding pass that way took a fifth of idf's encode time. Here each element's J components are
-evaluated block by block in float64 (the torch path runs in the parameters' float32), with vectorized exps. The figure is reported,
-never coded, so it need not be identical everywhere: it agrees with the torch path to ~1e-6 relative
-(tested). Used on the CPU outside autograd where numba imports (`available`).
+evaluated block by block in float64 (the torch path runs in the parameters' float32), with vectorized exps.
+The figure is reported, never coded, so it need not be identical everywhere: it agrees with the torch path
+to ~1e-6 relative on sums (tested). Used on the CPU outside autograd where numba imports (`available`).
 """
 
 from __future__ import annotations

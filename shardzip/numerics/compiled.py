@@ -153,7 +153,8 @@ def exp_constants() -> tuple:
         from shardzip.numerics.elementary import _TABLE, _constants
 
         c = _constants()
-        _EXP = (c["inv_step"], c["step_hi"], c["step_lo"], *c["exp_poly"], np.array(c["exp_table"], np.float64)[:_TABLE])
+        table = np.array(c["exp_table"], np.float64)[:_TABLE]
+        _EXP = (c["inv_step"], c["step_hi"], c["step_lo"], *c["exp_poly"], table)
     return _EXP
 
 
