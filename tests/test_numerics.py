@@ -548,6 +548,41 @@ def test_compiled_convolution_segments_wide_and_narrow_images_alike(k, width):
         assert got.shape == (2, 6, 5 + 2 * (k // 2) - k + 1, width + 2 * (k // 2) - k + 1)
 
 
+@pytest.mark.parametrize("lanes,registers,generic", [(8, 32, False), (4, 16, False), (2, 8, False), (4, 16, True)])
+def test_convolution_micro_kernels_of_every_vector_width_give_the_exact_sums(lanes, registers, generic):
+    """The micro-kernels that other CPUs compile (AVX2: 4 doubles, 16 registers; NEON: 2; the architecture's
+    baseline) give aten's exact float64 sums: every group size of 1 to 8 output channels, 2 x 2, 3 x 3 and 5 x 5
+    kernels, runs shorter than a vector and masked tails."""
+    from shardzip.numerics import compiled, direct
+
+    if not compiled.available():
+        pytest.skip("numba is not importable here")
+    engine, blocks = direct.build(lanes, registers, generic)  # noqa: F841 - the engine owns the code
+    gen = torch.Generator().manual_seed(lanes * 100 + registers + generic)
+    for cout, k, h, w in [(17, 3, 9, 13), (8, 3, 3, 3), (7, 2, 5, 30), (3, 5, 6, 1), (12, 3, 40, 41)]:
+        x = torch.randint(-2**20, 2**20, (2, 5, h, w), generator=gen).float()
+        wt = torch.randint(-2**20, 2**20, (cout, 5, k, k), generator=gen).double()
+        got = compiled.conv2d(compiled.on_grid_padded(x.numpy(), 0, k // 2, k // 2), wt.numpy(), 1, blocks=blocks)
+        want = torch.nn.functional.conv2d(x.double(), wt, padding=k // 2).numpy()
+        assert np.array_equal(got, want[..., :got.shape[2], :got.shape[3]]), (cout, k, h, w)
+
+
+def test_exact_convolutions_without_the_micro_kernels_take_aten_s_path(monkeypatch):
+    """Where llvmlite cannot build the micro-kernels, exact convolutions run aten's float64 sums: the same bits."""
+    from conftest import kernel_mode
+
+    from shardzip.numerics import direct
+
+    gen = torch.Generator().manual_seed(11)
+    x, wt, b = torch.randn(2, 6, 20, 24, generator=gen), torch.randn(9, 6, 3, 3, generator=gen), torch.randn(9)
+    args = ([1, 1], [1, 1], [1, 1], False, [0, 0], 1)
+    with kernel_mode("native"):
+        fast = exact_convolution(x, wt, b, *args)
+        monkeypatch.setattr(direct, "kernels", lambda: None)
+        slow = exact_convolution(x, wt, b, *args)
+    assert torch.equal(fast.view(torch.int32), slow.view(torch.int32))
+
+
 EXACT2 = Path(__file__).parent / "data" / "exact2"
 
 

@@ -6,16 +6,17 @@ Here the same steps run per element in compiled code: the same IEEE operations i
 values, float32 constants rounded once from the same float64 ones, no fast-math (LLVM neither fuses a
 multiply and an add into an FMA nor reorders without it), a table lookup for 2**(j/64), 2**m from its bits.
 Tested equal, bit for bit, to `elementary` over millions of values including every special case; used for
-float32 tensors on the CPU where numba imports and the compiled coder is on (`SHARDZIP_CODER`,
-`shardzip.coding.kernels`).
+float32 tensors (and the coders' float64 exp) on the CPU where numba imports and the compiled coder is on
+(`SHARDZIP_CODER`, `shardzip.coding.kernels`).
 
 `conv2d` is the sum of products of `shardzip.numerics.exact.exact_convolution`: integer-valued float64
 operands whose every partial sum is an integer below 2**53, so any order of summation, with or without FMA,
 gives the one exact result that torch's float64 convolution gives too (tested equal). Torch computes it with
 im2col and a matrix product, 0.4-18 GF/s on this project's shapes (a few output channels make it a
-matrix-vector product over a 9x copy of the input); here a direct loop keeps four output channels' sums for a
-run of ~512 positions in L1 and adds three taps per pass, 45-70 GF/s on one core. Runs are shared among torch's
-thread count.
+matrix-vector product over a 9x copy of the input). Here a driver cuts each image into runs of whole rows
+and calls, per run and group of up to eight output channels, a register-blocked micro-kernel written in LLVM
+IR (`shardzip.numerics.direct`); the scaling, the bias and the rounding to float32 follow in the same pass.
+Runs are shared among torch's thread count. `benchmarks/convolution.py` prints its GF/s next to torch's.
 """
 
 from __future__ import annotations
@@ -351,19 +352,20 @@ def _packed(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def conv2d(padded: np.ndarray, weights: np.ndarray, threads: int = 1, bits: int = 0, bias: np.ndarray | None = None,
-           dtype=np.float64) -> np.ndarray:
+           dtype=np.float64, blocks: tuple[int, ...] | None = None) -> np.ndarray:
     """The stride-1 convolution [N, Cout, H, W] of `padded` [N, Cin, H + kh (one spare zero row), W + kw - 1] (from
     `on_grid_padded`) with `weights` [Cout, Cin, kh, kw], both float64 integers whose every partial sum stays below
     2**53 (then exact), on `threads` threads; each sum scaled by 2**-bits, the float64 `bias` per output channel
     added (if any), and rounded to `dtype`: exact numerics' scaling, bias and rounding, unfused. Needs the
-    micro-kernels (`shardzip.numerics.direct.kernels()` not None)."""
+    micro-kernels: `blocks` (addresses from `shardzip.numerics.direct.build`), by default this process's
+    (`direct.kernels()`, not None)."""
     n, cin, hp, wp = padded.shape
     cout, _, kh, kw = weights.shape
     height = hp - kh
     out = np.empty((n, cout, height, wp - kw + 1), dtype)
     if out.size == 0:
         return out
-    fns = np.array(kernels(), np.int64)
+    fns = np.array(blocks or kernels(), np.int64)
     rows = max(1, min(height, SEGMENT // wp))
     items = n * -(-height // rows)
     flat = np.ascontiguousarray(padded).reshape(n, cin, hp * wp)

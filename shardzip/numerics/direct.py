@@ -13,14 +13,15 @@ tap adds `w[ic, ky, kx, :o]` (broadcast) times the input vectors at offset `ky *
 stored to `acc[j * astride + x]`. Loads and stores past `span` are masked, so nothing outside the run is read
 or written. Pointers travel as i64. `lanes` is the widest vector of doubles (8 with AVX-512, else 4) and
 `unroll` keeps the sums, the inputs and a broadcast within the register file (32 vector registers with
-AVX-512, else 16). On this project's shapes: 65-90 GF/s on one Zen 5 core, against 30-60 for the
-LLVM-vectorized loop (`benchmarks/numerics.py --convolutions`).
+AVX-512, else 16). On the shipped networks' 3 x 3 convolutions, one Zen 5 core: 75-103 GF/s (37 for a
+single input channel), against 45-70 for the loop numba vectorized before, 2-49 for torch's float64
+convolution and 60-194 for its float32 one, which is not exact (`benchmarks/convolution.py`).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -144,30 +145,45 @@ def module_ir(lanes: int, registers: int) -> str:
 
 
 _ENGINE = None  # the execution engine owns the machine code: kept for the life of the process
+_ADDRESSES: tuple[int, ...] | None = None
+_BUILT = False
+_LOCK = threading.Lock()  # one build per process, even when a worker's threads ask at once
 
 
-@functools.cache
 def kernels() -> tuple[int, ...] | None:
     """The addresses of block_1 .. block_8 compiled for this CPU (about 0.3 s, once per process), or None (logged)
     where llvmlite cannot build them: exact convolutions then take aten's path."""
-    global _ENGINE
-    try:
-        import llvmlite.binding as llvm
+    global _ENGINE, _ADDRESSES, _BUILT
+    if _BUILT:
+        return _ADDRESSES
+    with _LOCK:
+        if not _BUILT:
+            try:
+                _ENGINE, _ADDRESSES = build()
+            except Exception as exc:  # noqa: BLE001 - any failure leaves aten's (slower, equally exact) path in charge
+                log.warning("shardzip: convolution micro-kernels not built (%s); exact convolutions use aten", exc)
+            _BUILT = True
+    return _ADDRESSES
 
-        llvm.initialize_native_target()
-        llvm.initialize_native_asmprinter()
-        features = llvm.get_host_cpu_features()
-        wide = bool(features.get("avx512f", False))
-        target = llvm.Target.from_default_triple()
-        machine = target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=features.flatten(), opt=3)
-        module = llvm.parse_assembly(module_ir(8 if wide else 4, 32 if wide else 16))
-        module.verify()
-        builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
-        builder.getModulePassManager().run(module, builder)
-        engine = llvm.create_mcjit_compiler(module, machine)
-        engine.finalize_object()
-    except Exception as exc:  # noqa: BLE001 - any failure leaves aten's (slower, equally exact) path in charge
-        log.warning("shardzip: convolution micro-kernels not built (%s); exact convolutions use aten", exc)
-        return None
-    _ENGINE = engine
-    return tuple(engine.get_function_address(f"block_{o}") for o in range(1, MAX_CHANNELS + 1))
+
+def build(lanes: int | None = None, registers: int | None = None, generic: bool = False):
+    """(execution engine, addresses of block_1 .. block_8) compiled for this CPU, for vectors of `lanes` doubles
+    and a file of `registers` vector registers (default: 8 and 32 with AVX-512, else 4 and 16); `generic`: for
+    the architecture's baseline instead (x86-64: SSE2), as a test of what other CPUs run. Keep the engine alive
+    while the addresses are in use."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    features = llvm.get_host_cpu_features()
+    wide = bool(features.get("avx512f", False))
+    target = llvm.Target.from_default_triple()
+    machine = target.create_target_machine(cpu="generic" if generic else llvm.get_host_cpu_name(),
+                                           features="" if generic else features.flatten(), opt=3)
+    module = llvm.parse_assembly(module_ir(lanes or (8 if wide else 4), registers or (32 if wide else 16)))
+    module.verify()
+    builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
+    builder.getModulePassManager().run(module, builder)
+    engine = llvm.create_mcjit_compiler(module, machine)
+    engine.finalize_object()
+    return engine, tuple(engine.get_function_address(f"block_{o}") for o in range(1, MAX_CHANNELS + 1))

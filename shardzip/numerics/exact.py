@@ -165,7 +165,7 @@ def _direct(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, transpo
 def _direct_convolution(x: torch.Tensor, xbits: int, wq: torch.Tensor, wbits: int, padding,
                         b: torch.Tensor | None) -> torch.Tensor:
     """What exact_convolution's aten path gives (x on its grid, the exact integer sums, scaled, the float64 bias
-    added, rounded to float32), from compiled loops: the same sums and roundings, 3-30x faster on one core
+    added, rounded to float32), from compiled loops: the same sums and roundings, 2-48x faster on one core
     (`shardzip.numerics.compiled`)."""
     from shardzip.numerics.compiled import conv2d, on_grid_padded
 
