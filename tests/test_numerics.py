@@ -543,7 +543,7 @@ def test_compiled_convolution_segments_wide_and_narrow_images_alike(k, width):
     w = torch.randint(-2**20, 2**20, (6, 3, k, k), generator=gen).double()
     want = torch.nn.functional.conv2d(x.double(), w, padding=k // 2)
     for threads in (1, 3):
-        got = compiled.conv2d(compiled.on_grid_padded(x.numpy(), 0, k // 2, k // 2), w.numpy(), threads)
+        got = compiled.conv2d(x.numpy(), w.numpy(), threads, (k // 2, k // 2))
         assert np.array_equal(got, want.numpy()[..., :got.shape[2], :got.shape[3]])
         assert got.shape == (2, 6, 5 + 2 * (k // 2) - k + 1, width + 2 * (k // 2) - k + 1)
 
@@ -562,7 +562,7 @@ def test_convolution_micro_kernels_of_every_vector_width_give_the_exact_sums(lan
     for cout, k, h, w in [(17, 3, 9, 13), (8, 3, 3, 3), (7, 2, 5, 30), (3, 5, 6, 1), (12, 3, 40, 41)]:
         x = torch.randint(-2**20, 2**20, (2, 5, h, w), generator=gen).float()
         wt = torch.randint(-2**20, 2**20, (cout, 5, k, k), generator=gen).double()
-        got = compiled.conv2d(compiled.on_grid_padded(x.numpy(), 0, k // 2, k // 2), wt.numpy(), 1, blocks=blocks)
+        got = compiled.conv2d(x.numpy(), wt.numpy(), 1, (k // 2, k // 2), blocks=blocks)
         want = torch.nn.functional.conv2d(x.double(), wt, padding=k // 2).numpy()
         assert np.array_equal(got, want[..., :got.shape[2], :got.shape[3]]), (cout, k, h, w)
 

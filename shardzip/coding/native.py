@@ -436,9 +436,15 @@ def _mixture(rows, exp_frac, exp_neg, mix_bits, w_q):
             total = J
         acc = np.int64(0)
         before = np.int64(0)
+        inv = 1.0 / float(total)
         for j in range(J):
             acc += raw[j]
-            now = (acc << mix_bits) // total
+            num = acc << mix_bits
+            now = np.int64(float(num) * inv)  # (acc << mix_bits) // total, from a float estimate made exact:
+            if now * total > num:             # num < 2**53 and the estimate is off by at most one
+                now -= 1
+            elif (now + 1) * total <= num:
+                now += 1
             w_q[i, j] = now - before
             before = now
     return True

@@ -174,8 +174,8 @@ def _pixel_mean(x, scale, inv_scale, mean):
     returns max |(x - mean)**2| in float32."""
     n_, c_, p_ = x.shape
     count = np.float64(c_)
-    top = np.float32(0.0)
     acc = np.empty(p_)
+    peak = np.zeros(p_, np.float32)  # per position, so that the loop vectorizes (x is finite: no NaN to order)
     for n in range(n_):
         acc[:] = 0.0
         for c in range(c_):
@@ -186,8 +186,9 @@ def _pixel_mean(x, scale, inv_scale, mean):
         for c in range(c_):
             for p in range(p_):
                 d = x[n, c, p] - mean[n, p]
-                top = max(top, d * d)
-    return top
+                v = d * d
+                peak[p] = v if v > peak[p] else peak[p]
+    return peak.max() if p_ else np.float32(0.0)
 
 
 @_njit
@@ -257,22 +258,37 @@ else:  # pragma: no cover
 
 
 @_njit
-def _conv(fns, flat, packed, starts, sizes, out, wp, kh, kw, rows, t0, t1, scale, bias, biased):
-    """out for the work items [t0, t1) of a stride-1 convolution of `flat` [N, Cin, (Hp + 1) * Wp] (padded planes
-    with one spare zero row, flattened): item t is image t // S, output rows from (t % S) * rows on, S items per
-    image. A segment of rows is one flat run of rows * Wp positions (the kw - 1 right-hand positions of each row
-    are discarded), so narrow images give long vector loops too. Output channels go in groups of up to eight:
-    group g's weights start at packed[starts[g]] as [Cin, kh, kw, sizes[g]], and the micro-kernel fns[size - 1]
-    sums them into `acc`. Each sum s is written as s * scale (+ bias[c] if `biased`), rounded to out's dtype."""
-    cin, plane = flat.shape[1], flat.shape[2]
+def _conv(fns, x, in_scale, ph, pw, packed, starts, sizes, out, kh, kw, rows, t0, t1, scale, bias, biased):
+    """out for the work items [t0, t1) of a stride-1 convolution of x [N, Cin, H, W] zero-padded by (ph, pw): item
+    t is image t // S, output rows from (t % S) * rows on, S items per image.
+
+    Per item, the input rows it reads are put on their grid (rint(x * in_scale) in float64, exact numerics'
+    `_on_grid`) into a scratch of `rows + kh` padded rows per input channel that stays in L2 (the last row is
+    spare: the kernel reads a few positions past the run). The run of rows * Wp positions is one flat vector
+    loop (the kw - 1 right-hand positions of each row are discarded), so narrow images vectorize too. Output
+    channels go in groups of up to eight: group g's weights start at packed[starts[g]] as [Cin, kh, kw,
+    sizes[g]], and the micro-kernel fns[size - 1] sums them into `acc`. Each sum s is written as s * scale
+    (+ bias[c] if `biased`), rounded to out's dtype."""
+    cin, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+    wp = w_ + 2 * pw
     height, width = out.shape[2], out.shape[3]
     per_image = (height + rows - 1) // rows
+    grid = np.zeros((cin, rows + kh, wp))  # the zero borders are never written again
     acc = np.empty((8, rows * wp))
-    base, weights, sums = flat.ctypes.data, packed.ctypes.data, acc.ctypes.data
+    src, weights, sums = grid.ctypes.data, packed.ctypes.data, acc.ctypes.data
+    plane = (rows + kh) * wp
     for t in range(t0, t1):
         n, y0 = t // per_image, (t % per_image) * rows
         nrows = min(rows, height - y0)
-        src = base + 8 * (n * cin * plane + y0 * wp)
+        for c in range(cin):
+            for r in range(nrows + kh):
+                sy = y0 + r - ph
+                if 0 <= sy < h_:
+                    line, dst = x[n, c, sy], grid[c, r, pw:pw + w_]  # slices: see _sigmoid32
+                    for q in range(w_):
+                        dst[q] = np.rint(np.float64(line[q]) * in_scale)
+                else:
+                    grid[c, r, :] = 0.0
         oc = 0
         for g in range(sizes.shape[0]):
             k = sizes[g]
@@ -289,34 +305,6 @@ def _conv(fns, flat, packed, starts, sizes, out, wp, kh, kw, rows, t0, t1, scale
                         for q in range(width):
                             row[q] = a[q] * scale
             oc += k
-
-
-@_njit
-def _on_grid_padded(x, scale, padded, ph, pw):
-    """padded[n, c, ph + y, pw + x] = rint(float64(x[n, c, y, x]) * scale), exact numerics' `_on_grid`, with zero
-    borders (each value written once)."""
-    n_, c_, h_, w_ = x.shape
-    for n in range(n_):
-        for c in range(c_):
-            plane = padded[n, c]
-            plane[:ph] = 0.0
-            plane[ph + h_:] = 0.0
-            for y in range(h_):
-                row = plane[ph + y]
-                row[:pw] = 0.0
-                row[pw + w_:] = 0.0
-                src, dst = x[n, c, y], row[pw:pw + w_]  # slices: see _sigmoid32
-                for q in range(w_):
-                    dst[q] = np.rint(np.float64(src[q]) * scale)
-
-
-def on_grid_padded(x: np.ndarray, bits: int, ph: int, pw: int) -> np.ndarray:
-    """x (float32 or float64, [N, C, H, W]) on the grid 2**-bits, rounded half to even, zero-padded by (ph, pw),
-    with one more zero row below (`conv2d` reads a few positions past each plane's last row)."""
-    n, c, h, w = x.shape
-    padded = np.empty((n, c, h + 2 * ph + 1, w + 2 * pw))
-    _on_grid_padded(x, math.ldexp(1.0, bits), padded, ph, pw)
-    return padded
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -338,7 +326,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
-SEGMENT = 1024  # output positions per segment of `conv2d` (its input rows of all channels stay in L2)
+SEGMENT = 1024  # output positions per segment of `conv2d` (its input rows on their grid stay in L2)
 
 
 def _packed(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -351,27 +339,29 @@ def _packed(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.concatenate(parts), starts, sizes
 
 
-def conv2d(padded: np.ndarray, weights: np.ndarray, threads: int = 1, bits: int = 0, bias: np.ndarray | None = None,
-           dtype=np.float64, blocks: tuple[int, ...] | None = None) -> np.ndarray:
-    """The stride-1 convolution [N, Cout, H, W] of `padded` [N, Cin, H + kh (one spare zero row), W + kw - 1] (from
-    `on_grid_padded`) with `weights` [Cout, Cin, kh, kw], both float64 integers whose every partial sum stays below
-    2**53 (then exact), on `threads` threads; each sum scaled by 2**-bits, the float64 `bias` per output channel
-    added (if any), and rounded to `dtype`: exact numerics' scaling, bias and rounding, unfused. Needs the
-    micro-kernels: `blocks` (addresses from `shardzip.numerics.direct.build`), by default this process's
-    (`direct.kernels()`, not None)."""
-    n, cin, hp, wp = padded.shape
+def conv2d(x: np.ndarray, weights: np.ndarray, threads: int = 1, padding: tuple[int, int] = (0, 0), in_bits: int = 0,
+           bits: int = 0, bias: np.ndarray | None = None, dtype=np.float64,
+           blocks: tuple[int, ...] | None = None) -> np.ndarray:
+    """The stride-1 convolution [N, Cout, H', W'] of x [N, Cin, H, W] (float32 or float64), zero-padded by
+    `padding` and put on the grid 2**-in_bits (rint(x * 2**in_bits)), with `weights` [Cout, Cin, kh, kw] (float64
+    integers), on `threads` threads: exact where every partial sum stays below 2**53. Each sum is scaled by
+    2**-bits, the float64 `bias` per output channel added (if any), and rounded to `dtype`: exact numerics'
+    quantization, scaling, bias and rounding, unfused. Needs the micro-kernels: `blocks` (addresses from
+    `shardzip.numerics.direct.build`), by default this process's (`direct.kernels()`, not None)."""
+    n, cin, h, w = x.shape
     cout, _, kh, kw = weights.shape
-    height = hp - kh
-    out = np.empty((n, cout, height, wp - kw + 1), dtype)
+    ph, pw = padding
+    wp = w + 2 * pw
+    height = h + 2 * ph - kh + 1
+    out = np.empty((n, cout, max(height, 0), max(wp - kw + 1, 0)), dtype)
     if out.size == 0:
         return out
     fns = np.array(blocks or kernels(), np.int64)
     rows = max(1, min(height, SEGMENT // wp))
     items = n * -(-height // rows)
-    flat = np.ascontiguousarray(padded).reshape(n, cin, hp * wp)
     packed, starts, sizes = _packed(np.ascontiguousarray(weights, np.float64))
     b = np.zeros(cout) if bias is None else np.ascontiguousarray(bias, np.float64)
-    args = (fns, flat, packed, starts, sizes, out, wp, kh, kw, rows)
+    args = (fns, np.ascontiguousarray(x), math.ldexp(1.0, in_bits), ph, pw, packed, starts, sizes, out, kh, kw, rows)
     tail = (math.ldexp(1.0, -bits), b, bias is not None)
     parts = max(1, min(threads, items))
     if parts == 1:
@@ -393,5 +383,6 @@ def compile_all() -> None:
         x = np.ones((1, 2, 4, 4), np.float32)
         if kernels() is not None:
             for dtype in (np.float32, np.float64):
-                conv2d(on_grid_padded(x, 0, 1, 1), np.ones((1, 2, 3, 3)), 1, 0, np.zeros(1), dtype)
+                conv2d(x, np.ones((1, 2, 3, 3)), 1, (1, 1), 0, 0, np.zeros(1), dtype)
+                conv2d(x.astype(np.float64), np.ones((1, 2, 3, 3)), 1, (1, 1), 0, 0, None, dtype)
         pixel_norm32(x, np.ones(2, np.float32), np.zeros(2, np.float32), 1e-5, lambda amax, n: 0)

@@ -167,12 +167,11 @@ def _direct_convolution(x: torch.Tensor, xbits: int, wq: torch.Tensor, wbits: in
     """What exact_convolution's aten path gives (x on its grid, the exact integer sums, scaled, the float64 bias
     added, rounded to float32), from compiled loops: the same sums and roundings, 2-48x faster on one core
     (`shardzip.numerics.compiled`)."""
-    from shardzip.numerics.compiled import conv2d, on_grid_padded
+    from shardzip.numerics.compiled import conv2d
 
-    ph, pw = (int(p) for p in padding)
-    padded = on_grid_padded(x.detach().contiguous().numpy(), xbits, ph, pw)
     bias = None if b is None else b.detach().double().numpy()
-    return torch.from_numpy(conv2d(padded, wq.numpy(), torch.get_num_threads(), xbits + wbits, bias, np.float32))
+    return torch.from_numpy(conv2d(x.detach().contiguous().numpy(), wq.numpy(), torch.get_num_threads(),
+                                   (int(padding[0]), int(padding[1])), xbits, xbits + wbits, bias, np.float32))
 
 
 def exact_convolution(x, w, b, stride, padding, dilation, transposed, output_padding, groups) -> torch.Tensor:
