@@ -181,10 +181,14 @@ def _lookup(kind, guess_id, slot, row, p0, p1, p2, edges, tab, K, n, loc_frac, o
     else:
         g = _guess(kind, guess_id, slot, row, p0, p1, p2, offset, K, n, loc_frac)
         c = _cdf(kind, g, row, p0, p1, p2, edges, tab, K, n, loc_frac)
-        if slot < c:  # gallop down
+        # Gallop from the guess: the first step is one symbol; each next one is the distance that the slope of
+        # the last two points predicts, never less than the step before, and at least doubling after two misses
+        # (a tail whose density keeps falling still takes O(log distance) steps).
+        step = 1
+        misses = 0
+        if slot < c:  # down
             hi = g
             hi_c = c
-            step = 1
             while True:
                 lo = hi - step
                 if lo <= 0:
@@ -194,13 +198,14 @@ def _lookup(kind, guess_id, slot, row, p0, p1, p2, edges, tab, K, n, loc_frac, o
                 lo_c = _cdf(kind, lo, row, p0, p1, p2, edges, tab, K, n, loc_frac)
                 if lo_c <= slot:
                     break
+                est = ((lo_c - slot) * (hi - lo)) // (hi_c - lo_c) + 1
+                misses += 1
+                step = max(est, step if misses < 2 else 2 * step)
                 hi = lo
                 hi_c = lo_c
-                step *= 2
-        else:  # gallop up
+        else:  # up
             lo = g
             lo_c = c
-            step = 1
             while True:
                 hi = lo + step
                 if hi >= K:
@@ -210,11 +215,24 @@ def _lookup(kind, guess_id, slot, row, p0, p1, p2, edges, tab, K, n, loc_frac, o
                 hi_c = _cdf(kind, hi, row, p0, p1, p2, edges, tab, K, n, loc_frac)
                 if slot < hi_c:
                     break
+                est = ((slot - hi_c) * (hi - lo)) // (hi_c - lo_c) + 1
+                misses += 1
+                step = max(est, step if misses < 2 else 2 * step)
                 lo = hi
                 lo_c = hi_c
-                step *= 2
+    # narrow the bracket: for the smooth location-scale CDFs interpolation, every other step a bisection (twice
+    # log2 of the width at worst); for tables bisection
+    halve = kind == 1
     while hi - lo > 1:
-        mid = (lo + hi) >> 1
+        if halve:
+            mid = (lo + hi) >> 1
+        else:
+            mid = lo + ((slot - lo_c) * (hi - lo)) // (hi_c - lo_c)
+            if mid <= lo:
+                mid = lo + 1
+            elif mid >= hi:
+                mid = hi - 1
+        halve = kind == 1 or not halve
         c = _cdf(kind, mid, row, p0, p1, p2, edges, tab, K, n, loc_frac)
         if c <= slot:
             lo = mid
