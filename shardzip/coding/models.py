@@ -297,35 +297,43 @@ def mixture_discretized_logistic(means, scales, weights=None, logit_weights=None
     loc_q, inv_q = _quantize_loc_scale(means, scales, K_.LOC_FRAC)
     if (weights is None) == (logit_weights is None):
         raise ModelParameterError("mixture needs exactly one of weights= or logit_weights=")
+    w_q = None
     if weights is not None:
         w = _finite64("mixture weights", weights, loc_q.device)
         if bool((w < 0).any()):
             raise ModelParameterError("mixture weights must be non-negative")
         raw = torch.round(w / w.amax(-1, keepdim=True).clamp(min=1e-300) * (1 << 20)).long()
     else:
-        if isinstance(logit_weights, torch.Tensor) and logit_weights.shape == loc_q.shape and \
-                K_.scripted.use_native(loc_q.device):
-            from shardzip.coding import native  # one compiled pass per row, the same integers (tested)
-
-            with torch.no_grad():
-                found = native.mixture_weights(logit_weights.detach().to(torch.float64).reshape(-1, loc_q.shape[-1])
-                                               .numpy(), EXP_FRAC, table("exp_neg", loc_q.device).numpy(), K_.MIX_BITS)
-            if found is not None:
-                return EntropyModel(K_.MIXTURE, alphabet_size, precision, tuple(loc_q.shape[:-1]),
-                                    (loc_q.contiguous(), inv_q.contiguous(), torch.from_numpy(found).view(loc_q.shape)),
-                                    table_name="sigmoid", device=loc_q.device)
-        lw = _finite64("mixture logit weights", logit_weights, loc_q.device)
-        if lw.numel() and float(lw.abs().amax()) > 2.0**50:  # their fixed-point values would overflow int64
-            raise ModelParameterError("mixture logit weights beyond +-2**50")
-        q = torch.round(lw * (1 << EXP_FRAC)).long()
-        raw = table("exp_neg", loc_q.device)[(q.amax(-1, keepdim=True) - q).clamp(max=EXP_LEN - 1)] >> 10
-    loc_q, inv_q, raw = torch.broadcast_tensors(loc_q, inv_q, raw)
-    raw = torch.where(raw.sum(-1, keepdim=True) == 0, torch.ones_like(raw), raw)
-    cum = torch.nn.functional.pad(torch.cumsum(raw, -1), (1, 0))
-    cum = (cum << K_.MIX_BITS) // cum[..., -1:]
-    w_q = cum[..., 1:] - cum[..., :-1]
+        w_q = _compiled_mixture_weights(logit_weights, loc_q)
+        if w_q is None:
+            lw = _finite64("mixture logit weights", logit_weights, loc_q.device)
+            if lw.numel() and float(lw.abs().amax()) > 2.0**50:  # their fixed-point values would overflow int64
+                raise ModelParameterError("mixture logit weights beyond +-2**50")
+            q = torch.round(lw * (1 << EXP_FRAC)).long()
+            raw = table("exp_neg", loc_q.device)[(q.amax(-1, keepdim=True) - q).clamp(max=EXP_LEN - 1)] >> 10
+    if w_q is None:
+        loc_q, inv_q, raw = torch.broadcast_tensors(loc_q, inv_q, raw)
+        raw = torch.where(raw.sum(-1, keepdim=True) == 0, torch.ones_like(raw), raw)
+        cum = torch.nn.functional.pad(torch.cumsum(raw, -1), (1, 0))
+        cum = (cum << K_.MIX_BITS) // cum[..., -1:]
+        w_q = cum[..., 1:] - cum[..., :-1]
     return EntropyModel(K_.MIXTURE, alphabet_size, precision, tuple(loc_q.shape[:-1]),
                         (loc_q.contiguous(), inv_q.contiguous(), w_q), table_name="sigmoid", device=loc_q.device)
+
+
+def _compiled_mixture_weights(logit_weights, loc_q: torch.Tensor) -> torch.Tensor | None:
+    """The integer mixture weights of `logit_weights` (of loc_q's shape) in one compiled pass per row, the same
+    integers as the torch steps (tested); None where that pass does not apply or a logit is bad (the torch steps
+    then compute them, or say what is wrong)."""
+    if not (isinstance(logit_weights, torch.Tensor) and logit_weights.shape == loc_q.shape
+            and K_.scripted.use_native(loc_q.device)):
+        return None
+    from shardzip.coding import native
+
+    with torch.no_grad():
+        rows = logit_weights.detach().to(torch.float64).reshape(-1, loc_q.shape[-1]).numpy()
+        found = native.mixture_weights(rows, EXP_FRAC, table("exp_neg", loc_q.device).numpy(), K_.MIX_BITS)
+    return None if found is None else torch.from_numpy(found).view(loc_q.shape)
 
 
 def _bucket_positions(alphabet_size: int, numerators: torch.Tensor, device) -> torch.Tensor:

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from shardzip.coding.native import available
-from shardzip.numerics.compiled import _exp64
+from shardzip.models.base import LN2
+from shardzip.numerics.compiled import _exp64, exp_constants
 
 if available():
     import numba
@@ -26,9 +27,6 @@ else:  # pragma: no cover - without numba the torch path scores
         return fn
 
 MIN_ELEMENTS = 4096  # below this the torch operations cost less than a call
-LN2 = math.log(2.0)
-
-
 _BLOCK = 512  # elements per block: a block's per-component values stay in L1
 
 
@@ -135,8 +133,6 @@ def log2prob(v: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor, log
         return None
     if not (means.shape == log_scales.shape == logits.shape and tuple(v.shape) == tuple(means.shape[:-1])):
         return None
-    from shardzip.numerics.compiled import exp_constants
-
     J = means.shape[-1]
     cols = [t.detach().to(torch.float64).reshape(-1, J).T.contiguous().numpy() for t in (means, log_scales, logits)]
     out = np.empty(cols[0].shape[1])

@@ -29,20 +29,15 @@ import numpy as np
 
 from shardzip.coding.native import available
 from shardzip.numerics.direct import kernels
+from shardzip.numerics.elementary import EXP_MAX, EXP_MIN
 
 if available():
     import numba
 
     _njit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
-    # sums of integer-valued products below 2**53: exact whatever the order, fused or not (FMA allowed)
-    _njit_sums = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
-    _inline_sums = numba.njit(inline="always", nogil=True, boundscheck=False, error_model="numpy",
-                              fastmath={"contract"})
 else:  # pragma: no cover - without numba nothing here is called
     def _njit(fn):
         return fn
-
-    _njit_sums = _inline_sums = _njit
 
 MIN_ELEMENTS = 4096  # below this the torch steps cost less than a call
 
@@ -111,9 +106,6 @@ def sigmoid32(x: np.ndarray, silu: bool = False) -> np.ndarray:
     out = np.empty_like(flat)
     _sigmoid32(flat, out, silu, *_args())
     return out.reshape(np.shape(x))
-
-
-EXP_MIN, EXP_MAX = -700.0, 709.0  # elementary.EXP_MIN, EXP_MAX
 
 
 @_njit
