@@ -16,15 +16,7 @@ import torch
 
 from shardzip.coding.native import available
 from shardzip.models.base import LN2
-from shardzip.numerics.compiled import _exp64, exp_constants
-
-if available():
-    import numba
-
-    _njit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
-else:  # pragma: no cover - without numba the torch path scores
-    def _njit(fn):
-        return fn
+from shardzip.numerics.compiled import _exp64, _njit, exp_constants  # the same numba settings and exp
 
 MIN_ELEMENTS = 4096  # below this the torch operations cost less than a call
 _BLOCK = 512  # elements per block: a block's per-component values stay in L1
