@@ -1,10 +1,11 @@
-"""What exact numerics cost: rate and speed of every shipped model under `exact-2` next to plain floats.
+"""What exact numerics cost: rate and speed of every shipped model under `exact-3` and `exact-2` next to plain
+floats.
 
-For each catalog model on (a slice of) its test split, the same images are coded twice in the same
-run, once with `numerics="float"` (plain torch: not portable) and once with `exact-2` (the default:
-decodes on any thread count, CPU or GPU), each decoded back and checked bit-exact. Printed per model:
-coded bpd under both and their difference, and encode / decode MB/s (raw bytes per second, one
-torch thread unless --threads) under both, with the exact/float ratio.
+For each catalog model on (a slice of) its test split, the same images are coded three times in the same
+run: with `numerics="float"` (plain torch: not portable), `exact-2` (float64 convolutions) and `exact-3` (the
+default: int16 convolutions), the exact ones decoding on any thread count, CPU or GPU; each is decoded back
+and checked bit-exact. Printed per model: coded bpd under each and the exact ones' difference from float, and
+encode / decode MB/s (raw bytes per second, one torch thread unless --threads), with ratios.
 
     python benchmarks/numerics.py                       # every shipped model, a slice of each test split
     python benchmarks/numerics.py --full                # whole test splits (long on 2 cores)
@@ -30,6 +31,8 @@ from shardzip.catalog import load_catalog  # noqa: E402
 from shardzip.models import load_catalog_model  # noqa: E402
 from shardzip.models.codec import compress, decompress  # noqa: E402
 from shardzip.numerics import EXACT, FLOAT  # noqa: E402
+
+OLD = "exact-2"  # the previous exact version, measured beside the current one
 from shardzip.train import load_split  # noqa: E402
 
 SLICE = {"stack": 512, "images": 2}  # default slice: MNIST digits / photographs or raster items
@@ -57,7 +60,7 @@ def measure(name: str, catalog, full: bool) -> dict:
     dims = sum(x.numel() for x in items)
     raw_mb = dims * _bytes_per_value(model) / 1e6
     row = {"model": name, "test": entry.test, "items": len(items), "dims": dims, "raw_mb": raw_mb}
-    for numerics in (FLOAT, EXACT):
+    for numerics in (FLOAT, OLD, EXACT):
         t = time.perf_counter()
         blob = compress(model, coded_input, batch=batch, numerics=numerics)
         t_enc = time.perf_counter() - t
@@ -73,19 +76,23 @@ def measure(name: str, catalog, full: bool) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ["model", "test slice", "NLL bpd", "float bpd", "exact-2 bpd", "diff", "enc MB/s float", "exact-2",
-            "ratio", "dec MB/s float", "exact-2", "ratio", "bit-exact"]
+    head = ["model", "test slice", "NLL bpd", "float bpd", f"{OLD} bpd", f"{EXACT} bpd", f"{EXACT} - float",
+            "enc MB/s float", OLD, EXACT, f"{EXACT} / {OLD}", "dec MB/s float", OLD, EXACT, f"{EXACT} / {OLD}",
+            "bit-exact"]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
-        f, e = r[FLOAT], r[EXACT]
+        f, o, e = r[FLOAT], r[OLD], r[EXACT]
         lines.append(" | ".join([
             r["model"], f"{r['test']} ({r['items']} items, {r['raw_mb']:.2f} MB)", f"{r['nll_bpd']:.4f}",
-            f"{f['bpd']:.4f}", f"{e['bpd']:.4f}", f"{100 * (e['bpd'] / f['bpd'] - 1):+.2f}%",
-            f"{f['encode_mb_s']:.3f}", f"{e['encode_mb_s']:.3f}", f"{e['encode_mb_s'] / f['encode_mb_s']:.2f}",
-            f"{f['decode_mb_s']:.3f}", f"{e['decode_mb_s']:.3f}", f"{e['decode_mb_s'] / f['decode_mb_s']:.2f}",
-            "yes" if f["exact"] and e["exact"] else "NO"]))
-    total = {k: sum(r[k2]["bytes"] for r in rows) for k, k2 in (("f", FLOAT), ("e", EXACT))}
-    lines.append(f"\nall models: exact-2 bytes / float bytes = {total['e'] / total['f']:.4f}")
+            f"{f['bpd']:.4f}", f"{o['bpd']:.4f}", f"{e['bpd']:.4f}", f"{100 * (e['bpd'] / f['bpd'] - 1):+.3f}%",
+            f"{f['encode_mb_s']:.3f}", f"{o['encode_mb_s']:.3f}", f"{e['encode_mb_s']:.3f}",
+            f"{e['encode_mb_s'] / o['encode_mb_s']:.2f}x",
+            f"{f['decode_mb_s']:.3f}", f"{o['decode_mb_s']:.3f}", f"{e['decode_mb_s']:.3f}",
+            f"{e['decode_mb_s'] / o['decode_mb_s']:.2f}x",
+            "yes" if f["exact"] and o["exact"] and e["exact"] else "NO"]))
+    total = {k: sum(r[k]["bytes"] for r in rows) for k in (FLOAT, OLD, EXACT)}
+    lines.append(f"\nall models: {OLD} bytes / float bytes = {total[OLD] / total[FLOAT]:.5f}; "
+                 f"{EXACT} bytes / float bytes = {total[EXACT] / total[FLOAT]:.5f}")
     return "\n".join(lines)
 
 
@@ -104,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         rows.append(measure(name, catalog, args.full))
         print(f"# {name}: done", file=sys.stderr, flush=True)
-    print(f"exact-2 against plain float numerics, {args.threads} torch thread(s), "
+    print(f"{EXACT} and {OLD} against plain float numerics, {args.threads} torch thread(s), "
           f"{torch.backends.cpu.get_cpu_capability()} CPU kernels; MB/s of raw values")
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=float))
-    return 0 if all(r[FLOAT]["exact"] and r[EXACT]["exact"] for r in rows) else 1
+    return 0 if all(r[k]["exact"] for r in rows for k in (FLOAT, OLD, EXACT)) else 1
 
 
 if __name__ == "__main__":

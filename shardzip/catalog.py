@@ -64,7 +64,7 @@ class ModelEntry(_Strict):
     training: TrainingEntry
     validation_bpd: float | None = None
     test: str  # "name/split" the benchmark reports on
-    # coded bits per dimension on the whole test split, per numerics ("exact-2", "float"): what a store costs
+    # coded bits per dimension on the whole test split, per numerics ("exact-3", "exact-2", "float"): what a store costs
     # (benchmarks/numerics.py --full); None until measured
     coded_bpd: dict[str, float] | None = None
 

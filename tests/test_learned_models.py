@@ -339,8 +339,9 @@ def test_chunks_are_scored_by_the_coding_pass_alone(name, monkeypatch):
     monkeypatch.setattr(type(model), "nll_bits", lambda *a: (_ for _ in ()).throw(AssertionError("second pass")))
     data, stats = encode_chunk(chunk, model, "NCHW", packing=packing)
     assert stats.method in ("model", "masked-model")
-    assert stats.image_nll_bits == pytest.approx(want, rel=1e-5)
-    assert stats.nll_bits == pytest.approx(sum(want), rel=1e-5)
+    # the coding pass runs under exact-3, whose int16 convolution grids move the NLL by ~2e-5 from float's
+    assert stats.image_nll_bits == pytest.approx(want, rel=1e-4)
+    assert stats.nll_bits == pytest.approx(sum(want), rel=1e-4)
     back = decode_chunk(data, chunk.shape, chunk.dtype, "NCHW", lambda: model, packing=packing)
     assert np.array_equal(back, chunk)
 

@@ -25,6 +25,7 @@ from conftest import free_port, package_file, start_moto_s3
 
 from shardzip.cli import main
 from shardzip.format.store import open_store, open_zarr
+from shardzip.numerics import EXACT
 from shardzip.pipeline import jobs
 
 MNIST = np.load(Path(__file__).parent / "data" / "mnist_test_64.npy")
@@ -180,7 +181,7 @@ def test_photograph_group_v2_source_keeps_groups_and_attributes(cluster, photo_s
     assert g.attrs["source"] == "scikit-image" and g["test"].attrs["split"] == "test"
     assert g["test/chelsea"].attrs["licence"] == "CC0"
     _same_store(photo_src, dst)
-    assert m["profile"]["numerics"] == "exact-2"
+    assert m["profile"]["numerics"] == EXACT
     # coded by worker processes with 1 torch thread each; read back where nothing matches: an ordinary Python
     # process with plain zarr, 2 threads (torch's default here) and the scalar CPU kernels, and 4 threads
     read = ("import sys, numpy as np, torch, zarr; torch.set_num_threads(int(sys.argv[3])); "
@@ -194,7 +195,7 @@ def test_photograph_group_v2_source_keeps_groups_and_attributes(cluster, photo_s
                              text=True, cwd=tmp_path)
         assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-2000:]
     checked = jobs.verify(dst, scheduler=client.scheduler.address, progress=False)
-    assert checked["bad"] == [] and checked["decoded"] == {"exact-2": a["chunks_by_method"]["model"]}
+    assert checked["bad"] == [] and checked["decoded"] == {EXACT: a["chunks_by_method"]["model"]}
 
 
 def test_worker_killed_mid_job_still_completes_bit_exact(mnist_src, tmp_path):

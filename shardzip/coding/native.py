@@ -528,9 +528,10 @@ def compile_all() -> float:
     for from_probs in (True, False):
         _categorical(np.zeros((0, 2)), from_probs, 0, float(1 << 30), 10, i1, i2)
     _mixture(np.zeros((0, 2)), 10, i1, 16, i2)
-    from shardzip.numerics import compiled
+    from shardzip.numerics import compiled, convolution
 
     compiled.compile_all()
+    convolution.compile_all()
     return time.perf_counter() - t0
 
 

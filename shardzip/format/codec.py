@@ -4,7 +4,7 @@ It sits inside zarr's sharding codec as the inner chunk codec of every array sha
 `zarr.open(dst)` and `xarray.open_zarr(dst)` decode chunks lazily through it. Configuration::
 
     {"name": "shardzip", "configuration": {"model": <sha256 or null>, "family": ..., "layout": "NCHW",
-     "profile": {"numerics": "exact-2", "device": "cpu", "dtype": "float32", "torch": "2.13.0"}, "zstd_level": 9,
+     "profile": {"numerics": "exact-3", "device": "cpu", "dtype": "float32", "torch": "2.13.0"}, "zstd_level": 9,
      "packing": {"scale_factor": 0.5, "add_offset": 0.0, "fill": -9999.0} or null, "array": "sweep1/DBZH"}}
 
 Without a model (arrays that are not images a model fits) every chunk is zstd or raw. See

@@ -8,7 +8,7 @@ pipeline for a store's own weights), in shardzip's shipped weights, and in the u
 device (`ModelCache`); the Dask worker plugin holds one such cache per worker.
 
 The numerics profile (numerics, device kind, dtype, torch version) is stored with every coded array.
-Stores coded with exact numerics (`exact-2`, the default; `shardzip.numerics`) decode on any device,
+Stores coded with exact numerics (`exact-3`, the default, or `exact-2`; `shardzip.numerics`) decode on any device,
 thread count and CPU. `exact-1` stores (their sqrt was torch's, not correctly rounded on every CPU)
 decode on their own device kind, like float ones, and where torch's sqrt rounds as the encoder's
 did. Stores coded with plain floats (`float`, or stores that predate the field) may decode
@@ -30,7 +30,7 @@ import torch
 
 from shardzip.catalog import sha256_file
 from shardzip.errors import FormatError, NumericsError
-from shardzip.numerics import EXACT, FLOAT, NUMERICS
+from shardzip.numerics import EXACT, EXACT_VERSIONS, FLOAT, NUMERICS
 
 SHIPPED = Path(__file__).resolve().parents[1] / "weights"
 _dirs: list[Path] = []
@@ -111,8 +111,9 @@ def profile_numerics(profile: dict[str, str]) -> str:
 
 
 def portable(profile: dict[str, str]) -> bool:
-    """Whether a store coded under `profile` decodes on any device kind and CPU (the current exact numerics)."""
-    return profile_numerics(profile) == EXACT
+    """Whether a store coded under `profile` decodes on any device kind and CPU: exact-2 and later (exact-1 took
+    torch's sqrt, which is not correctly rounded on every CPU)."""
+    return EXACT_VERSIONS.get(profile_numerics(profile), 0) >= 2
 
 
 def decode_device(profile: dict[str, str]) -> torch.device:

@@ -8,9 +8,10 @@ reverse, runs the same networks on the same shapes, and finally checks that the 
 at its initial state and that the CRC32 of the decoded pixels matches the encoder's.
 
 Numerics. The decoder must rebuild the encoder's CDFs bit for bit. By default the networks run under
-`shardzip.numerics.exact_numerics` (`exact-2`): the same bits on any thread count, CPU kernel set,
-CPU vendor, CPU or CUDA, so the container decodes anywhere (`exact-1` containers, whose sqrt was
-torch's, decode under exact-1 again: where torch's sqrt rounds as the encoder's did).
+`shardzip.numerics.exact_numerics` (`exact-3`): the same bits on any thread count, CPU kernel set,
+CPU vendor, CPU or CUDA, so the container decodes anywhere; containers of older exact versions decode
+under their own again (`exact-2` anywhere; `exact-1`, whose sqrt was torch's, where torch's sqrt rounds
+as the encoder's did).
 `numerics="float"` runs plain torch floats (faster, not portable): the container records the
 encoder's torch thread count and the decoder repeats it; it still needs the same device kind,
 kernels and library. Containers of version 1 (written before numerics were recorded) are plain
@@ -20,7 +21,8 @@ cores, and says which one worked (`decode_notes`).
 Layout (little endian), version 2::
 
     b"SZMC" | version u8 | flags u8 (1: bits-back) | family length u8 | family | numerics u8 (0 float,
-    1 exact-1, 2 exact-2) | torch threads at encoding u16 (float; 0 for exact) | lanes u32 | clean words per lane u32
+    1 exact-1, 2 exact-2, 3 exact-3) | torch threads at encoding u16 (float; 0 for exact) | lanes u32
+    | clean words per lane u32
     | items u32 | per item: C, H, W, B u32 | crc32 of pixels u32 | crc32 of everything before u32
     | message (shardzip.coding.Message.to_bytes)
 
@@ -93,7 +95,7 @@ def _torch_threads(threads: int) -> Iterator[None]:
 def compress(model: LosslessModel, images: torch.Tensor | Sequence[torch.Tensor], batch: int = 16,
              lanes: int | None = None, numerics: str = EXACT) -> bytes:
     """Code `images` (a stack [N, C, H, W] or a list of [C, H, W]) into bytes, under `numerics`
-    (`exact-2`: decodes on any machine; `float`: plain torch, decodes only under the same threads and kernels)."""
+    (`exact-3`: decodes on any machine; `float`: plain torch, decodes only under the same threads and kernels)."""
     return compress_scored(model, images, batch, lanes, numerics)[0]
 
 

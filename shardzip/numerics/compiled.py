@@ -9,26 +9,16 @@ Tested equal, bit for bit, to `elementary` over millions of values including eve
 float32 tensors (and the coders' float64 exp) on the CPU where numba imports and the compiled coder is on
 (`SHARDZIP_CODER`, `shardzip.coding.kernels`).
 
-`conv2d` is the sum of products of `shardzip.numerics.exact.exact_convolution`: integer-valued float64
-operands whose every partial sum is an integer below 2**53, so any order of summation, with or without FMA,
-gives the one exact result that torch's float64 convolution gives too (tested equal). Torch computes it with
-im2col and a matrix product, 0.4-18 GF/s on this project's shapes (a few output channels make it a
-matrix-vector product over a 9x copy of the input). Here a driver cuts each image into runs of whole rows
-and calls, per run and group of up to eight output channels, a register-blocked micro-kernel written in LLVM
-IR (`shardzip.numerics.direct`); the scaling, the bias and the rounding to float32 follow in the same pass.
-Runs are shared among torch's thread count. `benchmarks/convolution.py` prints its GF/s next to torch's.
+Exact convolutions have a module of their own: `shardzip.numerics.convolution`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from shardzip.coding.native import available
-from shardzip.numerics.direct import kernels
 from shardzip.numerics.elementary import EXP_MAX, EXP_MIN
 
 if available():
@@ -228,144 +218,6 @@ def pixel_norm32(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
     return out.reshape(x.shape)
 
 
-# ------------------------------------------------------------------------------ exact convolutions
-if available():
-    from llvmlite import ir as _ir
-    from numba import types as _types
-    from numba.extending import intrinsic as _intrinsic
-
-    @_intrinsic
-    def _call_block(typingctx, fn, src, cstride, cin, kh, kw, wp, w, acc, astride, span):
-        """Call the micro-kernel at address `fn` (`shardzip.numerics.direct`), pointers as integers."""
-        def codegen(context, builder, signature, args):
-            i64 = _ir.IntType(64)
-            kernel = builder.inttoptr(args[0], _ir.FunctionType(_ir.VoidType(), [i64] * 10).as_pointer())
-            builder.call(kernel, [builder.zext(a, i64) if a.type.width < 64 else a for a in args[1:]])
-            return context.get_dummy_value()
-
-        return _types.void(*(_types.int64,) * 11), codegen
-else:  # pragma: no cover
-    def _call_block(*args):
-        raise RuntimeError("numba is not importable")
-
-
-@_njit
-def _conv(fns, x, in_scale, ph, pw, packed, starts, sizes, out, kh, kw, rows, t0, t1, scale, bias, biased):
-    """out for the work items [t0, t1) of a stride-1 convolution of x [N, Cin, H, W] zero-padded by (ph, pw): item
-    t is image t // S, output rows from (t % S) * rows on, S items per image.
-
-    Per item, the input rows it reads are put on their grid (rint(x * in_scale) in float64, exact numerics'
-    `_on_grid`) into a scratch of `rows + kh` padded rows per input channel that stays in L2 (the last row is
-    spare: the kernel reads a few positions past the run). The run of rows * Wp positions is one flat vector
-    loop (the kw - 1 right-hand positions of each row are discarded), so narrow images vectorize too. Output
-    channels go in groups of up to eight: group g's weights start at packed[starts[g]] as [Cin, kh, kw,
-    sizes[g]], and the micro-kernel fns[size - 1] sums them into `acc`. Each sum s is written as s * scale
-    (+ bias[c] if `biased`), rounded to out's dtype."""
-    cin, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
-    wp = w_ + 2 * pw
-    height, width = out.shape[2], out.shape[3]
-    per_image = (height + rows - 1) // rows
-    grid = np.zeros((cin, rows + kh, wp))  # the zero borders are never written again
-    acc = np.empty((8, rows * wp))
-    src, weights, sums = grid.ctypes.data, packed.ctypes.data, acc.ctypes.data
-    plane = (rows + kh) * wp
-    for t in range(t0, t1):
-        n, y0 = t // per_image, (t % per_image) * rows
-        nrows = min(rows, height - y0)
-        for c in range(cin):
-            for r in range(nrows + kh):
-                sy = y0 + r - ph
-                if 0 <= sy < h_:
-                    line, dst = x[n, c, sy], grid[c, r, pw:pw + w_]  # slices: see _sigmoid32
-                    for q in range(w_):
-                        dst[q] = np.rint(np.float64(line[q]) * in_scale)
-                else:
-                    grid[c, r, :] = 0.0
-        oc = 0
-        for g in range(sizes.shape[0]):
-            k = sizes[g]
-            _call_block(fns[k - 1], src, plane, cin, kh, kw, wp, weights + 8 * starts[g], sums, rows * wp,
-                        nrows * wp)
-            for o in range(k):
-                b = bias[oc + o]
-                for i in range(nrows):
-                    row, a = out[n, oc + o, y0 + i], acc[o, i * wp:]
-                    if biased:
-                        for q in range(width):
-                            row[q] = a[q] * scale + b
-                    else:
-                        for q in range(width):
-                            row[q] = a[q] * scale
-            oc += k
-
-
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="shardzip-conv")
-    return _POOL
-
-
-def _forget_pool() -> None:
-    global _POOL
-    _POOL = None  # a forked child has none of its parent's threads: it starts its own pool
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-SEGMENT = 1024  # output positions per segment of `conv2d` (its input rows on their grid stay in L2)
-
-
-def _packed(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[Cout, Cin, kh, kw] weights in groups of up to eight output channels, each [Cin, kh, kw, group]: the
-    layout the micro-kernels read (one broadcast per channel and tap); with each group's start and size."""
-    cout = weights.shape[0]
-    sizes = np.array([min(8, cout - c) for c in range(0, cout, 8)], np.int64)
-    parts = [np.ascontiguousarray(weights[c:c + 8].transpose(1, 2, 3, 0)).reshape(-1) for c in range(0, cout, 8)]
-    starts = np.cumsum([0] + [p.size for p in parts[:-1]]).astype(np.int64)
-    return np.concatenate(parts), starts, sizes
-
-
-def conv2d(x: np.ndarray, weights: np.ndarray, threads: int = 1, padding: tuple[int, int] = (0, 0), in_bits: int = 0,
-           bits: int = 0, bias: np.ndarray | None = None, dtype=np.float64,
-           blocks: tuple[int, ...] | None = None) -> np.ndarray:
-    """The stride-1 convolution [N, Cout, H', W'] of x [N, Cin, H, W] (float32 or float64), zero-padded by
-    `padding` and put on the grid 2**-in_bits (rint(x * 2**in_bits)), with `weights` [Cout, Cin, kh, kw] (float64
-    integers), on `threads` threads: exact where every partial sum stays below 2**53. Each sum is scaled by
-    2**-bits, the float64 `bias` per output channel added (if any), and rounded to `dtype`: exact numerics'
-    quantization, scaling, bias and rounding, unfused. Needs the micro-kernels: `blocks` (addresses from
-    `shardzip.numerics.direct.build`), by default this process's (`direct.kernels()`, not None)."""
-    n, cin, h, w = x.shape
-    cout, _, kh, kw = weights.shape
-    ph, pw = padding
-    wp = w + 2 * pw
-    height = h + 2 * ph - kh + 1
-    out = np.empty((n, cout, max(height, 0), max(wp - kw + 1, 0)), dtype)
-    if out.size == 0:
-        return out
-    fns = np.array(blocks or kernels(), np.int64)
-    rows = max(1, min(height, SEGMENT // wp))
-    items = n * -(-height // rows)
-    packed, starts, sizes = _packed(np.ascontiguousarray(weights, np.float64))
-    b = np.zeros(cout) if bias is None else np.ascontiguousarray(bias, np.float64)
-    args = (fns, np.ascontiguousarray(x), math.ldexp(1.0, in_bits), ph, pw, packed, starts, sizes, out, kh, kw, rows)
-    tail = (math.ldexp(1.0, -bits), b, bias is not None)
-    parts = max(1, min(threads, items))
-    if parts == 1:
-        _conv(*args, 0, items, *tail)
-    else:
-        cuts = [items * i // parts for i in range(parts + 1)]
-        jobs = [_pool().submit(_conv, *args, a, b_, *tail) for a, b_ in zip(cuts, cuts[1:], strict=False)]
-        for job in jobs:
-            job.result()
-    return out
-
-
 def compile_all() -> None:
     """Compile (or load from numba's cache) the functions here."""
     if available():
@@ -373,8 +225,4 @@ def compile_all() -> None:
             sigmoid32(np.zeros(1, np.float32), silu)
         exp64(np.zeros(1))
         x = np.ones((1, 2, 4, 4), np.float32)
-        if kernels() is not None:
-            for dtype in (np.float32, np.float64):
-                conv2d(x, np.ones((1, 2, 3, 3)), 1, (1, 1), 0, 0, np.zeros(1), dtype)
-                conv2d(x.astype(np.float64), np.ones((1, 2, 3, 3)), 1, (1, 1), 0, 0, None, dtype)
         pixel_norm32(x, np.ones(2, np.float32), np.zeros(2, np.float32), 1e-5, lambda amax, n: 0)

@@ -9,7 +9,7 @@ fixed order, so no compiler can fuse or reorder them. Every machine that rounds 
 operations to nearest computes the same results.
 
 They work in float64 (accurate to a few units in the last place, far beyond what a network needs)
-and are part of the exact numerics of `shardzip.numerics` (exact-1 and exact-2; `sqrt` of exact-2
+and are part of the exact numerics of `shardzip.numerics` (exact-1 to exact-3; `sqrt` of exact-2 and later
 only): changing a constant or the order of an operation would change what old stores decode to. A
 better implementation is a new numerics version, not an edit.
 """

@@ -266,7 +266,7 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
     `model`: a catalog or fitted model's name, a model file, "auto" (per array, the model that codes a sample of
     its chunks best, or none where the classical codecs win) or "fit" (auto, then one model fitted to the
     arrays no model wins, within `fit_settings`' budget, default 10 minutes: `choose.fit_where_none_wins`).
-    `numerics`: how the model's networks compute (`exact-2`, the default: the store decodes on any machine;
+    `numerics`: how the model's networks compute (`exact-3`, the default: the store decodes on any machine;
     `float`: plain torch, faster, decodes only under the encoder's threads, kernels and device kind)."""
     from shardzip.pipeline.cluster import job_client, placement
     from shardzip.workers.tasks import compress_shard

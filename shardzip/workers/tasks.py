@@ -187,7 +187,7 @@ def verify_shard(spec: dict) -> dict:
 
 
 def tally_decodes(notes: list[dict]) -> dict[str, int]:
-    """How many model containers decoded how: "exact-2", "float, 2 threads", or for containers that predate
+    """How many model containers decoded how: "exact-3", "float, 2 threads", or for containers that predate
     recorded numerics "float (not recorded), decoded with 2 threads"."""
     out: dict[str, int] = {}
     for n in notes:
