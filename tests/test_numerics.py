@@ -195,7 +195,8 @@ def test_exact_3_convolution_is_the_exact_sum_of_its_int16_operands(
     b = torch.randn(cout, generator=gen) if bias else None
     with numerics_version(3):
         got = exact_convolution(x, wt, b, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1)
-        xbits, wq, bits = _pair_grids(x, wt)
+        xbits, grid, _ = _pair_grids(x, wt)
+    wq, bits = grid.wq, grid.bits
     assert float(wq.abs().max()) <= 2**12 and all(-200 < v < 200 for v in bits)
     for o in range(cout):
         if float(wt[o].abs().max()) > 0:
@@ -210,6 +211,25 @@ def test_exact_3_convolution_is_the_exact_sum_of_its_int16_operands(
     if b is not None:
         want = want + b.double().view(1, -1, 1, 1)
     assert torch.equal(got, want.float())
+
+
+def test_exact_3_weight_grids_are_kept_only_while_the_weights_stay_the_same():
+    """A weight tensor's exact-3 grid is computed once and kept on it; a change of its values in place (a
+    training step, load_state_dict) or of its storage computes it again, so no pass uses stale weights."""
+    from shardzip.numerics.exact import _pair_weights
+
+    conv = torch.nn.Conv2d(4, 3, 3, padding=1)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    args = ([1, 1], [1, 1], [1, 1], False, [0, 0], 1)
+    with torch.no_grad(), numerics_version(3):
+        first = exact_convolution(x, conv.weight, conv.bias, *args)
+        assert _pair_weights(conv.weight) is _pair_weights(conv.weight)
+        conv.weight.mul_(2.0)  # in place: the version counter moves
+        doubled = exact_convolution(x, conv.weight, conv.bias, *args)
+        conv.weight.data = conv.weight.data * 0.5  # new storage, version reset with it
+        back = exact_convolution(x, conv.weight, conv.bias, *args)
+    assert not torch.equal(first, doubled)
+    assert torch.equal(first.view(torch.int32), back.view(torch.int32))
 
 
 @settings(max_examples=30, deadline=None)

@@ -59,13 +59,13 @@ class Kind:
     of two input channels interleaved in each 32-bit word, multiplied pairwise into int32 sums: vpmaddwd, fused
     with the addition into vpdpwssd where the CPU has AVX-512 VNNI; exact below 2**31)."""
 
-    def __init__(self, name: str, lanes: int, arch: str) -> None:
-        self.name, self.lanes = name, lanes
+    def __init__(self, name: str, lanes: int, madd: str | None = None) -> None:
+        """`madd`: for pairs, the pmaddwd intrinsic of this width, or None for plain IR."""
+        self.name, self.lanes, self.madd = name, lanes, madd
         self.scalar = "double" if name == "double" else "i32"
         self.size = 8 if name == "double" else 4
         self.vt = f"<{lanes} x {self.scalar}>"
         self.ht = f"<{2 * lanes} x i16>"
-        self.madd = _MADD.get((arch, lanes)) if name == "pairs" else None
         self.suffix = f"v{lanes}{'f64' if name == 'double' else 'i32'}"
 
     def declarations(self) -> list[str]:
@@ -105,8 +105,7 @@ class Kind:
 
 
 # pmaddwd by vector width on x86 (SSE2, AVX2, AVX-512BW)
-_MADD = {("x86", 4): "llvm.x86.sse2.pmadd.wd", ("x86", 8): "llvm.x86.avx2.pmadd.wd",
-         ("x86", 16): "llvm.x86.avx512.pmaddw.d.512"}
+_MADD = {4: "llvm.x86.sse2.pmadd.wd", 8: "llvm.x86.avx2.pmadd.wd", 16: "llvm.x86.avx512.pmaddw.d.512"}
 
 
 def block_ir(o: int, unroll: int, kind: Kind) -> str:
@@ -200,8 +199,7 @@ def module_ir(lanes: int, registers: int, pairs_madd: str | None = None) -> str:
     """block_1 .. block_8 for vectors of `lanes` doubles and pairs_1 .. pairs_8 for vectors of as many bytes
     (2 * lanes words of two int16), for a file of `registers` vector registers; `pairs_madd`: the pmaddwd
     intrinsic for that width, or None for plain IR."""
-    kinds = [Kind("double", lanes, ""), Kind("pairs", 2 * lanes, "")]
-    kinds[1].madd = pairs_madd
+    kinds = [Kind("double", lanes), Kind("pairs", 2 * lanes, pairs_madd)]
     head = [line for kind in kinds for line in kind.declarations()]
     # o * unroll sums + unroll inputs + one broadcast within the register file, at most 4 vectors of positions
     blocks = [block_ir(o, max(1, min(4, (registers - 2) // (o + 1))), kind)
@@ -254,7 +252,7 @@ def build(lanes: int | None = None, registers: int | None = None, generic: bool 
     triple = llvm.get_default_triple()
     x86 = triple.startswith(("x86_64", "i386", "i686"))
     need = {4: "sse2", 8: "avx2", 16: "avx512bw"}.get(2 * lanes)
-    madd = _MADD.get(("x86", 2 * lanes)) if x86 and not generic and need and features.get(need, False) else None
+    madd = _MADD.get(2 * lanes) if x86 and not generic and need and features.get(need, False) else None
     target = llvm.Target.from_default_triple()
     machine = target.create_target_machine(cpu="generic" if generic else llvm.get_host_cpu_name(),
                                            features="" if generic else features.flatten(), opt=3)

@@ -41,7 +41,7 @@ import contextlib
 import math
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ EXACT_VERSIONS = {"exact-1": 1, "exact-2": 2, "exact-3": 3}
 _STATE = threading.local()  # the version of the innermost active exact_numerics() in this thread
 WEIGHT_BITS = 20  # weights: integers of at most 20 bits on a per-tensor power-of-two grid
 EXACT_LIMIT_BITS = 52  # |every partial sum| < 2**52 (float64 integers are exact up to 2**53)
-# exact-3's convolutions (`_pair_grids`): weights of at most 10 bits on a grid per output channel, activations
+# exact-3's convolutions (`_pair_grids`): weights of at most 12 bits on a grid per output channel, activations
 # of at most 14 bits, and every sum over a run of 16 input channels below 2**31 (int32)
 PAIR_WEIGHT_BITS = 12
 PAIR_INPUT_BITS = 14
@@ -187,37 +187,65 @@ def _direct_convolution(x: torch.Tensor, xbits: int, wq: torch.Tensor, wbits: in
                                    (int(padding[0]), int(padding[1])), xbits, xbits + wbits, bias, np.float32))
 
 
-def _pair_grids(x: torch.Tensor, w: torch.Tensor) -> tuple[int, torch.Tensor, list[int]]:
-    """exact-3's grids of a convolution of x with w [Cout, Cin, ...]: (activation bits xb, integer weights wq in
-    float64, weight bits per output channel). Output channel o's weights go on 2**-b[o] with |wq| <= 2**10
-    (b[o] = 10 - e(max |w[o]|)); activations on 2**-xb with |rint(x * 2**xb)| <= 2**14 and, for L the largest sum
-    of |wq| of one output channel over a run of 16 input channels (channels 0-15, 16-31, ...), every such
-    partial sum below 2**31: xb = min(14, 30 - e(L)) - e(max |x|). Sums of products under these grids are
-    integers that int16 multiplies with int32 sums compute exactly (`convolution.conv2d_pairs`)."""
-    amax_w = w.detach().abs().flatten(1).amax(1).double().cpu() if w.numel() else torch.zeros(w.shape[0])
-    if not bool(torch.isfinite(amax_w).all()):
+class _PairWeights(NamedTuple):
+    """exact-3's weight grid of one convolution weight tensor [Cout, Cin, ...] (see `_pair_grids`)."""
+
+    wq: torch.Tensor  # integers in float64, |wq| <= 2**PAIR_WEIGHT_BITS
+    bits: list[int]  # weight bits per output channel: w[o] ~ wq[o] * 2**-bits[o]
+    run_bound: float  # the largest sum of |wq| of one output channel over a run of PAIR_CHANNELS input channels
+    total_bound: float  # the largest sum of |wq| of one output channel over all its input channels
+
+
+def _pair_weights(w: torch.Tensor) -> _PairWeights:
+    """exact-3's grid of the weights `w`, computed once per weight tensor and kept on it while its values stay
+    the same (its version counter, storage and shape): a network's weights do not change between passes."""
+    key = (w._version, w.data_ptr(), tuple(w.shape), w.dtype, w.device)
+    cached = getattr(w, "_shardzip_pair_weights", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    amax = w.detach().abs().flatten(1).amax(1).double().cpu() if w.numel() else torch.zeros(w.shape[0])
+    if not bool(torch.isfinite(amax).all()):
         raise NumericsError("exact numerics: a weight tensor holds NaN or infinite values")
-    bits = [PAIR_WEIGHT_BITS - _exponent(a) if a > 0 else 0 for a in amax_w.tolist()]
+    bits = [PAIR_WEIGHT_BITS - _exponent(a) if a > 0 else 0 for a in amax.tolist()]
     scale = torch.tensor([math.ldexp(1.0, v) for v in bits], dtype=torch.float64, device=w.device)
-    wq = (w.double() * scale.view([-1] + [1] * (w.dim() - 1))).round_()
+    wq = (w.detach().double() * scale.view([-1] + [1] * (w.dim() - 1))).round_()
     cout, cin = w.shape[:2]
-    runs = wq.abs().flatten(2).sum(2)  # [Cout, Cin]: exact (integers)
-    runs = torch.nn.functional.pad(runs, (0, -cin % PAIR_CHANNELS)).view(cout, -1, PAIR_CHANNELS).sum(2)
-    bound = float(runs.amax()) if runs.numel() else 0.0
+    per_channel = wq.abs().flatten(2).sum(2)  # [Cout, Cin]: exact (integers)
+    runs = torch.nn.functional.pad(per_channel, (0, -cin % PAIR_CHANNELS)).view(cout, -1, PAIR_CHANNELS).sum(2)
+    grid = _PairWeights(wq, bits, float(runs.amax()) if runs.numel() else 0.0,
+                        float(per_channel.sum(1).amax()) if per_channel.numel() else 0.0)
+    try:
+        w._shardzip_pair_weights = (key, grid)
+    except (AttributeError, RuntimeError):  # a tensor that takes no attributes: computed again next time
+        pass
+    return grid
+
+
+def _pair_grids(x: torch.Tensor, w: torch.Tensor) -> tuple[int, _PairWeights, float]:
+    """exact-3's grids of a convolution of x with w [Cout, Cin, ...]: (activation bits xb, the weights' grid,
+    max |x|). Output channel o's weights go on 2**-b[o] with |wq| <= 2**PAIR_WEIGHT_BITS (b[o] = PAIR_WEIGHT_BITS
+    - e(max |w[o]|)); activations on 2**-xb with |rint(x * 2**xb)| <= 2**PAIR_INPUT_BITS and, for L the largest
+    sum of |wq| of one output channel over a run of PAIR_CHANNELS input channels (channels 0-15, 16-31, ...),
+    every such partial sum below 2**31: xb = min(PAIR_INPUT_BITS, PAIR_SUM_BITS - e(L)) - e(max |x|). Sums of
+    products under these grids are integers that int16 multiplies with int32 sums compute exactly
+    (`convolution.conv2d_pairs`)."""
+    grid = _pair_weights(w)
     a = _checked_amax(x, "a convolution")
+    bound = grid.run_bound
     xbits = min(PAIR_INPUT_BITS, PAIR_SUM_BITS - _exponent(bound)) - _exponent(a) if a > 0 and bound > 0 else 0
-    return xbits, wq, bits
+    return xbits, grid, a
 
 
 def _pair_convolution(x, w, b, stride, padding, dilation, output_padding, dtype) -> torch.Tensor:
     """An ungrouped, untransposed convolution under exact-3 (`_pair_grids`): the compiled int16 kernels where
     they apply, else aten's float64 sums of the same integers (exact: far below 2**53)."""
-    xbits, wq, bits = _pair_grids(x, w)
+    xbits, grid, amax = _pair_grids(x, w)
+    wq, bits = grid.wq, grid.bits
     if dtype == torch.float32 and _direct(x, w, stride, padding, dilation, False, 1):
         from shardzip.numerics.convolution import conv2d_pairs
 
         # the sums over all input channels at once where they too stay below 2**31 (the same exact sums)
-        whole = float(wq.abs().flatten(1).sum(1).amax()) * (math.ldexp(1.0, _exponent(_amax(x)) + xbits) + 1)
+        whole = grid.total_bound * (math.ldexp(1.0, _exponent(amax) + xbits) + 1)
         bias = None if b is None else b.detach().double().cpu().numpy()
         return torch.from_numpy(conv2d_pairs(x.detach().contiguous().numpy(), wq.numpy(), torch.get_num_threads(),
                                              (int(padding[0]), int(padding[1])), xbits,
