@@ -394,9 +394,9 @@ def test_a_store_written_before_numerics_were_recorded_still_reads_back(tmp_path
 
 # ------------------------------------------------------------------------------ across configurations
 def test_every_shipped_model_decodes_under_every_thread_count_cpu_kernel_set_and_onednn_setting(tmp_path):
-    """Bytes written under {1, 2, 4 threads} x {default, best CPU kernels, best without oneDNN, another vendor's
-    sqrt} decode under every other combination, for every shipped model, on real data (and are in fact the same
-    bytes)."""
+    """Bytes written (exact-3) under {1, 2, 4 threads} x {default CPU kernels with baseline convolution kernels,
+    best CPU kernels, best without oneDNN, another vendor's sqrt} decode under every other combination, for every
+    shipped model, on real data (and are in fact the same bytes)."""
     out = cross_decode.cross_decode(SHIPPED, list(cross_decode.DEFAULT_CONFIGS), "1,2,4", work=tmp_path,
                                     log=lambda *_: None)
     failed = {m: r["failed"][:2] for m, r in out["rows"].items() if r["failed"]}

@@ -10,7 +10,8 @@ every configuration decodes every distinct byte string written, under each of it
 compares the result with the sample bit for bit. Prints one row per model and exits 1 if any byte
 string fails to decode anywhere (or, with --same-bytes, if the configurations wrote different bytes).
 
-Configurations: cpu/default (ATEN_CPU_CAPABILITY=default: the scalar kernels), cpu/best (this CPU's best
+Configurations: cpu/default (ATEN_CPU_CAPABILITY=default: the scalar kernels; SHARDZIP_KERNELS=generic:
+shardzip's convolution micro-kernels built for the architecture's baseline), cpu/best (this CPU's best
 kernel set), cpu/best-noonednn (oneDNN disabled), cpu/othersqrt (a torch sqrt kernel that rounds
 like another CPU vendor's MKL), cuda (the first CUDA device). Samples are real data
 from registry packages: MNIST test digits (tests/data), scikit-image photographs, the ODIM radar volume
@@ -208,8 +209,10 @@ def _child(args) -> int:
 def _run_child(kind: str, config: str, ns, work: Path, todo: Path | None = None) -> list[dict]:
     env = dict(os.environ)
     env.pop("ATEN_CPU_CAPABILITY", None)
-    if config == "cpu/default":
+    env.pop("SHARDZIP_KERNELS", None)
+    if config == "cpu/default":  # torch's scalar kernels and shardzip's convolution kernels for the baseline CPU
         env["ATEN_CPU_CAPABILITY"] = "default"
+        env["SHARDZIP_KERNELS"] = "generic"
     out = work / f"{kind}-{config.replace('/', '_')}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--config", config, "--threads",
            ns.threads, "--models", ",".join(ns.models), "--work", str(work), "--out", str(out),
@@ -223,11 +226,14 @@ def _run_child(kind: str, config: str, ns, work: Path, todo: Path | None = None)
 
 
 # ------------------------------------------------------------------------------------------ main
-def cross_decode(models: list[str], configs: list[str], threads: str = "1,2,4", numerics: str = "exact-2",
+def cross_decode(models: list[str], configs: list[str], threads: str = "1,2,4", numerics: str | None = None,
                  work: Path | None = None, log=print) -> dict:
-    """Encode under every configuration, decode every distinct result under every configuration.
+    """Encode under every configuration, decode every distinct result under every configuration; `numerics`:
+    what new stores are coded with (`shardzip.numerics.EXACT`) unless given.
 
     Returns {"encoded": [...], "decoded": [...], "rows": {model: {...}}, "ok": bool, "same_bytes": bool}."""
+    if numerics is None:
+        from shardzip.numerics import EXACT as numerics
     ns = argparse.Namespace(threads=threads, models=models, numerics=numerics)
     tmp = None
     if work is None:
@@ -272,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
     p.add_argument("--threads", default="1,2,4", help="torch thread counts each configuration writes and reads with")
     p.add_argument("--models", help="comma-separated catalog models (default: every shipped model)")
-    p.add_argument("--numerics", default="exact-2", help="exact-2 (default), exact-1 (decoding old stores) or "
-                                                          "float")
+    p.add_argument("--numerics", help="exact-3 (default: what new stores are coded with), exact-2 or exact-1 "
+                                      "(decoding old stores), or float")
     p.add_argument("--same-bytes", action="store_true", help="also fail when configurations write different bytes")
     p.add_argument("--json", help="write the full results here")
     p.add_argument("--child", choices=("encode", "decode"), help=argparse.SUPPRESS)

@@ -26,6 +26,7 @@ Sapphire Rapids core: 65 in float64, 117-171 with int16 pairs (`benchmarks/convo
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import NamedTuple
 
@@ -222,15 +223,20 @@ _LOCK = threading.Lock()  # one build per process, even when a worker's threads 
 
 
 def kernels() -> Kernels | None:
-    """The addresses of the micro-kernels compiled for this CPU (about 0.3 s, once per process), or None (logged)
-    where llvmlite cannot build them: exact convolutions then take aten's path."""
+    """The addresses of the micro-kernels compiled for this CPU (about 1 s, once per process), or None (logged)
+    where llvmlite cannot build them: exact convolutions then take aten's path. SHARDZIP_KERNELS=generic builds
+    them for the architecture's baseline instead (x86-64: SSE2, pairs in plain IR), as other CPUs run them:
+    `tools/cross_decode.py` codes under it in its cpu/default configuration."""
     global _ENGINE, _ADDRESSES, _BUILT
     if _BUILT:
         return _ADDRESSES
     with _LOCK:
         if not _BUILT:
             try:
-                _ENGINE, _ADDRESSES = build()
+                if os.environ.get("SHARDZIP_KERNELS", "") == "generic":  # the baseline CPU's (a cross-check)
+                    _ENGINE, _ADDRESSES = build(2, 16, generic=True)
+                else:
+                    _ENGINE, _ADDRESSES = build()
             except Exception as exc:  # noqa: BLE001 - any failure leaves aten's (slower, equally exact) path in charge
                 log.warning("shardzip: convolution micro-kernels not built (%s); exact convolutions use aten", exc)
             _BUILT = True
