@@ -205,8 +205,8 @@ def _paired(weights: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w16.reshape(cout, -1, 2, kh, kw).transpose(0, 1, 3, 4, 2)).view(np.int32)[..., 0]
 
 
-def _run(driver, x, weights, packing, threads, padding, dtype, fns, tail) -> np.ndarray:
-    """Shapes, segments and threads common to both drivers; `tail`: the driver's arguments after t1."""
+def _run(driver, x, weights, packing, threads, padding, dtype, fns, in_bits, tail) -> np.ndarray:
+    """Shapes, segments and threads common to both drivers; `tail`: the driver's own arguments after t1."""
     n, cin, h, w = x.shape
     cout, _, kh, kw = weights.shape
     ph, pw = padding
@@ -218,14 +218,14 @@ def _run(driver, x, weights, packing, threads, padding, dtype, fns, tail) -> np.
     rows = max(1, min(height, SEGMENT // wp))
     items = n * -(-height // rows)
     packed, starts, sizes = _packed(packing(weights))
-    args = (np.array(fns, np.int64), np.ascontiguousarray(x), tail[0], ph, pw, packed, starts, sizes, out, kh, kw,
-            rows)
+    args = (np.array(fns, np.int64), np.ascontiguousarray(x), math.ldexp(1.0, in_bits), ph, pw, packed, starts,
+            sizes, out, kh, kw, rows)
     parts = max(1, min(threads, items))
     if parts == 1:
-        driver(*args, 0, items, *tail[1:])
+        driver(*args, 0, items, *tail)
     else:
         cuts = [items * i // parts for i in range(parts + 1)]
-        jobs = [_pool().submit(driver, *args, a, b, *tail[1:]) for a, b in zip(cuts, cuts[1:], strict=False)]
+        jobs = [_pool().submit(driver, *args, a, b, *tail) for a, b in zip(cuts, cuts[1:], strict=False)]
         for job in jobs:
             job.result()
     return out
@@ -242,9 +242,8 @@ def conv2d(x: np.ndarray, weights: np.ndarray, threads: int = 1, padding: tuple[
     `shardzip.numerics.direct.build`), by default this process's (`direct.kernels()`, not None)."""
     cout = weights.shape[0]
     b = np.zeros(cout) if bias is None else np.ascontiguousarray(bias, np.float64)
-    tail = (math.ldexp(1.0, in_bits), math.ldexp(1.0, -bits), b, bias is not None)
     return _run(_conv, x, weights, lambda w: np.ascontiguousarray(w, np.float64), threads, padding, dtype,
-                (blocks or kernels()).double, tail)
+                (blocks or kernels()).double, in_bits, (math.ldexp(1.0, -bits), b, bias is not None))
 
 
 def conv2d_pairs(x: np.ndarray, weights: np.ndarray, threads: int = 1, padding: tuple[int, int] = (0, 0),
@@ -258,8 +257,8 @@ def conv2d_pairs(x: np.ndarray, weights: np.ndarray, threads: int = 1, padding: 
     cout, cin = weights.shape[:2]
     b = np.zeros(cout) if bias is None else np.ascontiguousarray(bias, np.float64)
     scales = np.array([math.ldexp(1.0, -int(v)) for v in (np.zeros(cout) if bits is None else bits)])
-    tail = (math.ldexp(1.0, in_bits), scales, b, max(1, min(chunk, (cin + 1) // 2)))
-    return _run(_conv_pairs, x, weights, _paired, threads, padding, dtype, (blocks or kernels()).pairs, tail)
+    return _run(_conv_pairs, x, weights, _paired, threads, padding, dtype, (blocks or kernels()).pairs, in_bits,
+                (scales, b, max(1, min(chunk, (cin + 1) // 2))))
 
 
 def compile_all() -> None:
