@@ -372,3 +372,38 @@ def test_compiled_mixture_score_agrees_with_the_torch_one():
     assert float(fast.double().sum()) == pytest.approx(float(slow.double().sum()), rel=1e-6)
     assert float(fast[0, 0, 0, 2]) < -100  # the far tails took the log-space path and stayed finite
     assert torch.isfinite(fast).all()
+
+
+@pytest.mark.parametrize("mixtures", [1, 3, 5])
+def test_mixture_head_codes_the_same_integers_in_one_compiled_pass(mixtures):
+    """MixtureHead.coder's compiled pass (`shardzip.models.mixture`) against base.mixture_coder of the head's float32
+    parameters under exact numerics, integer for integer: raw outputs from tiny to beyond the clamps (log-scales
+    both sides, locations past the coder's limit, logits far apart), constant rows; a NaN leaves the torch path to
+    say what is wrong."""
+    from shardzip.coding.native import available
+    from shardzip.models.base import mixture_coder
+    from shardzip.models.mixture import MixtureHead
+    from shardzip.numerics import exact
+
+    if not available():
+        pytest.skip("numba is not importable here: the torch path is the only one")
+    gen = torch.Generator().manual_seed(mixtures)
+    groups = 4
+    head = MixtureHead(groups, mixtures, 640.0, 16.0, 1.5, spread=0.4)
+    c = groups * mixtures * 3
+    gains = torch.tensor([1e-3, 0.3, 3.0, 40.0, 3e4])[torch.arange(c) % 5].view(1, c, 1, 1)
+    raw = torch.randn(2, c, 29, 70, generator=gen) * gains
+    raw[0, :, :2] = 0.0
+    raw[1, :, 5, :7] = torch.tensor([-1e4, 1e4, -3.0, 2.5, 1e-7, -0.0, 7.0])
+    with exact.exact_numerics():
+        fused = head.coder(raw, 1536)
+        torch_path = mixture_coder(*head.params(raw), 1536)
+        assert head._compiled(raw, 1536) is not None  # the compiled pass did run
+        assert fused.shape == torch_path.shape == (2, groups, 29, 70) and fused.kind == torch_path.kind
+        for got, want in zip(fused.params, torch_path.params, strict=True):
+            assert got.dtype == want.dtype and torch.equal(got, want)
+        bad = raw.clone()
+        bad[0, 1, 3, 4] = float("nan")
+        assert head._compiled(bad, 1536) is None
+        with pytest.raises(ModelParameterError):
+            head.coder(bad, 1536)

@@ -597,7 +597,7 @@ def test_compiled_pixel_norm_and_silu_equal_the_torch_steps_bit_for_bit(scale):
     the dispatch mode, as bits: random activations with constant pixels (variance 0) and zero channels."""
     from conftest import kernel_mode
 
-    from shardzip.models.layers import PixelNorm
+    from shardzip.models.layers import Chain, PixelNorm
 
     gen = torch.Generator().manual_seed(3)
     norm = PixelNorm(24)
@@ -607,13 +607,18 @@ def test_compiled_pixel_norm_and_silu_equal_the_torch_steps_bit_for_bit(scale):
     x = torch.randn(2, 24, 40, 37, generator=gen) * scale
     x[0, :, :3] = 1.5  # a constant pixel: variance 0, the norm is eps alone
     x[1, 5] = 0.0
+    chain = Chain(norm, torch.nn.SiLU(), torch.nn.Identity())  # the fused pass: PixelNorm and SiLU as one call
     outs = {}
     for mode in ("scripted", "native"):
         with kernel_mode(mode), exact_numerics():
             y = norm(x)
-            outs[mode] = (y, torch.nn.functional.silu(y))
-    for want, got in zip(outs["scripted"], outs["native"], strict=True):
-        assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+            outs[mode] = (y, torch.nn.functional.silu(y), norm(x, silu=True), chain(x))
+    bits = {mode: [t.view(torch.int32) for t in ts] for mode, ts in outs.items()}
+    norm_bits, silu_bits = bits["scripted"][:2]
+    assert torch.equal(bits["native"][0], norm_bits)
+    for got in (*bits["native"][1:], *bits["scripted"][2:]):
+        assert torch.equal(got, silu_bits)
+    assert not torch.equal(norm_bits, silu_bits)  # the two references differ: each was checked
     with exact_numerics():  # outside the compiled switch's reach nothing changes: training runs plain torch
         assert norm(x).dtype == torch.float32
 

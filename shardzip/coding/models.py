@@ -321,6 +321,22 @@ def mixture_discretized_logistic(means, scales, weights=None, logit_weights=None
                         (loc_q.contiguous(), inv_q.contiguous(), w_q), table_name="sigmoid", device=loc_q.device)
 
 
+def mixture_from_integers(loc_q: torch.Tensor, inv_q: torch.Tensor, w_q: torch.Tensor, alphabet_size: int,
+                          precision: int | None = None) -> EntropyModel:
+    """The mixture model of already quantized parameters [..., J] (what `mixture_discretized_logistic` computes
+    from floats: locations in 2**-LOC_FRAC, inverse scales in 2**-28, weights summing to 2**MIX_BITS per element),
+    for callers that compute them in a compiled pass of their own (`shardzip.models.mixture`)."""
+    precision = precision or default_precision(alphabet_size)
+    _check_common(alphabet_size, precision)
+    return EntropyModel(K_.MIXTURE, alphabet_size, precision, tuple(loc_q.shape[:-1]), (loc_q, inv_q, w_q),
+                        table_name="sigmoid", device=loc_q.device)
+
+
+def quantization_limits(loc_frac: int = K_.LOC_FRAC) -> tuple[float, float, float]:
+    """(smallest scale, largest scale, largest |location|) that `_quantize_loc_scale` clamps to."""
+    return (*_SCALE_RANGE[loc_frac], _LOC_LIMIT[loc_frac])
+
+
 def _compiled_mixture_weights(logit_weights, loc_q: torch.Tensor) -> torch.Tensor | None:
     """The integer mixture weights of `logit_weights` (of loc_q's shape) in one compiled pass per row, the same
     integers as the torch steps (tested); None where that pass does not apply or a logit is bad (the torch steps
@@ -384,6 +400,8 @@ __all__ = [
     "discretized_logistic",
     "gaussian_buckets",
     "mixture_discretized_logistic",
+    "mixture_from_integers",
+    "quantization_limits",
     "uniform",
     "TABLE_BITS",
 ]

@@ -63,8 +63,8 @@ def _locscale_value(edge, loc, inv_scale, tab, loc_frac):
         z = 65536 << 12
     z += 65536 << 12
     j = z >> 12
-    lo = tab[j]
-    return lo + (((tab[j + 1] - lo) * (z & 4095)) >> 12)
+    lo = np.int64(tab[j])
+    return lo + (((np.int64(tab[j + 1]) - lo) * (z & 4095)) >> 12)
 
 
 @_inline
@@ -349,19 +349,25 @@ def start_freq(kind, symbols, p0, p1, p2, edges, tab, K, n, loc_frac) -> tuple[n
     return start, freq
 
 
+@_inline
+def _quantize_one(m, s, mult, lo, hi, limit, loc_q, inv_q, i):
+    """models._quantize_loc_scale of one (mean, scale) into loc_q[i], inv_q[i]; False where either is not finite or
+    the scale not positive. mult: 2**loc_frac."""
+    if not (math.isfinite(m) and math.isfinite(s) and s > 0.0):
+        return False
+    m = min(max(m, -limit), limit)
+    s = min(max(s, lo), hi)
+    loc_q[i] = np.int64(np.rint(m * mult))
+    inv_q[i] = np.int64(np.rint(float(np.int64(1) << 28) / s))
+    return True
+
+
 @_njit
 def _quantize(mean, scale, loc_frac, lo, hi, limit, loc_q, inv_q):
     mult = float(np.int64(1) << loc_frac)
-    one = float(np.int64(1) << 28)
     for i in range(mean.shape[0]):
-        m = mean[i]
-        s = scale[i]
-        if not (math.isfinite(m) and math.isfinite(s) and s > 0.0):
+        if not _quantize_one(mean[i], scale[i], mult, lo, hi, limit, loc_q, inv_q, i):
             return False
-        m = min(max(m, -limit), limit)
-        s = min(max(s, lo), hi)
-        loc_q[i] = np.int64(np.rint(m * mult))
-        inv_q[i] = np.int64(np.rint(one / s))
     return True
 
 
@@ -425,46 +431,55 @@ def categorical_weights(rows: np.ndarray, from_probs: bool, shift: int, one: int
     return cum
 
 
-@_njit
-def _mixture(rows, exp_frac, exp_neg, mix_bits, w_q):
-    """models.mixture_discretized_logistic's integer weights from logits, a row at a time; False where a logit is
-    not finite or beyond 2**50 (the caller then takes the torch path, which reports it)."""
-    n, J = rows.shape
+@_inline
+def _mixture_row(row, exp_frac, exp_neg, mix_bits, raw, w_row):
+    """models.mixture_discretized_logistic's integer weights w_row [J] from one row of float64 logits; False where
+    a logit is not finite or beyond 2**50 (the caller then takes the torch path, which reports it). raw: [J]
+    int64 scratch."""
+    J = row.shape[0]
     last = exp_neg.shape[0] - 1
     scale = float(np.int64(1) << exp_frac)
-    raw = np.empty(J, np.int64)
-    for i in range(n):
-        qmax = np.int64(0)
+    qmax = np.int64(0)
+    for j in range(J):
+        v = row[j]
+        if not math.isfinite(v) or abs(v) > 2.0**50:
+            return False
+        q = np.int64(np.rint(v * scale))
+        raw[j] = q
+        if j == 0 or q > qmax:
+            qmax = q
+    total = np.int64(0)
+    for j in range(J):
+        d = qmax - raw[j]
+        raw[j] = exp_neg[d if d < last else last] >> 10
+        total += raw[j]
+    if total == 0:  # no mass at all: equal weights
         for j in range(J):
-            v = rows[i, j]
-            if not math.isfinite(v) or abs(v) > 2.0**50:
-                return False
-            q = np.int64(np.rint(v * scale))
-            raw[j] = q
-            if j == 0 or q > qmax:
-                qmax = q
-        total = np.int64(0)
-        for j in range(J):
-            d = qmax - raw[j]
-            raw[j] = exp_neg[d if d < last else last] >> 10
-            total += raw[j]
-        if total == 0:  # no mass at all: equal weights
-            for j in range(J):
-                raw[j] = 1
-            total = J
-        acc = np.int64(0)
-        before = np.int64(0)
-        inv = 1.0 / float(total)
-        for j in range(J):
-            acc += raw[j]
-            num = acc << mix_bits
-            now = np.int64(float(num) * inv)  # (acc << mix_bits) // total, from a float estimate made exact:
-            if now * total > num:             # num < 2**53 and the estimate is off by at most one
-                now -= 1
-            elif (now + 1) * total <= num:
-                now += 1
-            w_q[i, j] = now - before
-            before = now
+            raw[j] = 1
+        total = J
+    acc = np.int64(0)
+    before = np.int64(0)
+    inv = 1.0 / float(total)
+    for j in range(J):
+        acc += raw[j]
+        num = acc << mix_bits
+        now = np.int64(float(num) * inv)  # (acc << mix_bits) // total, from a float estimate made exact:
+        if now * total > num:             # num < 2**53 and the estimate is off by at most one
+            now -= 1
+        elif (now + 1) * total <= num:
+            now += 1
+        w_row[j] = now - before
+        before = now
+    return True
+
+
+@_njit
+def _mixture(rows, exp_frac, exp_neg, mix_bits, w_q):
+    """`_mixture_row` for every row of rows [N, J]; False where a logit is bad."""
+    raw = np.empty(rows.shape[1], np.int64)
+    for i in range(rows.shape[0]):
+        if not _mixture_row(rows[i], exp_frac, exp_neg, mix_bits, raw, w_q[i]):
+            return False
     return True
 
 
@@ -507,7 +522,7 @@ def model_arrays(model) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
     arrays = [np.ascontiguousarray(p.numpy()).reshape(numel, -1) if numel else np.zeros((0, 1), np.int64)
               for p in model.flat_params()]  # none (uniform), one (categorical), two or three
     arrays += [np.zeros((0, 0), np.int64)] * (3 - len(arrays))
-    return (*arrays, np.ascontiguousarray(model.edges_tensor().numpy()), model.table_tensor().numpy())
+    return (*arrays, np.ascontiguousarray(model.edges_tensor().numpy()), model.table_tensor().numpy().astype(np.int32))
 
 
 def compile_all() -> float:

@@ -37,7 +37,7 @@ from shardzip.models.latents import (
     sample,
     standard_prior,
 )
-from shardzip.models.layers import ResBlock, norm_layer
+from shardzip.models.layers import Chain, ResBlock, norm_layer
 
 EVAL_SEED = 4321
 
@@ -48,7 +48,7 @@ def _stage(c_in: int, c_out: int, blocks: int, stride: int = 1, norm: str = "gro
 
 
 def _head(c_in: int, c_out: int, norm: str = "group") -> nn.Sequential:
-    head = nn.Sequential(norm_layer(c_in, norm), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
+    head = Chain(norm_layer(c_in, norm), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
     nn.init.zeros_(head[-1].weight)
     nn.init.zeros_(head[-1].bias)
     return head

@@ -34,14 +34,13 @@ from shardzip.coding import Message
 from shardzip.coding.models import MAX_ALPHABET
 from shardzip.models.base import (
     LosslessModel,
-    mixture_coder,
     mixture_log2prob,
-    mixture_params,
     pad_to_multiple,
     round_ste,
     to_symbols,
 )
 from shardzip.models.layers import ConvNet, coordinates
+from shardzip.models.mixture import MixtureHead
 from shardzip.numerics import exact
 
 MEAN_GAIN = 16.0  # split priors: means move 16 levels per unit of network output (the skip path does the bulk)
@@ -90,12 +89,12 @@ class SplitPrior(nn.Module):
             self.skip.weight.zero_()
             self.skip.bias.zero_()
             self.skip.weight[: c_out * mixtures, :, 1, 1] = half / self.gain / c_cond  # mean rows: the average
+        self.head = MixtureHead(c_out, mixtures, half + offset, self.gain, 1.5 + math.log(half / 128.0), spread=0.4)
 
-    def params(self, y: torch.Tensor):
+    def raw(self, y: torch.Tensor) -> torch.Tensor:
+        """The conv output that `head` reads as the mixture of each element of z."""
         y = y / self.half - 1.0
-        raw = self.net(y) + self.skip(y)
-        return mixture_params(raw, self.c_out, self.mixtures, self.half + self.offset, self.gain,
-                              1.5 + math.log(self.half / 128.0), spread=0.4)
+        return self.net(y) + self.skip(y)
 
 
 class TopPrior(nn.Module):
@@ -109,12 +108,11 @@ class TopPrior(nn.Module):
                                  nn.Conv2d(hidden, c_out * mixtures * 3, 1))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
+        self.head = MixtureHead(c_out, mixtures, half - 0.5 + offset, half / 2, 3.5 + math.log(half / 128.0))
 
-    def params(self, b: int, h: int, w: int, device: torch.device):
+    def raw(self, b: int, h: int, w: int, device: torch.device) -> torch.Tensor:
         grid = coordinates(b, h, w, device)
-        raw = self.net(grid if self.use_coords else torch.zeros_like(grid))
-        return mixture_params(raw, self.c_out, self.mixtures, self.half - 0.5 + self.offset, self.half / 2,
-                              3.5 + math.log(self.half / 128.0))
+        return self.net(grid if self.use_coords else torch.zeros_like(grid))
 
 
 class IDF(LosslessModel):
@@ -167,7 +165,7 @@ class IDF(LosslessModel):
         return 1 if level < self.levels - 1 else len(self.priors) - (self.levels - 1)
 
     def _analyse(self, x: torch.Tensor):
-        """Latents and their prior parameters, in the order they are factored out (= push order)."""
+        """Latents, their priors' heads and raw outputs, in the order they are factored out (= push order)."""
         h = pad_to_multiple(x, 1 << self.levels).to(torch.float32)
         parts, k = [], 0
         for level in range(self.levels):
@@ -177,10 +175,10 @@ class IDF(LosslessModel):
             for _ in range(self._splits_at(level)):
                 prior = self.priors[k]
                 z, h = h[:, : prior.c_out], h[:, prior.c_out:]
-                parts.append((z, prior.params(h)))
+                parts.append((z, prior.head, prior.raw(h)))
                 k += 1
         b, _, hh, ww = h.shape
-        parts.append((h, self.top.params(b, hh, ww, h.device)))
+        parts.append((h, self.top.head, self.top.raw(b, hh, ww, h.device)))
         return parts
 
     def nll_bits(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,8 +186,8 @@ class IDF(LosslessModel):
 
     def train_bits(self, x: torch.Tensor) -> torch.Tensor:
         total = 0
-        for z, (m, ls, lg) in self._analyse(x):
-            total = total - mixture_log2prob(z + self.offset, m, ls, lg, self.K).flatten(1).sum(1)
+        for z, head, raw in self._analyse(x):
+            total = total - mixture_log2prob(z + self.offset, *head.params(raw), self.K).flatten(1).sum(1)
         return total
 
     # ------------------------------------------------------------------ coding
@@ -198,10 +196,10 @@ class IDF(LosslessModel):
         x = self.check_input(x)
         total = torch.zeros(x.shape[0], device=x.device)  # summed as train_bits sums
         with torch.no_grad():
-            for i, (z, (m, ls, lg)) in enumerate(self._analyse(x)):
+            for i, (z, head, raw) in enumerate(self._analyse(x)):
                 with exact.suspended():  # a reported figure: plain floats are enough and cheaper
-                    total = total - mixture_log2prob(z + self.offset, m, ls, lg, self.K).flatten(1).sum(1)
-                message.push(to_symbols(z, self.offset, self.K, f"idf latent {i}"), mixture_coder(m, ls, lg, self.K))
+                    total = total - mixture_log2prob(z + self.offset, *head.params(raw), self.K).flatten(1).sum(1)
+                message.push(to_symbols(z, self.offset, self.K, f"idf latent {i}"), head.coder(raw, self.K))
         return total.double()
 
     def decode(self, message: Message, shape: tuple[int, ...]) -> torch.Tensor:
@@ -211,19 +209,19 @@ class IDF(LosslessModel):
         dev = message.device
         with torch.no_grad():
             hh, ww = ph >> self.levels, pw >> self.levels
-            h = self._pop(message, self.top.params(b, hh, ww, dev))
+            h = self._pop(message, self.top.head, self.top.raw(b, hh, ww, dev))
             k = len(self.priors)
             for level in reversed(range(self.levels)):
                 for _ in range(self._splits_at(level)):
                     k -= 1
-                    h = torch.cat([self._pop(message, self.priors[k].params(h)), h], 1)
+                    h = torch.cat([self._pop(message, self.priors[k].head, self.priors[k].raw(h)), h], 1)
                 for coupling in reversed(self.flows[level]):
                     h = coupling(h, reverse=True)
                 h = F.pixel_shuffle(h, 2)
         return h[..., :height, :width].round().long()
 
-    def _pop(self, message: Message, params) -> torch.Tensor:
-        return (message.pop(mixture_coder(*params, self.K)) - self.offset).to(torch.float32)
+    def _pop(self, message: Message, head: MixtureHead, raw: torch.Tensor) -> torch.Tensor:
+        return (message.pop(head.coder(raw, self.K)) - self.offset).to(torch.float32)
 
     def coding_lanes(self, shape: tuple[int, ...]) -> int:
         # Each pushed part holds >= 1/2**(levels + top_splits + 1) of the dims; keep every part >= 1 step.

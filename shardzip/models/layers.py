@@ -12,6 +12,7 @@ identity / a constant and training is stable from the first step.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from shardzip.numerics import exact
@@ -28,13 +29,29 @@ class PixelNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        compiled = exact.pixel_norm(x, self.weight, self.bias, self.eps)  # the same bits, faster (exact numerics)
+    def forward(self, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
+        """The norm, followed by SiLU where `silu` (one pass with it under exact numerics: `Chain`)."""
+        compiled = exact.pixel_norm(x, self.weight, self.bias, self.eps, silu)  # the same bits, faster
         if compiled is not None:
             return compiled
         mean = x.mean(1, keepdim=True)
         var = (x - mean).square().mean(1, keepdim=True)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        return F.silu(y) if silu else y
+
+
+class Chain(nn.Sequential):
+    """nn.Sequential (the same modules and state-dict keys) that runs a PixelNorm followed by a SiLU as one call
+    (`PixelNorm.forward(x, silu=True)`): under exact numerics one compiled pass fewer over the activations."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = list(self)
+        i = 0
+        while i < len(layers):
+            fused = isinstance(layers[i], PixelNorm) and i + 1 < len(layers) and type(layers[i + 1]) is nn.SiLU
+            x = layers[i](x, silu=True) if fused else layers[i](x)
+            i += 2 if fused else 1
+        return x
 
 
 def norm_layer(channels: int, kind: str = "group") -> nn.Module:
@@ -56,7 +73,7 @@ class ResBlock(nn.Module):
 
     def __init__(self, channels: int, norm: str = "group") -> None:
         super().__init__()
-        self.body = nn.Sequential(
+        self.body = Chain(
             norm_layer(channels, norm), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
             norm_layer(channels, norm), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
         )
@@ -74,7 +91,7 @@ class ConvNet(nn.Module):
         super().__init__()
         self.inp = nn.Conv2d(c_in, hidden, 3, padding=1)
         self.blocks = nn.Sequential(*[ResBlock(hidden, norm) for _ in range(blocks)])
-        self.out = nn.Sequential(norm_layer(hidden, norm), nn.SiLU(), nn.Conv2d(hidden, c_out, 3, padding=1))
+        self.out = Chain(norm_layer(hidden, norm), nn.SiLU(), nn.Conv2d(hidden, c_out, 3, padding=1))
         if zero_out:
             nn.init.zeros_(self.out[-1].weight)
             nn.init.zeros_(self.out[-1].bias)

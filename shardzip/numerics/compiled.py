@@ -36,43 +36,53 @@ _BLOCK = 512  # values per block of the sigmoid's three loops (its scratch stays
 
 
 @_njit
-def _sigmoid32(xs, out, silu, inv_step, hi, lo, c0, c1, c2, c3, tab):
-    """out = sigmoid(xs), or xs * sigmoid(xs) (SiLU, as exact numerics computes it) where `silu`.
+def _sigmoid_block(xb, ob, silu, inv_step, hi, lo, c0, c1, c2, c3, tab, poly, index, scale, pow2):
+    """ob = sigmoid(xb), or xb * sigmoid(xb) (SiLU, as exact numerics computes it) where `silu`, for a block of at
+    most _BLOCK values (ob may be xb); poly, index, scale and pow2 are the block's scratch.
 
-    elementary's float32 steps per value, in three loops per block so that two of them vectorize: e = e**-|x|
-    (clamped at -87, below which it is 0) as p(r) * 2**(j/64) * 2**m, then 1 / (1 + e) and the select. The
-    table lookup 2**(j/64) is the one scalar loop; 2**m is built from its exponent bits (m >= -126: a normal
-    float32, the value the old table held). Blocks are indexed through slices: an index that numba cannot prove
-    non-negative gets a wrap-around select, which turns the vector loads and stores into gathers and scatters
-    (3x slower)."""
+    elementary's float32 steps per value, in three loops so that two of them vectorize: e = e**-|x| (clamped at
+    -87, below which it is 0) as p(r) * 2**(j/64) * 2**m, then 1 / (1 + e) and the select. The table lookup
+    2**(j/64) is the one scalar loop; 2**m is built from its exponent bits (m >= -126: a normal float32, the
+    value the old table held). Callers pass blocks as slices: an index that numba cannot prove non-negative gets
+    a wrap-around select, which turns the vector loads and stores into gathers and scatters (3x slower)."""
     one, zero, floor = np.float32(1.0), np.float32(0.0), np.float32(-87.0)
-    poly = np.empty(_BLOCK, np.float32)
-    index = np.empty(_BLOCK, np.int32)
-    scale = np.empty(_BLOCK, np.float32)
-    pow2 = np.empty(_BLOCK, np.int32)
     pow2_f = pow2.view(np.float32)
+    m = xb.shape[0]
+    for j in range(m):
+        a = -abs(xb[j])
+        a = a if a >= floor else floor  # NaN too: its output is x itself (below)
+        k = np.rint(a * inv_step)
+        r = (a - k * hi) - k * lo
+        poly[j] = ((r * c3 + c2) * r + c1) * r + c0
+        ki = np.int32(k)
+        index[j] = ki & np.int32(63)
+        pow2[j] = ((ki >> np.int32(6)) + np.int32(127)) << np.int32(23)
+    for j in range(m):
+        scale[j] = tab[index[j]]
+    for j in range(m):
+        x = xb[j]
+        e = poly[j] * scale[j] * pow2_f[j]
+        e = e if -abs(x) >= floor else zero  # e**-|x| is 0 below the clamp
+        inv = one / (e + one)
+        sig = e * inv if x < zero else inv  # elementary._select's arithmetic, for a 0/1 mask
+        value = x * sig if silu else sig
+        ob[j] = value if x == x else x  # NaN stays NaN
+
+
+@_njit
+def _scratch():
+    return (np.empty(_BLOCK, np.float32), np.empty(_BLOCK, np.int32), np.empty(_BLOCK, np.float32),
+            np.empty(_BLOCK, np.int32))
+
+
+@_njit
+def _sigmoid32(xs, out, silu, inv_step, hi, lo, c0, c1, c2, c3, tab):
+    """out = sigmoid(xs), or xs * sigmoid(xs) where `silu` (`_sigmoid_block`, a block at a time)."""
+    poly, index, scale, pow2 = _scratch()
     for start in range(0, xs.shape[0], _BLOCK):
         m = min(_BLOCK, xs.shape[0] - start)
-        xb, ob = xs[start:start + m], out[start:start + m]
-        for j in range(m):
-            a = -abs(xb[j])
-            a = a if a >= floor else floor  # NaN too: its output is x itself (below)
-            k = np.rint(a * inv_step)
-            r = (a - k * hi) - k * lo
-            poly[j] = ((r * c3 + c2) * r + c1) * r + c0
-            ki = np.int32(k)
-            index[j] = ki & np.int32(63)
-            pow2[j] = ((ki >> np.int32(6)) + np.int32(127)) << np.int32(23)
-        for j in range(m):
-            scale[j] = tab[index[j]]
-        for j in range(m):
-            x = xb[j]
-            e = poly[j] * scale[j] * pow2_f[j]
-            e = e if -abs(x) >= floor else zero  # e**-|x| is 0 below the clamp
-            inv = one / (e + one)
-            sig = e * inv if x < zero else inv  # elementary._select's arithmetic, for a 0/1 mask
-            value = x * sig if silu else sig
-            ob[j] = value if x == x else x  # NaN stays NaN
+        _sigmoid_block(xs[start:start + m], out[start:start + m], silu, inv_step, hi, lo, c0, c1, c2, c3, tab, poly,
+                       index, scale, pow2)
 
 
 _ARGS: tuple | None = None
@@ -151,70 +161,112 @@ def exp64(x: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ per-pixel norm
 @_njit
-def _pixel_mean(x, scale, inv_scale, mean):
-    """mean[n, p] = float32(sum_c rint(x[n, c, p] * scale) * inv_scale / C) (exact numerics' mean over channels);
-    returns max |(x - mean)**2| in float32."""
-    n_, c_, p_ = x.shape
-    count = np.float64(c_)
-    acc = np.empty(p_)
-    peak = np.zeros(p_, np.float32)  # per position, so that the loop vectorizes (x is finite: no NaN to order)
-    for n in range(n_):
-        acc[:] = 0.0
-        for c in range(c_):
-            for p in range(p_):
-                acc[p] += np.rint(np.float64(x[n, c, p]) * scale)
-        for p in range(p_):
-            mean[n, p] = np.float32(acc[p] * inv_scale / count)
-        for c in range(c_):
-            for p in range(p_):
-                d = x[n, c, p] - mean[n, p]
-                v = d * d
-                peak[p] = v if v > peak[p] else peak[p]
-    return peak.max() if p_ else np.float32(0.0)
+def _abs_max(x):
+    """max |x| of a float32 array in one pass; NaN where x holds a NaN."""
+    flat = x.reshape(-1)
+    peak = np.zeros(_BLOCK, np.float32)
+    for start in range(0, flat.shape[0], _BLOCK):
+        m = min(_BLOCK, flat.shape[0] - start)
+        xb = flat[start:start + m]
+        for j in range(m):
+            v = abs(xb[j])
+            peak[j] = v if (v > peak[j] or v != v) else peak[j]  # a NaN stays (nothing compares above it)
+    top = np.float32(0.0)
+    for j in range(_BLOCK):
+        if peak[j] != peak[j]:
+            return peak[j]
+        top = max(top, peak[j])
+    return top
 
 
 @_njit
-def _pixel_scale(x, mean, scale, inv_scale, eps, weight, bias, out):
-    """out = (x - mean) * (1 / sqrt(var + eps)) * weight + bias, var the exact mean over channels of
-    (x - mean)**2 on the grid `scale`: float32 operations in PixelNorm's order, sqrt correctly rounded."""
+def _pixel_mean(x, scale, inv_scale, mean):
+    """mean[n, p] = float32(sum_c rint(x[n, c, p] * scale) * inv_scale / C) (exact numerics' mean over channels);
+    returns max |(x - mean)**2| in float32. A block of _BLOCK positions at a time: its channels stay in cache for
+    the second look."""
     n_, c_, p_ = x.shape
     count = np.float64(c_)
-    one = np.float32(1.0)
-    acc = np.empty(p_)
-    rstd = np.empty(p_, np.float32)
+    acc = np.empty(_BLOCK)
+    peak = np.zeros(_BLOCK, np.float32)  # per position, so that the loop vectorizes (x is finite: no NaN to order)
     for n in range(n_):
-        acc[:] = 0.0
-        for c in range(c_):
-            for p in range(p_):
-                d = x[n, c, p] - mean[n, p]
-                acc[p] += np.rint(np.float64(d * d) * scale)
-        for p in range(p_):
-            var = np.float32(acc[p] * inv_scale / count)
-            rstd[p] = one / np.sqrt(var + eps)  # the hardware's sqrt: IEEE's correctly rounded one
-        for c in range(c_):
-            w, b = weight[c], bias[c]
-            for p in range(p_):
-                out[n, c, p] = (x[n, c, p] - mean[n, p]) * rstd[p] * w + b
+        for start in range(0, p_, _BLOCK):
+            m = min(_BLOCK, p_ - start)
+            mb = mean[n, start:start + m]
+            acc[:] = 0.0
+            for c in range(c_):
+                xb = x[n, c, start:start + m]
+                for p in range(m):
+                    acc[p] += np.rint(np.float64(xb[p]) * scale)
+            for p in range(m):
+                mb[p] = np.float32(acc[p] * inv_scale / count)
+            for c in range(c_):
+                xb = x[n, c, start:start + m]
+                for p in range(m):
+                    d = xb[p] - mb[p]
+                    v = d * d
+                    peak[p] = v if v > peak[p] else peak[p]
+    return peak.max()
 
 
-def pixel_norm32(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, grid) -> np.ndarray | None:
-    """PixelNorm of a float32 [N, C, H, W] array as exact numerics (version >= 2) computes it; `grid(amax, n)`
-    gives the fraction bits of a sum of n values up to amax (`exact._grid_bits`). None where a value is not
-    finite (the torch path then says so)."""
+@_njit
+def _pixel_scale(x, mean, scale, inv_scale, eps, weight, bias, out, silu, inv_step, hi, lo, c0, c1, c2, c3, tab):
+    """out = (x - mean) * (1 / sqrt(var + eps)) * weight + bias, var the exact mean over channels of
+    (x - mean)**2 on the grid `scale`: float32 operations in PixelNorm's order, sqrt correctly rounded; then, where
+    `silu`, SiLU of it as `_sigmoid32` computes it. A block of _BLOCK positions at a time; rows are sliced from
+    flat views, which numba knows to be contiguous (the vector loops need it)."""
+    n_, c_, p_ = x.shape
+    xs, os = x.reshape(-1), out.reshape(-1)
+    count = np.float64(c_)
+    one = np.float32(1.0)
+    acc = np.empty(_BLOCK)
+    rstd = np.empty(_BLOCK, np.float32)
+    normed = np.empty(_BLOCK, np.float32)
+    poly, index, sscale, pow2 = _scratch()
+    for n in range(n_):
+        for start in range(0, p_, _BLOCK):
+            m = min(_BLOCK, p_ - start)
+            mb = mean[n, start:start + m]
+            acc[:] = 0.0
+            for c in range(c_):
+                at = (n * c_ + c) * p_ + start
+                xb = xs[at:at + m]
+                for p in range(m):
+                    d = xb[p] - mb[p]
+                    acc[p] += np.rint(np.float64(d * d) * scale)
+            for p in range(m):
+                var = np.float32(acc[p] * inv_scale / count)
+                rstd[p] = one / np.sqrt(var + eps)  # the hardware's sqrt: IEEE's correctly rounded one
+            for c in range(c_):
+                w, b = weight[c], bias[c]
+                at = (n * c_ + c) * p_ + start
+                xb, ob = xs[at:at + m], os[at:at + m]
+                yb = normed[:m] if silu else ob  # a scratch for SiLU's input: in place, the loops would not vectorize
+                for p in range(m):
+                    yb[p] = (xb[p] - mb[p]) * rstd[p] * w + b
+                if silu:
+                    _sigmoid_block(yb, ob, True, inv_step, hi, lo, c0, c1, c2, c3, tab, poly, index, sscale, pow2)
+
+
+def pixel_norm32(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, grid,
+                 silu: bool = False) -> np.ndarray | None:
+    """PixelNorm of a float32 [N, C, H, W] array as exact numerics (version >= 2) computes it, followed by SiLU
+    (`sigmoid32(..., silu=True)`) where `silu`; `grid(amax, n)` gives the fraction bits of a sum of n values up
+    to amax (`exact._grid_bits`). None where a value is not finite (the torch path then says so)."""
     n, c = x.shape[:2]
-    x3 = np.ascontiguousarray(x).reshape(n, c, -1)
-    top = float(np.abs(x3).max()) if x3.size else 0.0
+    x3 = np.ascontiguousarray(x, np.float32).reshape(n, c, -1)
+    top = float(_abs_max(x3)) if x3.size else 0.0
     if not math.isfinite(top):
         return None
     bits = grid(top, c) if top > 0 else 0
     mean = np.empty((n, x3.shape[2]), np.float32)
-    top2 = float(_pixel_mean(x3, math.ldexp(1.0, bits), math.ldexp(1.0, -bits), mean))
+    top2 = float(_pixel_mean(x3, math.ldexp(1.0, bits), math.ldexp(1.0, -bits), mean)) if x3.size else 0.0
     if not math.isfinite(top2):
         return None
     bits2 = grid(top2, c) if top2 > 0 else 0
     out = np.empty_like(x3)
     weight, bias = (np.ascontiguousarray(v, np.float32).reshape(-1) for v in (weight, bias))
-    _pixel_scale(x3, mean, math.ldexp(1.0, bits2), math.ldexp(1.0, -bits2), np.float32(eps), weight, bias, out)
+    _pixel_scale(x3, mean, math.ldexp(1.0, bits2), math.ldexp(1.0, -bits2), np.float32(eps), weight, bias, out,
+                 silu, *_args())
     return out.reshape(x.shape)
 
 
@@ -225,4 +277,5 @@ def compile_all() -> None:
             sigmoid32(np.zeros(1, np.float32), silu)
         exp64(np.zeros(1))
         x = np.ones((1, 2, 4, 4), np.float32)
-        pixel_norm32(x, np.ones(2, np.float32), np.zeros(2, np.float32), 1e-5, lambda amax, n: 0)
+        for silu in (False, True):
+            pixel_norm32(x, np.ones(2, np.float32), np.zeros(2, np.float32), 1e-5, lambda amax, n: 0, silu)

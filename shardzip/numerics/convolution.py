@@ -205,8 +205,16 @@ def _paired(weights: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w16.reshape(cout, -1, 2, kh, kw).transpose(0, 1, 3, 4, 2)).view(np.int32)[..., 0]
 
 
-def _run(driver, x, weights, packing, threads, padding, dtype, fns, in_bits, tail) -> np.ndarray:
-    """Shapes, segments and threads common to both drivers; `tail`: the driver's own arguments after t1."""
+def pack_pairs(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer weights [Cout, Cin, kh, kw] as `conv2d_pairs` gives them to the micro-kernels (int16 pairs in groups
+    of up to eight output channels, with each group's start and size): made once and passed as `packed` saves
+    repacking a network's weights on every call."""
+    return _packed(_paired(weights))
+
+
+def _run(driver, x, weights, packing, threads, padding, dtype, fns, in_bits, tail, packed=None) -> np.ndarray:
+    """Shapes, segments and threads common to both drivers; `tail`: the driver's own arguments after t1;
+    `packed`: the weights already packed (else `_packed(packing(weights))`)."""
     n, cin, h, w = x.shape
     cout, _, kh, kw = weights.shape
     ph, pw = padding
@@ -217,7 +225,7 @@ def _run(driver, x, weights, packing, threads, padding, dtype, fns, in_bits, tai
         return out
     rows = max(1, min(height, SEGMENT // wp))
     items = n * -(-height // rows)
-    packed, starts, sizes = _packed(packing(weights))
+    packed, starts, sizes = packed if packed is not None else _packed(packing(weights))
     args = (np.array(fns, np.int64), np.ascontiguousarray(x), math.ldexp(1.0, in_bits), ph, pw, packed, starts,
             sizes, out, kh, kw, rows)
     parts = max(1, min(threads, items))
@@ -248,17 +256,18 @@ def conv2d(x: np.ndarray, weights: np.ndarray, threads: int = 1, padding: tuple[
 
 def conv2d_pairs(x: np.ndarray, weights: np.ndarray, threads: int = 1, padding: tuple[int, int] = (0, 0),
                  in_bits: int = 0, bits: np.ndarray | None = None, bias: np.ndarray | None = None,
-                 dtype=np.float64, blocks: Kernels | None = None, chunk: int = PAIR_CHUNK) -> np.ndarray:
+                 dtype=np.float64, blocks: Kernels | None = None, chunk: int = PAIR_CHUNK,
+                 packed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """`conv2d` on int16 operands (exact-3): x put on the grid 2**-in_bits must give |values| < 2**15 and
     `weights` [Cout, Cin, kh, kw] be integers with |w| < 2**15, such that the sum over any `chunk` pairs of
     input channels (or all of them where chunk covers them) stays below 2**31; the caller's grid rule
     (`exact._pair_grids`) guarantees it. Each sum of output channel c is scaled by 2**-bits[c], the float64
-    bias added, and rounded to `dtype`."""
+    bias added, and rounded to `dtype`. `packed`: `pack_pairs(weights)`, where the caller keeps it."""
     cout, cin = weights.shape[:2]
     b = np.zeros(cout) if bias is None else np.ascontiguousarray(bias, np.float64)
     scales = np.array([math.ldexp(1.0, -int(v)) for v in (np.zeros(cout) if bits is None else bits)])
     return _run(_conv_pairs, x, weights, _paired, threads, padding, dtype, (blocks or kernels()).pairs, in_bits,
-                (scales, b, max(1, min(chunk, (cin + 1) // 2))))
+                (scales, b, max(1, min(chunk, (cin + 1) // 2))), packed)
 
 
 def compile_all() -> None:

@@ -38,6 +38,7 @@ kept for decoding old stores.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -187,13 +188,15 @@ def _direct_convolution(x: torch.Tensor, xbits: int, wq: torch.Tensor, wbits: in
                                    (int(padding[0]), int(padding[1])), xbits, xbits + wbits, bias, np.float32))
 
 
-class _PairWeights(NamedTuple):
+@dataclasses.dataclass
+class _PairWeights:
     """exact-3's weight grid of one convolution weight tensor [Cout, Cin, ...] (see `_pair_grids`)."""
 
     wq: torch.Tensor  # integers in float64, |wq| <= 2**PAIR_WEIGHT_BITS
     bits: list[int]  # weight bits per output channel: w[o] ~ wq[o] * 2**-bits[o]
     run_bound: float  # the largest sum of |wq| of one output channel over a run of PAIR_CHANNELS input channels
     total_bound: float  # the largest sum of |wq| of one output channel over all its input channels
+    packed: Any = None  # wq as the int16 micro-kernels read it (`convolution.pack_pairs`), made on first use
 
 
 def _pair_weights(w: torch.Tensor) -> _PairWeights:
@@ -242,15 +245,18 @@ def _pair_convolution(x, w, b, stride, padding, dilation, output_padding, dtype)
     xbits, grid, amax = _pair_grids(x, w)
     wq, bits = grid.wq, grid.bits
     if dtype == torch.float32 and _direct(x, w, stride, padding, dilation, False, 1):
-        from shardzip.numerics.convolution import conv2d_pairs
+        from shardzip.numerics.convolution import conv2d_pairs, pack_pairs
 
         # the sums over all input channels at once where they too stay below 2**31 (the same exact sums)
         whole = grid.total_bound * (math.ldexp(1.0, _exponent(amax) + xbits) + 1)
         bias = None if b is None else b.detach().double().cpu().numpy()
+        if grid.packed is None:
+            grid.packed = pack_pairs(wq.numpy())
         return torch.from_numpy(conv2d_pairs(x.detach().contiguous().numpy(), wq.numpy(), torch.get_num_threads(),
                                              (int(padding[0]), int(padding[1])), xbits,
                                              np.array([xbits + v for v in bits]), bias, np.float32,
-                                             chunk=w.shape[1] if whole < 2.0**31 else PAIR_CHANNELS // 2))
+                                             chunk=w.shape[1] if whole < 2.0**31 else PAIR_CHANNELS // 2,
+                                             packed=grid.packed))
     xq = _on_grid(x, xbits)
     ctx = torch.backends.cudnn.flags(enabled=False) if xq.is_cuda else contextlib.nullcontext()
     with ctx:  # cuDNN may pick Winograd or FFT algorithms, which are not sums of products
@@ -296,16 +302,18 @@ def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _scaled(r, abits + bbits)
 
 
-def pixel_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor | None:
-    """`shardzip.models.layers.PixelNorm` of a float32 [N, C, H, W] tensor as exact numerics computes it, in two
-    compiled passes instead of about twenty torch ones (`shardzip.numerics.compiled.pixel_norm32`, tested equal
-    bit for bit); None where exact numerics (version >= 2) is not in force or the compiled loops do not apply."""
+def pixel_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+               silu: bool = False) -> torch.Tensor | None:
+    """`shardzip.models.layers.PixelNorm` of a float32 [N, C, H, W] tensor as exact numerics computes it, and the
+    SiLU after it where `silu`, in three compiled passes instead of about twenty torch ones
+    (`shardzip.numerics.compiled.pixel_norm32`, tested equal bit for bit); None where exact numerics (version >= 2)
+    is not in force or the compiled loops do not apply."""
     if not (x.dtype == torch.float32 and x.dim() == 4 and active() and version() >= 2 and E._compiled(x)):
         return None
     from shardzip.numerics.compiled import pixel_norm32
 
     out = pixel_norm32(x.detach().numpy(), weight.detach().numpy(), bias.detach().numpy(), eps,
-                       lambda amax, n: _grid_bits(amax, float(max(1, n))))
+                       lambda amax, n: _grid_bits(amax, float(max(1, n))), silu)
     return None if out is None else torch.from_numpy(out)
 
 

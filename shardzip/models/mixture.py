@@ -1,0 +1,120 @@
+"""A network head that outputs a mixture of discretized logistics per element, and its coder model in one pass.
+
+`MixtureHead.params` splits a conv output [B, groups * mixtures * 3, H, W] into (means, log_scales, logits)
+[B, groups, H, W, J] (`base.mixture_params`): what training and scoring use. `MixtureHead.coder` gives the coder's
+integer model of the same output: the torch path (`base.mixture_coder` of those parameters: seven float32
+passes over permuted views, three float64 copies, exp, quantization and the mixture weights) or, under exact
+numerics on the CPU where the compiled loops run, one compiled pass (`_coder_arrays`) that does the same IEEE
+steps per element in the same order: the float32 head arithmetic (Python scalars rounded to float32, as torch
+rounds them), elementary's float64 exp (`compiled._exp64`) and the coder's quantization and weights
+(`coding.native`). The integers are the same (tested against the torch path, bit for bit), so the coded bytes are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from shardzip.coding import kernels as K_
+from shardzip.coding import native
+from shardzip.coding.models import EntropyModel, mixture_from_integers, quantization_limits
+from shardzip.coding.tables import EXP_FRAC, table
+from shardzip.models.base import MAX_LOG_SCALE, MIN_LOG_SCALE, PARAM_GAIN, mixture_coder, mixture_params
+from shardzip.numerics import exact
+from shardzip.numerics.compiled import _exp64, _njit, exp_constants
+
+_POSITIONS = 64  # positions per block: their J log-scales go through exp together
+
+
+@_njit
+def _coder_arrays(raw, offsets, mean_offset, mean_scale, gain, scale_offset, ls_lo, ls_hi, exp_args, mult, lo, hi,
+                  limit, exp_neg, loc_q, inv_q, w_q):
+    """loc_q, inv_q, w_q [B * G * P, J] (int64) of raw [B, 3, J, G, P] (float32): `base.mixture_params`' float32
+    steps, the float64 exp of the log-scales and `coding.models.mixture_discretized_logistic`'s integers, per
+    element; False where a value is bad (the torch path then reports it)."""
+    inv_step, step_hi, step_lo, p0, p1, p2, p3, p4, p5, tab = exp_args
+    b_, _, j_, g_, p_ = raw.shape
+    logs = np.empty(_POSITIONS * j_)
+    scales = np.empty(_POSITIONS * j_)
+    means = np.empty(_POSITIONS * j_)
+    logits = np.empty(j_)
+    scratch = np.empty(j_, np.int64)
+    weights = np.empty(j_, np.int64)
+    locs = loc_q.reshape(-1)  # flat: a row view per element costs more than the row's arithmetic
+    invs = inv_q.reshape(-1)
+    ws = w_q.reshape(-1)
+    for b in range(b_):
+        for g in range(g_):
+            for start in range(0, p_, _POSITIONS):
+                m = min(_POSITIONS, p_ - start)
+                for j in range(j_):
+                    r0, r1 = raw[b, 0, j, g, start:start + m], raw[b, 1, j, g, start:start + m]
+                    for q in range(m):
+                        means[q * j_ + j] = np.float64(mean_offset + mean_scale * (r0[q] + offsets[j]))
+                        ls = gain * r1[q] + scale_offset
+                        ls = ls if ls >= ls_lo else ls_lo  # clamp: a NaN stays NaN (and is refused below)
+                        logs[q * j_ + j] = np.float64(ls if ls <= ls_hi else ls_hi)
+                _exp64(logs[:m * j_], scales[:m * j_], inv_step, step_hi, step_lo, p0, p1, p2, p3, p4, p5, tab)
+                first = ((b * g_ + g) * p_ + start) * j_
+                for i in range(m * j_):
+                    if not native._quantize_one(means[i], scales[i], mult, lo, hi, limit, locs, invs, first + i):
+                        return False
+                for q in range(m):
+                    for j in range(j_):
+                        logits[j] = np.float64(gain * raw[b, 2, j, g, start + q])
+                    if not native._mixture_row(logits, EXP_FRAC, exp_neg, K_.MIX_BITS, scratch, weights):
+                        return False
+                    at = first + q * j_
+                    for j in range(j_):
+                        ws[at + j] = weights[j]
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureHead:
+    """How a conv output [B, groups * mixtures * 3, H, W] is read as a mixture per element (`base.mixture_params`'
+    arguments); see the module docstring."""
+
+    groups: int
+    mixtures: int
+    mean_offset: float
+    mean_scale: float
+    scale_offset: float
+    spread: float = 1.5
+
+    def params(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(means, log_scales, logits) [B, groups, H, W, J]."""
+        return mixture_params(raw, self.groups, self.mixtures, self.mean_offset, self.mean_scale, self.scale_offset,
+                              self.spread)
+
+    def coder(self, raw: torch.Tensor, alphabet_size: int) -> EntropyModel:
+        """The coder's integer model of `params(raw)`: `base.mixture_coder` of them, in one compiled pass where it
+        applies (the same integers)."""
+        fused = self._compiled(raw, alphabet_size)
+        return fused if fused is not None else mixture_coder(*self.params(raw), alphabet_size)
+
+    def _compiled(self, raw: torch.Tensor, alphabet_size: int) -> EntropyModel | None:
+        if not (raw.dtype == torch.float32 and raw.dim() == 4 and not raw.requires_grad and exact.active()
+                and native.available() and K_.scripted.use_native(raw.device)):
+            return None
+        b, _, h, w = raw.shape
+        j, g = self.mixtures, self.groups
+        offsets = (torch.linspace(-self.spread, self.spread, j) if j > 1 else torch.zeros(j)).numpy()
+        shape = (b * g * h * w, j)
+        loc_q, inv_q, w_q = (np.empty(shape, np.int64) for _ in range(3))
+        f32 = np.float32
+        lo, hi, limit = quantization_limits()
+        with torch.no_grad():
+            arrays = np.ascontiguousarray(raw.detach().numpy()).reshape(b, 3, j, g, h * w)
+        if not _coder_arrays(arrays, offsets.astype(np.float32), f32(self.mean_offset), f32(self.mean_scale),
+                             f32(PARAM_GAIN), f32(self.scale_offset), f32(MIN_LOG_SCALE), f32(MAX_LOG_SCALE),
+                             exp_constants(), float(1 << K_.LOC_FRAC), lo, hi, limit,
+                             table("exp_neg", "cpu").numpy(), loc_q, inv_q, w_q):
+            return None
+        return mixture_from_integers(*(torch.from_numpy(a).view(b, g, h, w, j) for a in (loc_q, inv_q, w_q)),
+                                     alphabet_size)
+
+
+__all__ = ["MixtureHead"]
