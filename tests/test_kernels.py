@@ -396,9 +396,15 @@ def test_compiled_start_and_frequency_equal_the_torch_cdf(kind):
 def test_compile_all_leaves_every_loop_compiled():
     if not native.available():
         pytest.skip("numba is not importable here: the torch loops code")
+    from shardzip.models import mixture
+    from shardzip.numerics import compiled
+
     native.compile_all()
-    loops = [*native._POPS, *native._FREQS, native.push_loop, native._quantize, native._mixture]
+    mixture.compile_all()
+    loops = [*native._POPS, *native._FREQS, native.push_loop, native._quantize, native._mixture,
+             mixture._coder_arrays, compiled._pixel_scale, compiled._abs_max, compiled._sigmoid32]
     assert all(len(f.signatures) >= 1 for f in loops)
+    assert any(sig[8].dtype.bitwidth == 32 for sig in native._POPS[3].signatures)  # int32 tables, as coding passes
 
 
 @given(st.integers(1, 12), st.integers(2, 300), st.booleans(), st.integers(0, 2**32 - 1),

@@ -623,10 +623,10 @@ def test_compiled_pixel_norm_and_silu_equal_the_torch_steps_bit_for_bit(scale):
         assert norm(x).dtype == torch.float32
 
 
-@pytest.mark.parametrize("k,width", [(3, 700), (3, 7), (2, 520), (5, 9)])
+@pytest.mark.parametrize("k,width", [(3, 2100), (3, 700), (3, 7), (2, 520), (5, 9)])
 def test_compiled_convolution_segments_wide_and_narrow_images_alike(k, width):
-    """conv2d cuts each image into runs of whole rows (one row when it is wider than a segment, many when narrow):
-    every cut gives aten's exact integer sums, on one thread and on three."""
+    """conv2d cuts each image into runs of whole rows (one row when it is wider than a segment, many when narrow;
+    conv2d_pairs' segments are longer): every cut gives aten's exact integer sums, on one thread and on three."""
     from shardzip.numerics import compiled, convolution
 
     if not compiled.available():

@@ -517,12 +517,30 @@ def pop_loop(x, words, top, kind, p0, p1, p2, row0, edges, tab, K, n, loc_frac, 
 def model_arrays(model) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """What the loops take from a CPU entropy model: its parameters as three 2-D int64 arrays (locations,
     inverse scales and mixture weights [N, J] with J = 1 for one location-scale; categorical cumulative weights
-    [N, K + 1]; unused ones [0, 0]), its bin edges and its CDF table (numpy views where possible)."""
+    [N, K + 1]; unused ones [0, 0]), its bin edges and its CDF table (as int32; numpy views where possible)."""
     numel = model.numel
     arrays = [np.ascontiguousarray(p.numpy()).reshape(numel, -1) if numel else np.zeros((0, 1), np.int64)
               for p in model.flat_params()]  # none (uniform), one (categorical), two or three
     arrays += [np.zeros((0, 0), np.int64)] * (3 - len(arrays))
-    return (*arrays, np.ascontiguousarray(model.edges_tensor().numpy()), model.table_tensor().numpy().astype(np.int32))
+    return (*arrays, np.ascontiguousarray(model.edges_tensor().numpy()), _table32(model.table_tensor()))
+
+
+_TABLES32: dict[int, tuple[object, np.ndarray]] = {}
+
+
+def _table32(tab) -> np.ndarray:
+    """A CDF table (int64 tensor, values in [0, 2**30]) as int32: half the cache lines for the same values. The
+    shared tables are built once per process (`coding.tables`), so each is converted once; the cache holds the
+    tensor itself, so an entry is only reused for that very tensor."""
+    found = _TABLES32.get(id(tab))
+    if found is not None and found[0] is tab:
+        return found[1]
+    small = tab.numpy().astype(np.int32)
+    if not np.array_equal(small, tab.numpy()):
+        raise ValueError("a CDF table holds values beyond int32")
+    if tab.numel() > 1:  # the shared tables (a model without one gets a fresh zero each time: not worth keeping)
+        _TABLES32[id(tab)] = (tab, small)
+    return small
 
 
 def compile_all() -> float:
@@ -534,10 +552,10 @@ def compile_all() -> float:
     t0 = time.perf_counter()
     if not available():
         return 0.0
-    i1, i2 = np.zeros(1, np.int64), np.zeros((1, 1), np.int64)
+    i1, i2, tab = np.zeros(1, np.int64), np.zeros((1, 1), np.int64), np.zeros(1, np.int32)  # tables: int32
     for kind in range(4):
-        _POPS[kind](i1, i1, 0, i2, i2, i2, 0, i1, i1, 2, 8, 8, 1, 0.5, i1, 0, 0, np.zeros((0, 1), np.int64))
-        _FREQS[kind](np.zeros(0, np.int64), i2, i2, i2, i1, i1, 2, 8, 8, i1, i1)
+        _POPS[kind](i1, i1, 0, i2, i2, i2, 0, i1, tab, 2, 8, 8, 1, 0.5, i1, 0, 0, np.zeros((0, 1), np.int64))
+        _FREQS[kind](np.zeros(0, np.int64), i2, i2, i2, i1, tab, 2, 8, 8, i1, i1)
     push_loop(i1, np.zeros((0, 1), np.int64), np.zeros((0, 1), np.int64), 8, True, i1)
     _quantize(np.zeros(0), np.zeros(0), 8, 1.0, 2.0, 3.0, i1, i1)
     for from_probs in (True, False):
