@@ -504,3 +504,29 @@ def test_worker_torch_threads_share_the_cores_unless_the_environment_says(monkey
     assert worker_torch_threads(worker, {"127.0.0.1": 2 * cores}) == 1
     monkeypatch.setenv("SHARDZIP_TORCH_THREADS", "3")
     assert worker_torch_threads(worker, {"127.0.0.1": 1}) == 3
+
+
+def _started_at(spec: dict) -> dict:
+    start = time.time()
+    time.sleep(0.3)
+    return {"array": spec["array"], "start": start}
+
+
+def test_workers_take_the_largest_shards_first(cluster):
+    """Shard tasks go to Dask with priorities by size (largest first, model-coded shards before fallback ones of
+    the same size), so that a job does not end on one large shard while the other workers idle: on a real
+    scheduler with two workers, the two largest of eight shards start before the three smallest."""
+    _, client = cluster
+    rows = [1, 7, 2, 8, 3, 6, 4, 5]  # array i: one shard of rows[i] x 100 values
+    specs = [{"array": f"a{r}", "shard": [0, 0], "shape": [100 * r, 3], "shards": [100 * r, 3], "model": "m"}
+             for r in rows]
+    assert [jobs._task_cost(s) for s in specs] == [300.0 * r for r in rows]
+    assert jobs._task_cost({**specs[0], "model": None}) < jobs._task_cost(specs[0])  # a fallback shard: less
+    edge = {**specs[1], "shape": [750, 3], "shard": [1, 0]}  # the edge shard of a 750-row array in 700-row shards
+    assert jobs._task_cost(edge) == 150.0
+    groups = jobs._largest_first(specs)
+    assert [rows[i] for _, g in groups for i in g] == sorted(rows, reverse=True)
+    bar = jobs._Progress(len(specs), 0, False, "test")
+    recs = jobs._run_tasks(client, _started_at, specs, None, bar, "test")
+    order = [r["array"] for r in sorted(recs, key=lambda r: r["start"])]
+    assert set(order[:2]) == {"a8", "a7"} and set(order[-3:]) == {"a1", "a2", "a3"}, order

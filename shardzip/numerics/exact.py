@@ -195,7 +195,10 @@ class _PairWeights:
     wq: torch.Tensor  # integers in float64, |wq| <= 2**PAIR_WEIGHT_BITS
     bits: list[int]  # weight bits per output channel: w[o] ~ wq[o] * 2**-bits[o]
     run_bound: float  # the largest sum of |wq| of one output channel over a run of PAIR_CHANNELS input channels
-    total_bound: float  # the largest sum of |wq| of one output channel over all its input channels
+    # (channels, the largest sum of |wq| of one output channel over an aligned run of that many input channels)
+    # for runs of 2, 4, ... times PAIR_CHANNELS, then all of them: how long a run the int32 sums can take for a
+    # given activation grid
+    longer_bounds: tuple[tuple[int, float], ...] = ()
     packed: Any = None  # wq as the int16 micro-kernels read it (`convolution.pack_pairs`), made on first use
 
 
@@ -215,8 +218,13 @@ def _pair_weights(w: torch.Tensor) -> _PairWeights:
     cout, cin = w.shape[:2]
     per_channel = wq.abs().flatten(2).sum(2)  # [Cout, Cin]: exact (integers)
     runs = torch.nn.functional.pad(per_channel, (0, -cin % PAIR_CHANNELS)).view(cout, -1, PAIR_CHANNELS).sum(2)
-    grid = _PairWeights(wq, bits, float(runs.amax()) if runs.numel() else 0.0,
-                        float(per_channel.sum(1).amax()) if per_channel.numel() else 0.0)
+    total = float(per_channel.sum(1).amax()) if per_channel.numel() else 0.0
+    longer, channels = [], 2 * PAIR_CHANNELS
+    while channels < cin:
+        wide = torch.nn.functional.pad(per_channel, (0, -cin % channels)).view(cout, -1, channels).sum(2)
+        longer.append((channels, float(wide.amax()) if wide.numel() else 0.0))
+        channels *= 2
+    grid = _PairWeights(wq, bits, float(runs.amax()) if runs.numel() else 0.0, (*longer, (cin, total)))
     try:
         w._shardzip_pair_weights = (key, grid)
     except (AttributeError, RuntimeError):  # a tensor that takes no attributes: computed again next time
@@ -247,16 +255,17 @@ def _pair_convolution(x, w, b, stride, padding, dilation, output_padding, dtype)
     if dtype == torch.float32 and _direct(x, w, stride, padding, dilation, False, 1):
         from shardzip.numerics.convolution import conv2d_pairs, pack_pairs
 
-        # the sums over all input channels at once where they too stay below 2**31 (the same exact sums)
-        whole = grid.total_bound * (math.ldexp(1.0, _exponent(amax) + xbits) + 1)
+        # int32 sums over the longest aligned runs of input channels whose sums too stay below 2**31 (all of them
+        # where they can): fewer float64 additions of the run sums, the same exact result
+        top = math.ldexp(1.0, _exponent(amax) + xbits) + 1 if amax > 0 else 1.0
+        run = max([PAIR_CHANNELS] + [c for c, bound in grid.longer_bounds if bound * top < 2.0**31])
         bias = None if b is None else b.detach().double().cpu().numpy()
         if grid.packed is None:
             grid.packed = pack_pairs(wq.numpy())
         return torch.from_numpy(conv2d_pairs(x.detach().contiguous().numpy(), wq.numpy(), torch.get_num_threads(),
                                              (int(padding[0]), int(padding[1])), xbits,
                                              np.array([xbits + v for v in bits]), bias, np.float32,
-                                             chunk=w.shape[1] if whole < 2.0**31 else PAIR_CHANNELS // 2,
-                                             packed=grid.packed))
+                                             chunk=(run + 1) // 2, packed=grid.packed))
     xq = _on_grid(x, xbits)
     ctx = torch.backends.cudnn.flags(enabled=False) if xq.is_cuda else contextlib.nullcontext()
     with ctx:  # cuDNN may pick Winograd or FFT algorithms, which are not sums of products
