@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from shardzip.coding import Message
-from shardzip.models.base import LosslessModel, mixture_coder, mixture_log2prob, mixture_params
+from shardzip.models.base import LosslessModel, mixture_log2prob
 from shardzip.models.latents import (
     LATENT_BUCKETS,
     bucket_of,
@@ -26,6 +26,7 @@ from shardzip.models.latents import (
     sample,
     standard_prior,
 )
+from shardzip.models.mixture import MixtureHead
 
 EVAL_SEED = 1234
 
@@ -43,6 +44,7 @@ class BBANSVAE(LosslessModel):
         self.dims = channels * height * width
         self.latent, self.mixtures = latent, mixtures
         self.K = 1 << data_bits
+        self.head = MixtureHead(channels, mixtures, (self.K - 1) / 2, self.K / 4, 2.0)
         self.encoder = nn.Sequential(nn.Linear(self.dims, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
                                      nn.Linear(hidden, 2 * latent))
         self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
@@ -60,9 +62,12 @@ class BBANSVAE(LosslessModel):
         out = self.encoder(x.flatten(1).float() / 127.5 - 1.0)
         return out[:, : self.latent], out[:, self.latent:].clamp(-8, 3)
 
+    def likelihood_raw(self, z: torch.Tensor, b: int) -> torch.Tensor:
+        """The decoder's output as the conv-shaped map [B, mixtures * 3 * channels, H, W] that `head` reads."""
+        return self.decoder(z).view(b, self.mixtures * 3 * self.channels, self.hparams["height"], self.hparams["width"])
+
     def likelihood(self, z: torch.Tensor, b: int):
-        raw = self.decoder(z).view(b, self.mixtures * 3 * self.channels, self.hparams["height"], self.hparams["width"])
-        return mixture_params(raw, self.channels, self.mixtures, (self.K - 1) / 2, self.K / 4, 2.0)
+        return self.head.params(self.likelihood_raw(z, b))
 
     def train_bits(self, x: torch.Tensor) -> torch.Tensor:
         self._check_shape(x)
@@ -90,14 +95,14 @@ class BBANSVAE(LosslessModel):
         self._check_shape(x)
         with torch.no_grad():
             k = message.pop(gaussian_coder(*self.posterior(x)))
-            message.push(x, mixture_coder(*self.likelihood(centres(k), x.shape[0]), self.K))
+            message.push(x, self.head.coder(self.likelihood_raw(centres(k), x.shape[0]), self.K))
             message.push(k, standard_prior(tuple(k.shape), k.device))
 
     def decode(self, message: Message, shape: tuple[int, ...]) -> torch.Tensor:
         b = shape[0]
         with torch.no_grad():
             k = message.pop(standard_prior((b, self.latent), message.device))
-            x = message.pop(mixture_coder(*self.likelihood(centres(k), b), self.K))
+            x = message.pop(self.head.coder(self.likelihood_raw(centres(k), b), self.K))
             message.push(k, gaussian_coder(*self.posterior(x)))
         return x
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from shardzip.coding import Message
-from shardzip.models.base import LosslessModel, mixture_coder, mixture_log2prob, mixture_params, pad_to_multiple
+from shardzip.models.base import LosslessModel, mixture_log2prob, pad_to_multiple
 from shardzip.models.codec import tile_boxes
 from shardzip.models.latents import (
     bucket_of,
@@ -38,6 +38,7 @@ from shardzip.models.latents import (
     standard_prior,
 )
 from shardzip.models.layers import Chain, ResBlock, norm_layer
+from shardzip.models.mixture import MixtureHead
 
 EVAL_SEED = 4321
 
@@ -65,6 +66,7 @@ class HiLLoC(LosslessModel):
         super().__init__(channels=channels, data_bits=data_bits, hidden=hidden, blocks=blocks, z1=z1, z2=z2,
                          mixtures=mixtures, tile=tile, norm=norm)
         self.K = 1 << data_bits
+        self.head = MixtureHead(channels, mixtures, (self.K - 1) / 2, self.K / 4, 2.5)
         self.z1, self.z2, self.mixtures, self.tile = z1, z2, mixtures, tile
         h = hidden
         n = norm
@@ -91,9 +93,12 @@ class HiLLoC(LosslessModel):
     def top_down(self, z2: torch.Tensor) -> torch.Tensor:
         return self.dec2(z2)
 
+    def likelihood_raw(self, g: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
+        """The conv output that `head` reads as p(x | z1, z2)."""
+        return self.out(self.dec1(torch.cat([g, z1], 1)))
+
     def likelihood(self, g: torch.Tensor, z1: torch.Tensor):
-        raw = self.out(self.dec1(torch.cat([g, z1], 1)))
-        return mixture_params(raw, self.channels, self.mixtures, (self.K - 1) / 2, self.K / 4, 2.5)
+        return self.head.params(self.likelihood_raw(g, z1))
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return pad_to_multiple(self.check_input(x), 4)
@@ -147,7 +152,7 @@ class HiLLoC(LosslessModel):
             k2 = message.pop(gaussian_coder(*self._gauss(self.q2(f2))))
             g = self.top_down(centres(k2))
             k1 = message.pop(gaussian_coder(*self._gauss(self.q1(torch.cat([f1, g], 1)))))
-            message.push(x, mixture_coder(*self.likelihood(g, centres(k1)), self.K))
+            message.push(x, self.head.coder(self.likelihood_raw(g, centres(k1)), self.K))
             message.push(k1, gaussian_coder(*self._gauss(self.p1(g))))
             message.push(k2, standard_prior(tuple(k2.shape), k2.device))
 
@@ -158,7 +163,7 @@ class HiLLoC(LosslessModel):
             k2 = message.pop(standard_prior((b, self.z2, ph // 4, pw // 4), message.device))
             g = self.top_down(centres(k2))
             k1 = message.pop(gaussian_coder(*self._gauss(self.p1(g))))
-            x = message.pop(mixture_coder(*self.likelihood(g, centres(k1)), self.K))
+            x = message.pop(self.head.coder(self.likelihood_raw(g, centres(k1)), self.K))
             f1, f2 = self.bottom_up(x)
             message.push(k1, gaussian_coder(*self._gauss(self.q1(torch.cat([f1, g], 1)))))
             message.push(k2, gaussian_coder(*self._gauss(self.q2(f2))))
