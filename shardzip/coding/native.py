@@ -436,18 +436,26 @@ def _mixture_row(row, exp_frac, exp_neg, mix_bits, raw, w_row):
     """models.mixture_discretized_logistic's integer weights w_row [J] from one row of float64 logits; False where
     a logit is not finite or beyond 2**50 (the caller then takes the torch path, which reports it). raw: [J]
     int64 scratch."""
-    J = row.shape[0]
-    last = exp_neg.shape[0] - 1
     scale = float(np.int64(1) << exp_frac)
-    qmax = np.int64(0)
-    for j in range(J):
+    for j in range(row.shape[0]):
         v = row[j]
         if not math.isfinite(v) or abs(v) > 2.0**50:
             return False
-        q = np.int64(np.rint(v * scale))
-        raw[j] = q
-        if j == 0 or q > qmax:
-            qmax = q
+        raw[j] = np.int64(np.rint(v * scale))
+    _mixture_weights(raw, exp_neg, mix_bits, w_row)
+    return True
+
+
+@_inline
+def _mixture_weights(raw, exp_neg, mix_bits, w_row):
+    """The integer weights w_row [J] of one row of fixed-point logits raw [J] (int64, overwritten): exp of each
+    logit's distance from the largest from the table, then cumulative sums scaled to 2**mix_bits."""
+    J = raw.shape[0]
+    last = exp_neg.shape[0] - 1
+    qmax = raw[0]
+    for j in range(1, J):
+        if raw[j] > qmax:
+            qmax = raw[j]
     total = np.int64(0)
     for j in range(J):
         d = qmax - raw[j]
@@ -470,7 +478,6 @@ def _mixture_row(row, exp_frac, exp_neg, mix_bits, raw, w_row):
             now += 1
         w_row[j] = now - before
         before = now
-    return True
 
 
 @_njit

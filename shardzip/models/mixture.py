@@ -13,6 +13,7 @@ rounds them), elementary's float64 exp (`compiled._exp64`) and the coder's quant
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
@@ -36,40 +37,85 @@ def _coder_arrays(raw, offsets, mean_offset, mean_scale, gain, scale_offset, ls_
     element; False where a value is bad (the torch path then reports it)."""
     inv_step, step_hi, step_lo, p0, p1, p2, p3, p4, p5, tab = exp_args
     b_, _, j_, g_, p_ = raw.shape
-    logs = np.empty(_POSITIONS * j_)
-    scales = np.empty(_POSITIONS * j_)
-    means = np.empty(_POSITIONS * j_)
-    logits = np.empty(j_)
-    scratch = np.empty(j_, np.int64)
-    weights = np.empty(j_, np.int64)
+    n = _POSITIONS * j_
+    logs, scales, means = np.empty(n), np.empty(n), np.empty(n)
+    fixed, weights = np.empty(n, np.int64), np.empty(n, np.int64)  # component-major: [J, _POSITIONS]
     locs = loc_q.reshape(-1)  # flat: a row view per element costs more than the row's arithmetic
     invs = inv_q.reshape(-1)
     ws = w_q.reshape(-1)
+    mult_w = float(np.int64(1) << EXP_FRAC)
+    one = float(np.int64(1) << 28)
     for b in range(b_):
         for g in range(g_):
             for start in range(0, p_, _POSITIONS):
                 m = min(_POSITIONS, p_ - start)
+                bad = False
                 for j in range(j_):
-                    r0, r1 = raw[b, 0, j, g, start:start + m], raw[b, 1, j, g, start:start + m]
+                    r0, r1, r2 = raw[b, 0, j, g, start:start + m], raw[b, 1, j, g, start:start + m], \
+                        raw[b, 2, j, g, start:start + m]
+                    fj = fixed[j * _POSITIONS:j * _POSITIONS + m]
                     for q in range(m):
                         means[q * j_ + j] = np.float64(mean_offset + mean_scale * (r0[q] + offsets[j]))
                         ls = gain * r1[q] + scale_offset
                         ls = ls if ls >= ls_lo else ls_lo  # clamp: a NaN stays NaN (and is refused below)
                         logs[q * j_ + j] = np.float64(ls if ls <= ls_hi else ls_hi)
-                _exp64(logs[:m * j_], scales[:m * j_], inv_step, step_hi, step_lo, p0, p1, p2, p3, p4, p5, tab)
+                        v = np.float64(gain * r2[q])
+                        bad |= not (math.isfinite(v) and abs(v) <= 2.0**50)
+                        fj[q] = np.int64(np.rint(v * mult_w))
+                count = m * j_
+                _exp64(logs[:count], scales[:count], inv_step, step_hi, step_lo, p0, p1, p2, p3, p4, p5, tab)
                 first = ((b * g_ + g) * p_ + start) * j_
-                for i in range(m * j_):
-                    if not native._quantize_one(means[i], scales[i], mult, lo, hi, limit, locs, invs, first + i):
-                        return False
-                for q in range(m):
-                    for j in range(j_):
-                        logits[j] = np.float64(gain * raw[b, 2, j, g, start + q])
-                    if not native._mixture_row(logits, EXP_FRAC, exp_neg, K_.MIX_BITS, scratch, weights):
-                        return False
-                    at = first + q * j_
-                    for j in range(j_):
-                        ws[at + j] = weights[j]
+                # `native._quantize_one`'s steps, without a branch per value so that the loop vectorizes; any bad
+                # value refuses the whole pass
+                lb, ib = locs[first:first + count], invs[first:first + count]
+                for i in range(count):
+                    mu, s = means[i], scales[i]
+                    bad |= not (math.isfinite(mu) and math.isfinite(s) and s > 0.0)
+                    lb[i] = np.int64(np.rint(min(max(mu, -limit), limit) * mult))
+                    ib[i] = np.int64(np.rint(one / min(max(s, lo), hi)))
+                if bad:
+                    return False
+                _block_weights(fixed, weights, m, j_, exp_neg, ws[first:first + count])
     return True
+
+
+@_njit
+def _block_weights(fixed, weights, m, j_, exp_neg, out):
+    """`native._mixture_weights` of m rows at once, component-major (fixed and weights [J, _POSITIONS]), so that
+    the loops over rows vectorize; out: the rows' weights, row-major [m, J]. The same integers: the largest logit
+    per row, the table's exp of each distance from it (>> 10), all-zero rows as equal weights, and the cumulative
+    sums scaled to 2**MIX_BITS by a float estimate made exact (off by at most one: num < 2**53)."""
+    last = exp_neg.shape[0] - 1
+    peak = fixed[:m].copy()
+    for j in range(1, j_):
+        fj = fixed[j * _POSITIONS:j * _POSITIONS + m]
+        for q in range(m):
+            peak[q] = max(peak[q], fj[q])
+    total = np.zeros(m, np.int64)
+    for j in range(j_):
+        fj, wj = fixed[j * _POSITIONS:j * _POSITIONS + m], weights[j * _POSITIONS:j * _POSITIONS + m]
+        for q in range(m):
+            wj[q] = exp_neg[min(peak[q] - fj[q], last)] >> 10
+            total[q] += wj[q]
+    for j in range(j_):  # no mass at all: equal weights
+        wj = weights[j * _POSITIONS:j * _POSITIONS + m]
+        for q in range(m):
+            wj[q] = 1 if total[q] == 0 else wj[q]
+    inv = np.empty(m)
+    for q in range(m):
+        total[q] = j_ if total[q] == 0 else total[q]
+        inv[q] = 1.0 / float(total[q])
+    acc = np.zeros(m, np.int64)
+    before = np.zeros(m, np.int64)
+    for j in range(j_):
+        wj = weights[j * _POSITIONS:j * _POSITIONS + m]
+        for q in range(m):
+            acc[q] += wj[q]
+            num = acc[q] << K_.MIX_BITS
+            now = np.int64(float(num) * inv[q])
+            now += np.int64((now + 1) * total[q] <= num) - np.int64(now * total[q] > num)
+            out[q * j_ + j] = now - before[q]
+            before[q] = now
 
 
 @dataclasses.dataclass(frozen=True)
