@@ -378,10 +378,10 @@ def test_compiled_mixture_score_agrees_with_the_torch_one():
 def test_mixture_head_codes_the_same_integers_in_one_compiled_pass(mixtures):
     """MixtureHead.coder's compiled pass (`shardzip.models.mixture`) against base.mixture_coder of the head's float32
     parameters under exact numerics, integer for integer: raw outputs from tiny to beyond the clamps (log-scales
-    both sides, locations past the coder's limit, logits far apart), constant rows; a NaN leaves the torch path to
-    say what is wrong."""
+    both sides, locations past the coder's limit, logits far apart), constant rows; coder_scored's score against
+    mixture_log2prob; a NaN leaves the torch path to say what is wrong."""
     from shardzip.coding.native import available
-    from shardzip.models.base import mixture_coder
+    from shardzip.models.base import mixture_coder, mixture_log2prob
     from shardzip.models.mixture import MixtureHead
     from shardzip.numerics import exact
 
@@ -402,6 +402,12 @@ def test_mixture_head_codes_the_same_integers_in_one_compiled_pass(mixtures):
         assert fused.shape == torch_path.shape == (2, groups, 29, 70) and fused.kind == torch_path.kind
         for got, want in zip(fused.params, torch_path.params, strict=True):
             assert got.dtype == want.dtype and torch.equal(got, want)
+        symbols = torch.randint(0, 1536, (2, groups, 29, 70), generator=gen)
+        model, log2p = head.coder_scored(raw, symbols, 1536)  # the same model, and the float model's score
+        assert all(torch.equal(a, b) for a, b in zip(model.params, fused.params, strict=True))
+        with exact.suspended():
+            want = mixture_log2prob(symbols.float(), *head.params(raw), 1536).double().flatten(1).sum(1)
+            assert log2p.shape == (2,) and torch.allclose(log2p, want, rtol=1e-5)
         bad = raw.clone()
         bad[0, 1, 3, 4] = float("nan")
         assert head._compiled(bad, 1536) is None

@@ -41,7 +41,6 @@ from shardzip.models.base import (
 )
 from shardzip.models.layers import ConvNet, coordinates
 from shardzip.models.mixture import MixtureHead
-from shardzip.numerics import exact
 
 MEAN_GAIN = 16.0  # split priors: means move 16 levels per unit of network output (the skip path does the bulk)
 
@@ -194,12 +193,13 @@ class IDF(LosslessModel):
     def encode(self, message: Message, x: torch.Tensor) -> torch.Tensor:
         """Push the batch and return its bits per image under the float model of the same network pass."""
         x = self.check_input(x)
-        total = torch.zeros(x.shape[0], device=x.device)  # summed as train_bits sums
+        total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         with torch.no_grad():
             for i, (z, head, raw) in enumerate(self._analyse(x)):
-                with exact.suspended():  # a reported figure: plain floats are enough and cheaper
-                    total = total - mixture_log2prob(z + self.offset, *head.params(raw), self.K).flatten(1).sum(1)
-                message.push(to_symbols(z, self.offset, self.K, f"idf latent {i}"), head.coder(raw, self.K))
+                symbols = to_symbols(z, self.offset, self.K, f"idf latent {i}")
+                model, log2p = head.coder_scored(raw, symbols, self.K)  # the score: reported, never coded
+                total = total - log2p
+                message.push(symbols, model)
         return total.double()
 
     def decode(self, message: Message, shape: tuple[int, ...]) -> torch.Tensor:

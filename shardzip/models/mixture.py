@@ -22,23 +22,37 @@ from shardzip.coding import kernels as K_
 from shardzip.coding import native
 from shardzip.coding.models import EntropyModel, mixture_from_integers, quantization_limits
 from shardzip.coding.tables import EXP_FRAC, table
-from shardzip.models.base import MAX_LOG_SCALE, MIN_LOG_SCALE, PARAM_GAIN, mixture_coder, mixture_params
+from shardzip.models.base import (
+    MAX_LOG_SCALE,
+    MIN_LOG_SCALE,
+    PARAM_GAIN,
+    mixture_coder,
+    mixture_log2prob,
+    mixture_params,
+)
+from shardzip.models.score import _log2prob
 from shardzip.numerics import exact
 from shardzip.numerics.compiled import _exp64, _njit, exp_constants
 
-_POSITIONS = 64  # positions per block: their J log-scales go through exp together
+_POSITIONS = 512  # positions per block: their J log-scales go through exp together, their scores are one block
 
 
 @_njit
 def _coder_arrays(raw, offsets, mean_offset, mean_scale, gain, scale_offset, ls_lo, ls_hi, exp_args, mult, lo, hi,
-                  limit, exp_neg, loc_q, inv_q, w_q):
+                  limit, exp_neg, loc_q, inv_q, w_q, symbols, top, bits):
     """loc_q, inv_q, w_q [B * G * P, J] (int64) of raw [B, 3, J, G, P] (float32): `base.mixture_params`' float32
     steps, the float64 exp of the log-scales and `coding.models.mixture_discretized_logistic`'s integers, per
-    element; False where a value is bad (the torch path then reports it)."""
+    element; False where a value is bad (the torch path then reports it). Where `symbols` [B * G * P] is not
+    empty, also bits[b] = sum of log2 P(symbol) over image b under the float model (`score._log2prob` of the same
+    float64 parameters, `top` = K - 1): reported, never coded."""
     inv_step, step_hi, step_lo, p0, p1, p2, p3, p4, p5, tab = exp_args
     b_, _, j_, g_, p_ = raw.shape
     n = _POSITIONS * j_
+    scored = symbols.shape[0] > 0
     logs, scales, means = np.empty(n), np.empty(n), np.empty(n)
+    # the score's inputs, component-major [J, _POSITIONS], and one block's symbols and log2 P
+    means_t, logs_t, logits_t = np.empty((j_, _POSITIONS)), np.empty((j_, _POSITIONS)), np.empty((j_, _POSITIONS))
+    values, log2p = np.empty(_POSITIONS), np.empty(_POSITIONS)
     fixed, weights = np.empty(n, np.int64), np.empty(n, np.int64)  # component-major: [J, _POSITIONS]
     locs = loc_q.reshape(-1)  # flat: a row view per element costs more than the row's arithmetic
     invs = inv_q.reshape(-1)
@@ -54,14 +68,16 @@ def _coder_arrays(raw, offsets, mean_offset, mean_scale, gain, scale_offset, ls_
                     r0, r1, r2 = raw[b, 0, j, g, start:start + m], raw[b, 1, j, g, start:start + m], \
                         raw[b, 2, j, g, start:start + m]
                     fj = fixed[j * _POSITIONS:j * _POSITIONS + m]
+                    mt, lt, gt = means_t[j, :m], logs_t[j, :m], logits_t[j, :m]
                     for q in range(m):
-                        means[q * j_ + j] = np.float64(mean_offset + mean_scale * (r0[q] + offsets[j]))
+                        mt[q] = np.float64(mean_offset + mean_scale * (r0[q] + offsets[j]))
                         ls = gain * r1[q] + scale_offset
                         ls = ls if ls >= ls_lo else ls_lo  # clamp: a NaN stays NaN (and is refused below)
-                        logs[q * j_ + j] = np.float64(ls if ls <= ls_hi else ls_hi)
-                        v = np.float64(gain * r2[q])
-                        bad |= not (math.isfinite(v) and abs(v) <= 2.0**50)
-                        fj[q] = np.int64(np.rint(v * mult_w))
+                        lt[q] = np.float64(ls if ls <= ls_hi else ls_hi)
+                        means[q * j_ + j], logs[q * j_ + j] = mt[q], lt[q]
+                        gt[q] = np.float64(gain * r2[q])
+                        bad |= not (math.isfinite(gt[q]) and abs(gt[q]) <= 2.0**50)
+                        fj[q] = np.int64(np.rint(gt[q] * mult_w))
                 count = m * j_
                 _exp64(logs[:count], scales[:count], inv_step, step_hi, step_lo, p0, p1, p2, p3, p4, p5, tab)
                 first = ((b * g_ + g) * p_ + start) * j_
@@ -76,6 +92,13 @@ def _coder_arrays(raw, offsets, mean_offset, mean_scale, gain, scale_offset, ls_
                 if bad:
                     return False
                 _block_weights(fixed, weights, m, j_, exp_neg, ws[first:first + count])
+                if scored:
+                    at = (b * g_ + g) * p_ + start
+                    for q in range(m):
+                        values[q] = np.float64(symbols[at + q])
+                    _log2prob(values[:m], means_t[:, :m], logs_t[:, :m], logits_t[:, :m], top, log2p[:m], exp_args)
+                    for q in range(m):
+                        bits[b] += log2p[q]
     return True
 
 
@@ -141,7 +164,19 @@ class MixtureHead:
         fused = self._compiled(raw, alphabet_size)
         return fused if fused is not None else mixture_coder(*self.params(raw), alphabet_size)
 
-    def _compiled(self, raw: torch.Tensor, alphabet_size: int) -> EntropyModel | None:
+    def coder_scored(self, raw: torch.Tensor, symbols: torch.Tensor,
+                     alphabet_size: int) -> tuple[EntropyModel, torch.Tensor]:
+        """`coder(raw)` and each image's log2 P of `symbols` [B, groups, H, W] under the float model of
+        `params(raw)` (float64 [B]; a reported figure, `base.mixture_log2prob`'s to ~1e-6), from the same compiled
+        pass where it applies."""
+        found = self._compiled(raw, alphabet_size, symbols)
+        if found is not None:
+            return found
+        with exact.suspended():  # a reported figure: plain floats are enough and cheaper
+            bits = mixture_log2prob(symbols.float(), *self.params(raw), alphabet_size).flatten(1).sum(1)
+        return self.coder(raw, alphabet_size), bits.double()
+
+    def _compiled(self, raw: torch.Tensor, alphabet_size: int, symbols: torch.Tensor | None = None):
         if not (raw.dtype == torch.float32 and raw.dim() == 4 and not raw.requires_grad and exact.active()
                 and native.available() and K_.scripted.use_native(raw.device)):
             return None
@@ -150,6 +185,8 @@ class MixtureHead:
         offsets = (torch.linspace(-self.spread, self.spread, j) if j > 1 else torch.zeros(j)).numpy()
         shape = (b * g * h * w, j)
         loc_q, inv_q, w_q = (np.empty(shape, np.int64) for _ in range(3))
+        scored = np.zeros(0, np.int64) if symbols is None else np.ascontiguousarray(symbols.detach().long().numpy())
+        bits = np.zeros(b)
         f32 = np.float32
         lo, hi, limit = quantization_limits()
         with torch.no_grad():
@@ -157,10 +194,12 @@ class MixtureHead:
         if not _coder_arrays(arrays, offsets.astype(np.float32), f32(self.mean_offset), f32(self.mean_scale),
                              f32(PARAM_GAIN), f32(self.scale_offset), f32(MIN_LOG_SCALE), f32(MAX_LOG_SCALE),
                              exp_constants(), float(1 << K_.LOC_FRAC), lo, hi, limit,
-                             table("exp_neg", "cpu").numpy(), loc_q, inv_q, w_q):
+                             table("exp_neg", "cpu").numpy(), loc_q, inv_q, w_q, scored.reshape(-1),
+                             float(alphabet_size - 1), bits):
             return None
-        return mixture_from_integers(*(torch.from_numpy(a).view(b, g, h, w, j) for a in (loc_q, inv_q, w_q)),
-                                     alphabet_size)
+        model = mixture_from_integers(*(torch.from_numpy(a).view(b, g, h, w, j) for a in (loc_q, inv_q, w_q)),
+                                      alphabet_size)
+        return model if symbols is None else (model, torch.from_numpy(bits))
 
 
 def compile_all() -> float:
@@ -171,7 +210,9 @@ def compile_all() -> float:
     t0 = time.perf_counter()
     if native.available():
         with exact.exact_numerics():
-            MixtureHead(1, 2, 0.0, 1.0, 0.0).coder(torch.zeros(1, 6, 1, 1), 4)
+            head = MixtureHead(1, 2, 0.0, 1.0, 0.0)
+            head.coder(torch.zeros(1, 6, 1, 1), 4)
+            head.coder_scored(torch.zeros(1, 6, 1, 1), torch.zeros(1, 1, 1, 1, dtype=torch.long), 4)
     return time.perf_counter() - t0
 
 
