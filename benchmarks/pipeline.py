@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from shardzip.format.chunk import ZSTD_LEVEL  # noqa: E402
 from shardzip.pipeline import jobs  # noqa: E402
+from shardzip.pipeline.cluster import worker_environ  # noqa: E402
 from shardzip.pipeline.plan import source_arrays  # noqa: E402
 
 CASES = {"msp-radar": "data/radar.zarr", "idf-photos": "data/photos.zarr", "bbans-mnist": "data/mnist.zarr",
@@ -171,8 +172,9 @@ def run_case(model: str, src: str, workers: int, shard_chunks: int, classical: b
 
     arrays = source_arrays(zarr.open_group(src, mode="r"))
     raw, dims = sum(a.nbytes for _, a in arrays), sum(a.size for _, a in arrays)
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=40, env={"SHARDZIP_TORCH_THREADS": "1"}) as lc, Client(lc) as client:
+    with worker_environ(), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=":0", silence_logs=40,
+                                        env={"SHARDZIP_TORCH_THREADS": "1"}) as lc, Client(lc) as client:
         client.run(_warm)
         warm = _warm_source(src, tmp / f"{model}-warm{workers}.zarr", 2 * workers)
         jobs.compress(warm, str(tmp / f"{model}-warm{workers}.szip"), model, scheduler=lc.scheduler_address,

@@ -80,7 +80,7 @@ class ModelPlugin(WorkerPlugin):
         return self.cache.get(sha256, self.device)
 
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters
 MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64-bit systems
 TRIM_THRESHOLD = 128 << 20
 
@@ -92,7 +92,9 @@ def keep_freed_memory() -> bool:
     once. That also pins glibc's mmap threshold at 128 KiB: every array a network pass allocates (a float64
     convolution's input is ~17 MB) is then a fresh mmap whose pages fault in zeroed. Measured on msp-radar's
     radar chunks: 1.8x slower coding in a worker than in a plain process. Arrays up to 32 MiB come from the heap
-    again, and up to 128 MiB of freed heap is kept."""
+    again, and up to 128 MiB of freed heap is kept. One arena (threads that have not allocated yet share the main
+    heap; see `shardzip.pipeline.cluster.WORKER_ENVIRON`, which sets it before start-up where shardzip starts the
+    workers)."""
     import ctypes
     import ctypes.util
 
@@ -102,7 +104,8 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return (bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+            and bool(mallopt(M_ARENA_MAX, 1)))
 
 
 def worker_torch_threads(worker, host_threads: dict[str, int]) -> int | None:
