@@ -350,25 +350,23 @@ def start_freq(kind, symbols, p0, p1, p2, edges, tab, K, n, loc_frac) -> tuple[n
 
 
 @_inline
-def _quantize_one(m, s, mult, lo, hi, limit, loc_q, inv_q, i):
-    """models._quantize_loc_scale of one (mean, scale) into loc_q[i], inv_q[i]; False where either is not finite or
-    the scale not positive. mult: 2**loc_frac."""
-    if not (math.isfinite(m) and math.isfinite(s) and s > 0.0):
-        return False
-    m = min(max(m, -limit), limit)
-    s = min(max(s, lo), hi)
-    loc_q[i] = np.int64(np.rint(m * mult))
-    inv_q[i] = np.int64(np.rint(float(np.int64(1) << 28) / s))
-    return True
+def _quantize_one(m, s, mult, lo, hi, limit):
+    """(location, inverse scale, ok) of one (mean, scale) as models._quantize_loc_scale computes them; ok is False
+    where either is not finite or the scale not positive (the two integers are then meaningless). Without a
+    branch, so that loops over it vectorize. mult: 2**loc_frac."""
+    ok = math.isfinite(m) & math.isfinite(s) & (s > 0.0)
+    return (np.int64(np.rint(min(max(m, -limit), limit) * mult)),
+            np.int64(np.rint(float(np.int64(1) << 28) / min(max(s, lo), hi))), ok)
 
 
 @_njit
 def _quantize(mean, scale, loc_frac, lo, hi, limit, loc_q, inv_q):
     mult = float(np.int64(1) << loc_frac)
+    ok = True
     for i in range(mean.shape[0]):
-        if not _quantize_one(mean[i], scale[i], mult, lo, hi, limit, loc_q, inv_q, i):
-            return False
-    return True
+        loc_q[i], inv_q[i], fine = _quantize_one(mean[i], scale[i], mult, lo, hi, limit)
+        ok &= fine
+    return ok
 
 
 def quantize_loc_scale(mean: np.ndarray, scale: np.ndarray, loc_frac: int, lo: float, hi: float,
@@ -431,62 +429,70 @@ def categorical_weights(rows: np.ndarray, from_probs: bool, shift: int, one: int
     return cum
 
 
-@_inline
-def _mixture_row(row, exp_frac, exp_neg, mix_bits, raw, w_row):
-    """models.mixture_discretized_logistic's integer weights w_row [J] from one row of float64 logits; False where
-    a logit is not finite or beyond 2**50 (the caller then takes the torch path, which reports it). raw: [J]
-    int64 scratch."""
-    scale = float(np.int64(1) << exp_frac)
-    for j in range(row.shape[0]):
-        v = row[j]
-        if not math.isfinite(v) or abs(v) > 2.0**50:
-            return False
-        raw[j] = np.int64(np.rint(v * scale))
-    _mixture_weights(raw, exp_neg, mix_bits, w_row)
-    return True
+_ROWS = 512  # rows per block of the mixture weights (their component-major scratch stays in L1/L2)
 
 
-@_inline
-def _mixture_weights(raw, exp_neg, mix_bits, w_row):
-    """The integer weights w_row [J] of one row of fixed-point logits raw [J] (int64, overwritten): exp of each
-    logit's distance from the largest from the table, then cumulative sums scaled to 2**mix_bits."""
-    J = raw.shape[0]
+@_njit
+def mixture_block_weights(fixed, stride, m, j_, exp_neg, mix_bits, out):
+    """models.mixture_discretized_logistic's integer weights of m rows at once: fixed holds their fixed-point logits
+    component-major (component j's at fixed[j * stride:j * stride + m]), so that the loops over rows vectorize;
+    out gets the weights row-major [m, J]. Per row: exp of each logit's distance from the largest, from the table
+    (>> 10); an all-zero row as equal weights; the cumulative sums scaled to 2**mix_bits, each a float estimate
+    made exact (off by at most one: the numerators stay below 2**53)."""
     last = exp_neg.shape[0] - 1
-    qmax = raw[0]
-    for j in range(1, J):
-        if raw[j] > qmax:
-            qmax = raw[j]
-    total = np.int64(0)
-    for j in range(J):
-        d = qmax - raw[j]
-        raw[j] = exp_neg[d if d < last else last] >> 10
-        total += raw[j]
-    if total == 0:  # no mass at all: equal weights
-        for j in range(J):
-            raw[j] = 1
-        total = J
-    acc = np.int64(0)
-    before = np.int64(0)
-    inv = 1.0 / float(total)
-    for j in range(J):
-        acc += raw[j]
-        num = acc << mix_bits
-        now = np.int64(float(num) * inv)  # (acc << mix_bits) // total, from a float estimate made exact:
-        if now * total > num:             # num < 2**53 and the estimate is off by at most one
-            now -= 1
-        elif (now + 1) * total <= num:
-            now += 1
-        w_row[j] = now - before
-        before = now
+    peak = fixed[:m].copy()
+    for j in range(1, j_):
+        fj = fixed[j * stride:j * stride + m]
+        for q in range(m):
+            peak[q] = max(peak[q], fj[q])
+    weights = np.empty(j_ * m, np.int64)
+    total = np.zeros(m, np.int64)
+    for j in range(j_):
+        fj, wj = fixed[j * stride:j * stride + m], weights[j * m:(j + 1) * m]
+        for q in range(m):
+            wj[q] = exp_neg[min(peak[q] - fj[q], last)] >> 10
+            total[q] += wj[q]
+    for j in range(j_):  # no mass at all: equal weights
+        wj = weights[j * m:(j + 1) * m]
+        for q in range(m):
+            wj[q] = 1 if total[q] == 0 else wj[q]
+    inv = np.empty(m)
+    for q in range(m):
+        total[q] = j_ if total[q] == 0 else total[q]
+        inv[q] = 1.0 / float(total[q])
+    acc = np.zeros(m, np.int64)
+    before = np.zeros(m, np.int64)
+    for j in range(j_):
+        wj = weights[j * m:(j + 1) * m]
+        for q in range(m):
+            acc[q] += wj[q]
+            num = acc[q] << mix_bits
+            now = np.int64(float(num) * inv[q])
+            now += np.int64((now + 1) * total[q] <= num) - np.int64(now * total[q] > num)
+            out[q * j_ + j] = now - before[q]
+            before[q] = now
 
 
 @_njit
 def _mixture(rows, exp_frac, exp_neg, mix_bits, w_q):
-    """`_mixture_row` for every row of rows [N, J]; False where a logit is bad."""
-    raw = np.empty(rows.shape[1], np.int64)
-    for i in range(rows.shape[0]):
-        if not _mixture_row(rows[i], exp_frac, exp_neg, mix_bits, raw, w_q[i]):
+    """`mixture_block_weights` of float64 logit rows [N, J] into w_q [N, J], a block of rows at a time; False where
+    a logit is not finite or beyond 2**50 (the caller then takes the torch path, which reports it)."""
+    n, j_ = rows.shape
+    scale = float(np.int64(1) << exp_frac)
+    fixed = np.empty(j_ * _ROWS, np.int64)
+    out = w_q.reshape(-1)
+    for start in range(0, n, _ROWS):
+        m = min(_ROWS, n - start)
+        ok = True
+        for j in range(j_):
+            fj = fixed[j * _ROWS:j * _ROWS + m]
+            for q in range(m):
+                v = rows[start + q, j]
+                ok &= math.isfinite(v) & (abs(v) <= 2.0**50)
+                fj[q] = np.int64(np.rint(v * scale))
+        if not ok:
             return False
+        mixture_block_weights(fixed, _ROWS, m, j_, exp_neg, mix_bits, out[start * j_:(start + m) * j_])
     return True
 
 

@@ -41,104 +41,53 @@ _POSITIONS = 512  # positions per block: their J log-scales go through exp toget
 def _coder_arrays(raw, offsets, mean_offset, mean_scale, gain, scale_offset, ls_lo, ls_hi, exp_args, mult, lo, hi,
                   limit, exp_neg, loc_q, inv_q, w_q, symbols, top, bits):
     """loc_q, inv_q, w_q [B * G * P, J] (int64) of raw [B, 3, J, G, P] (float32): `base.mixture_params`' float32
-    steps, the float64 exp of the log-scales and `coding.models.mixture_discretized_logistic`'s integers, per
-    element; False where a value is bad (the torch path then reports it). Where `symbols` [B * G * P] is not
-    empty, also bits[b] = sum of log2 P(symbol) over image b under the float model (`score._log2prob` of the same
-    float64 parameters, `top` = K - 1): reported, never coded."""
-    inv_step, step_hi, step_lo, p0, p1, p2, p3, p4, p5, tab = exp_args
+    steps, the float64 exp of the log-scales and `coding.models.mixture_discretized_logistic`'s integers
+    (`native._quantize_one`, `native.mixture_block_weights`), per element; False where a value is bad (the torch
+    path then reports it). Where `symbols` [B * G * P] is not empty, also bits[b] = sum of log2 P(symbol) over
+    image b under the float model (`score._log2prob` of the same float64 parameters, `top` = K - 1): reported,
+    never coded. A block of _POSITIONS positions at a time, component-major ([J, _POSITIONS])."""
     b_, _, j_, g_, p_ = raw.shape
-    n = _POSITIONS * j_
-    scored = symbols.shape[0] > 0
-    logs, scales, means = np.empty(n), np.empty(n), np.empty(n)
-    # the score's inputs, component-major [J, _POSITIONS], and one block's symbols and log2 P
-    means_t, logs_t, logits_t = np.empty((j_, _POSITIONS)), np.empty((j_, _POSITIONS)), np.empty((j_, _POSITIONS))
+    means, logs = np.empty((j_, _POSITIONS)), np.empty((j_, _POSITIONS))
+    scales, logits = np.empty((j_, _POSITIONS)), np.empty((j_, _POSITIONS))
+    fixed = np.empty(j_ * _POSITIONS, np.int64)
     values, log2p = np.empty(_POSITIONS), np.empty(_POSITIONS)
-    fixed, weights = np.empty(n, np.int64), np.empty(n, np.int64)  # component-major: [J, _POSITIONS]
-    locs = loc_q.reshape(-1)  # flat: a row view per element costs more than the row's arithmetic
-    invs = inv_q.reshape(-1)
-    ws = w_q.reshape(-1)
+    locs, invs, ws = loc_q.reshape(-1), inv_q.reshape(-1), w_q.reshape(-1)
     mult_w = float(np.int64(1) << EXP_FRAC)
-    one = float(np.int64(1) << 28)
     for b in range(b_):
         for g in range(g_):
             for start in range(0, p_, _POSITIONS):
                 m = min(_POSITIONS, p_ - start)
-                bad = False
+                first = (b * g_ + g) * p_ + start  # the block's first row
+                ok = True
                 for j in range(j_):
                     r0, r1, r2 = raw[b, 0, j, g, start:start + m], raw[b, 1, j, g, start:start + m], \
                         raw[b, 2, j, g, start:start + m]
+                    mj, lj, sj, gj = means[j, :m], logs[j, :m], scales[j, :m], logits[j, :m]
                     fj = fixed[j * _POSITIONS:j * _POSITIONS + m]
-                    mt, lt, gt = means_t[j, :m], logs_t[j, :m], logits_t[j, :m]
                     for q in range(m):
-                        mt[q] = np.float64(mean_offset + mean_scale * (r0[q] + offsets[j]))
+                        mj[q] = np.float64(mean_offset + mean_scale * (r0[q] + offsets[j]))
                         ls = gain * r1[q] + scale_offset
                         ls = ls if ls >= ls_lo else ls_lo  # clamp: a NaN stays NaN (and is refused below)
-                        lt[q] = np.float64(ls if ls <= ls_hi else ls_hi)
-                        means[q * j_ + j], logs[q * j_ + j] = mt[q], lt[q]
-                        gt[q] = np.float64(gain * r2[q])
-                        bad |= not (math.isfinite(gt[q]) and abs(gt[q]) <= 2.0**50)
-                        fj[q] = np.int64(np.rint(gt[q] * mult_w))
-                count = m * j_
-                _exp64(logs[:count], scales[:count], inv_step, step_hi, step_lo, p0, p1, p2, p3, p4, p5, tab)
-                first = ((b * g_ + g) * p_ + start) * j_
-                # `native._quantize_one`'s steps, without a branch per value so that the loop vectorizes; any bad
-                # value refuses the whole pass
-                lb, ib = locs[first:first + count], invs[first:first + count]
-                for i in range(count):
-                    mu, s = means[i], scales[i]
-                    bad |= not (math.isfinite(mu) and math.isfinite(s) and s > 0.0)
-                    lb[i] = np.int64(np.rint(min(max(mu, -limit), limit) * mult))
-                    ib[i] = np.int64(np.rint(one / min(max(s, lo), hi)))
-                if bad:
-                    return False
-                _block_weights(fixed, weights, m, j_, exp_neg, ws[first:first + count])
-                if scored:
-                    at = (b * g_ + g) * p_ + start
+                        lj[q] = np.float64(ls if ls <= ls_hi else ls_hi)
+                        gj[q] = np.float64(gain * r2[q])
+                        ok &= math.isfinite(gj[q]) & (abs(gj[q]) <= 2.0**50)
+                        fj[q] = np.int64(np.rint(gj[q] * mult_w))
+                    _exp64(lj, sj, *exp_args)
                     for q in range(m):
-                        values[q] = np.float64(symbols[at + q])
-                    _log2prob(values[:m], means_t[:, :m], logs_t[:, :m], logits_t[:, :m], top, log2p[:m], exp_args)
+                        at = (first + q) * j_ + j
+                        locs[at], invs[at], fine = native._quantize_one(mj[q], sj[q], mult, lo, hi, limit)
+                        ok &= fine
+                if not ok:
+                    return False
+                native.mixture_block_weights(fixed, _POSITIONS, m, j_, exp_neg, K_.MIX_BITS,
+                                             ws[first * j_:(first + m) * j_])
+                if symbols.shape[0] > 0:
+                    for q in range(m):
+                        values[q] = np.float64(symbols[first + q])
+                    _log2prob(values[:m], means[:, :m], logs[:, :m], logits[:, :m], top, log2p[:m], exp_args)
                     for q in range(m):
                         bits[b] += log2p[q]
     return True
-
-
-@_njit
-def _block_weights(fixed, weights, m, j_, exp_neg, out):
-    """`native._mixture_weights` of m rows at once, component-major (fixed and weights [J, _POSITIONS]), so that
-    the loops over rows vectorize; out: the rows' weights, row-major [m, J]. The same integers: the largest logit
-    per row, the table's exp of each distance from it (>> 10), all-zero rows as equal weights, and the cumulative
-    sums scaled to 2**MIX_BITS by a float estimate made exact (off by at most one: num < 2**53)."""
-    last = exp_neg.shape[0] - 1
-    peak = fixed[:m].copy()
-    for j in range(1, j_):
-        fj = fixed[j * _POSITIONS:j * _POSITIONS + m]
-        for q in range(m):
-            peak[q] = max(peak[q], fj[q])
-    total = np.zeros(m, np.int64)
-    for j in range(j_):
-        fj, wj = fixed[j * _POSITIONS:j * _POSITIONS + m], weights[j * _POSITIONS:j * _POSITIONS + m]
-        for q in range(m):
-            wj[q] = exp_neg[min(peak[q] - fj[q], last)] >> 10
-            total[q] += wj[q]
-    for j in range(j_):  # no mass at all: equal weights
-        wj = weights[j * _POSITIONS:j * _POSITIONS + m]
-        for q in range(m):
-            wj[q] = 1 if total[q] == 0 else wj[q]
-    inv = np.empty(m)
-    for q in range(m):
-        total[q] = j_ if total[q] == 0 else total[q]
-        inv[q] = 1.0 / float(total[q])
-    acc = np.zeros(m, np.int64)
-    before = np.zeros(m, np.int64)
-    for j in range(j_):
-        wj = weights[j * _POSITIONS:j * _POSITIONS + m]
-        for q in range(m):
-            acc[q] += wj[q]
-            num = acc[q] << K_.MIX_BITS
-            now = np.int64(float(num) * inv[q])
-            now += np.int64((now + 1) * total[q] <= num) - np.int64(now * total[q] > num)
-            out[q * j_ + j] = now - before[q]
-            before[q] = now
 
 
 @dataclasses.dataclass(frozen=True)

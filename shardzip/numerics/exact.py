@@ -194,11 +194,10 @@ class _PairWeights:
 
     wq: torch.Tensor  # integers in float64, |wq| <= 2**PAIR_WEIGHT_BITS
     bits: list[int]  # weight bits per output channel: w[o] ~ wq[o] * 2**-bits[o]
-    run_bound: float  # the largest sum of |wq| of one output channel over a run of PAIR_CHANNELS input channels
     # (channels, the largest sum of |wq| of one output channel over an aligned run of that many input channels)
-    # for runs of 2, 4, ... times PAIR_CHANNELS, then all of them: how long a run the int32 sums can take for a
-    # given activation grid
-    longer_bounds: tuple[tuple[int, float], ...] = ()
+    # for runs of PAIR_CHANNELS, twice as many, ... up to one run of all of them: how long a run the int32 sums can
+    # take for a given activation grid; the first sets that grid
+    run_bounds: tuple[tuple[int, float], ...]
     packed: Any = None  # wq as the int16 micro-kernels read it (`convolution.pack_pairs`), made on first use
 
 
@@ -217,14 +216,14 @@ def _pair_weights(w: torch.Tensor) -> _PairWeights:
     wq = (w.detach().double() * scale.view([-1] + [1] * (w.dim() - 1))).round_()
     cout, cin = w.shape[:2]
     per_channel = wq.abs().flatten(2).sum(2)  # [Cout, Cin]: exact (integers)
-    runs = torch.nn.functional.pad(per_channel, (0, -cin % PAIR_CHANNELS)).view(cout, -1, PAIR_CHANNELS).sum(2)
-    total = float(per_channel.sum(1).amax()) if per_channel.numel() else 0.0
-    longer, channels = [], 2 * PAIR_CHANNELS
-    while channels < cin:
-        wide = torch.nn.functional.pad(per_channel, (0, -cin % channels)).view(cout, -1, channels).sum(2)
-        longer.append((channels, float(wide.amax()) if wide.numel() else 0.0))
+    bounds, channels = [], PAIR_CHANNELS
+    while True:
+        runs = torch.nn.functional.pad(per_channel, (0, -cin % channels)).view(cout, -1, channels).sum(2)
+        bounds.append((min(channels, cin), float(runs.amax()) if runs.numel() else 0.0))
+        if channels >= cin:
+            break
         channels *= 2
-    grid = _PairWeights(wq, bits, float(runs.amax()) if runs.numel() else 0.0, (*longer, (cin, total)))
+    grid = _PairWeights(wq, bits, tuple(bounds))
     try:
         w._shardzip_pair_weights = (key, grid)
     except (AttributeError, RuntimeError):  # a tensor that takes no attributes: computed again next time
@@ -242,7 +241,7 @@ def _pair_grids(x: torch.Tensor, w: torch.Tensor) -> tuple[int, _PairWeights, fl
     (`convolution.conv2d_pairs`)."""
     grid = _pair_weights(w)
     a = _checked_amax(x, "a convolution")
-    bound = grid.run_bound
+    bound = grid.run_bounds[0][1]
     xbits = min(PAIR_INPUT_BITS, PAIR_SUM_BITS - _exponent(bound)) - _exponent(a) if a > 0 and bound > 0 else 0
     return xbits, grid, a
 
@@ -258,7 +257,7 @@ def _pair_convolution(x, w, b, stride, padding, dilation, output_padding, dtype)
         # int32 sums over the longest aligned runs of input channels whose sums too stay below 2**31 (all of them
         # where they can): fewer float64 additions of the run sums, the same exact result
         top = math.ldexp(1.0, _exponent(amax) + xbits) + 1 if amax > 0 else 1.0
-        run = max([PAIR_CHANNELS] + [c for c, bound in grid.longer_bounds if bound * top < 2.0**31])
+        run = max([PAIR_CHANNELS] + [c for c, bound in grid.run_bounds if bound * top < 2.0**31])
         bias = None if b is None else b.detach().double().cpu().numpy()
         if grid.packed is None:
             grid.packed = pack_pairs(wq.numpy())
