@@ -78,7 +78,7 @@ class SplitPrior(nn.Module):
     def __init__(self, c_cond: int, c_out: int, hidden: int, blocks: int, mixtures: int, offset: int,
                  norm: str = "group", half: float = 128.0) -> None:
         super().__init__()
-        self.c_out, self.mixtures, self.offset, self.half = c_out, mixtures, offset, half
+        self.c_out, self.half = c_out, half
         self.gain = MEAN_GAIN * half / 128.0  # mean steps per unit of network output grow with the data range
         self.net = ConvNet(c_cond, c_out * mixtures * 3, hidden, blocks, norm=norm)
         # A linear path from the conditioning values, initialised so that every component's mean starts at
@@ -102,7 +102,7 @@ class TopPrior(nn.Module):
     def __init__(self, c_out: int, hidden: int, mixtures: int, offset: int, use_coords: bool = True,
                  half: float = 128.0) -> None:
         super().__init__()
-        self.c_out, self.mixtures, self.offset, self.use_coords, self.half = c_out, mixtures, offset, use_coords, half
+        self.c_out, self.use_coords = c_out, use_coords
         self.net = nn.Sequential(nn.Conv2d(2, hidden, 1), nn.SiLU(), nn.Conv2d(hidden, hidden, 1), nn.SiLU(),
                                  nn.Conv2d(hidden, c_out * mixtures * 3, 1))
         nn.init.zeros_(self.net[-1].weight)
@@ -200,7 +200,7 @@ class IDF(LosslessModel):
                 model, log2p = head.coder_scored(raw, symbols, self.K)  # the score: reported, never coded
                 total = total - log2p
                 message.push(symbols, model)
-        return total.double()
+        return total
 
     def decode(self, message: Message, shape: tuple[int, ...]) -> torch.Tensor:
         b, _, height, width = shape
