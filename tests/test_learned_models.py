@@ -240,6 +240,25 @@ def test_shipped_model_round_trips_real_data(name):
     assert torch.equal(out[0], want)
 
 
+@pytest.mark.parametrize("name", sorted(CATALOG.models))
+def test_a_models_spec_is_known_without_building_it(name, tmp_path):
+    """What planning asks of a model (`ModelSpec`: channels, bits, missing values, `fits`) comes from its family and
+    hyper-parameters, the family's defaults filled in, and is what the built model says; a checkpoint's too."""
+    from shardzip.models import checkpoint_spec, model_spec
+
+    entry = CATALOG.model(name)
+    model = load_catalog_model(name, CATALOG)
+    spec = model_spec(entry.family, entry.hparams)
+    assert spec == model.spec and spec.family == entry.family
+    assert model_spec(entry.family, {}) == build_model(entry.family, {}).spec  # every default
+    for dtype in ("uint8", "uint16", "float32", "int16", "complex64"):
+        for bands in (1, 3, 6):
+            assert spec.fits(dtype, bands) == model.fits(dtype, bands)
+    path = tmp_path / "m.pt"
+    save_weights(model, path)
+    assert checkpoint_spec(path) == spec
+
+
 def test_models_say_their_coding_batch():
     """The chunk code asks the model how many images to code per batch instead of testing families."""
     from shardzip.models import load_catalog_model

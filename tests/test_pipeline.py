@@ -123,12 +123,21 @@ def _mmapped_bytes_for_a_20_mb_array() -> int:
     return grown
 
 
-def test_compress_decompress_mnist_bit_exact(cluster, mnist_src, tmp_path):
+def _no_network_here(*args, **kwargs):
+    raise AssertionError("the client built a network: planning needs only the model's ModelSpec")
+
+
+def test_compress_decompress_mnist_bit_exact(cluster, mnist_src, tmp_path, monkeypatch):
+    from shardzip.models.base import LosslessModel
+
     _, client = cluster
     dst, out = str(tmp_path / "mnist.szip"), str(tmp_path / "mnist.out.zarr")
-    # 6 images per chunk: the last of 11 chunks holds 4 (an edge chunk, coded without padding)
-    m = jobs.compress(mnist_src, dst, "idf-mnist", scheduler=client.scheduler.address, verify=True,
-                      progress=False, log=lambda *_: None, chunk_bytes=6 * 784, shard_chunks=2)
+    # 6 images per chunk: the last of 11 chunks holds 4 (an edge chunk, coded without padding); the client plans
+    # from the catalog entry and builds no model (the workers do)
+    with monkeypatch.context() as patch:
+        patch.setattr(LosslessModel, "__init__", _no_network_here)
+        m = jobs.compress(mnist_src, dst, "idf-mnist", scheduler=client.scheduler.address, verify=True,
+                          progress=False, log=lambda *_: None, chunk_bytes=6 * 784, shard_chunks=2)
     assert m["verified"] and len(m["records"]) == 6 + 1
     # the worker plugin loaded the model once per worker, not once per task
     loads = client.run(lambda dask_worker: dask_worker.plugins["shardzip-models"].cache.loads)
@@ -534,17 +543,27 @@ def test_workers_take_the_largest_shards_first(cluster):
     assert set(order[:2]) == {"a8", "a7"} and set(order[-2:]) == {"a1", "a2"}, order  # two start at a time
 
 
-def _malloc_arenas() -> str | None:
-    return os.environ.get("MALLOC_ARENA_MAX")
+def _worker_settings(dask_worker) -> dict:
+    return {"arenas": os.environ.get("MALLOC_ARENA_MAX"), "profiler": "profile" in dask_worker.periodic_callbacks,
+            "memory_monitor": dask_worker.memory_manager.memory_monitor_interval,
+            "system_monitor": dask_worker.periodic_callbacks["monitor"].callback_time,
+            "tick": dask_worker._tick_interval}
 
 
-def test_embedded_cluster_workers_start_with_one_malloc_arena():
+def test_embedded_cluster_workers_start_with_one_malloc_arena_and_quiet_monitors():
     """The LocalCluster a job starts sets MALLOC_ARENA_MAX=1 in each worker before it starts (glibc reads it then):
-    tasks run in a thread, whose own arena took a network pass's arrays from fresh mappings, 4x the page faults."""
+    tasks run in a thread, whose own arena took a network pass's arrays from fresh mappings, 4x the page faults.
+    Its workers and scheduler run without the statistical profiler and with monitors a few times a second
+    (`cluster.EMBEDDED_CONFIG`: they share the job's cores), and the settings do not leak into this process."""
+    import dask
+
     from shardzip.pipeline.cluster import job_client
 
     with job_client(workers=1) as client:
-        assert set(client.run(_malloc_arenas).values()) == {"1"}
-    import dask
-
+        got = set(map(lambda d: tuple(sorted(d.items())), client.run(_worker_settings).values()))
+        tick = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler._tick_interval)
+    assert got == {(("arenas", "1"), ("memory_monitor", 0.5), ("profiler", False), ("system_monitor", 2000.0),
+                    ("tick", 0.2))}, got
+    assert tick == 0.2
     assert "MALLOC_ARENA_MAX" not in (dask.config.get("distributed.nanny.pre-spawn-environ") or {})  # scoped
+    assert dask.config.get("distributed.worker.profile.enabled") is True

@@ -10,6 +10,7 @@ import Dask or zarr.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import lzma
 import math
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from shardzip.models.base import LosslessModel
+from shardzip.models.base import LosslessModel, ModelSpec
 from shardzip.models.bbans import BBANSVAE
 from shardzip.models.causal import Causal
 from shardzip.models.hilloc import HiLLoC
@@ -33,16 +34,37 @@ class UnknownModelError(KeyError):
     pass
 
 
-def build_model(family: str, hparams: dict[str, Any] | None = None) -> LosslessModel:
-    """A freshly initialised model of `family` with `hparams`."""
+def _family(family: str) -> type[LosslessModel]:
     from shardzip.catalog import CatalogError
 
     if family not in FAMILIES:
         raise CatalogError(f"unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[family]
+
+
+def build_model(family: str, hparams: dict[str, Any] | None = None) -> LosslessModel:
+    """A freshly initialised model of `family` with `hparams`."""
+    from shardzip.catalog import CatalogError
+
     try:
-        return FAMILIES[family](**(hparams or {}))
+        return _family(family)(**(hparams or {}))
     except TypeError as exc:
         raise CatalogError(f"hyper-parameters {hparams} do not fit family {family!r}: {exc}") from exc
+
+
+def model_spec(family: str, hparams: dict[str, Any] | None = None) -> ModelSpec:
+    """`build_model(family, hparams).spec` without building the model: the family's signature fills in the
+    hyper-parameters not given (every family passes channels and data_bits to `LosslessModel` unchanged)."""
+    from shardzip.catalog import CatalogError
+
+    cls = _family(family)
+    try:
+        bound = inspect.signature(cls).bind(**(hparams or {}))
+    except TypeError as exc:
+        raise CatalogError(f"hyper-parameters {hparams} do not fit family {family!r}: {exc}") from exc
+    bound.apply_defaults()
+    given = bound.arguments
+    return ModelSpec(family, int(given.get("channels", 1)), int(given.get("data_bits", 8)), cls.codes_missing)
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
@@ -186,8 +208,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-def load_weights(path: str | Path, sha256: str | None = None, device: str | torch.device = "cpu") -> LosslessModel:
-    """Load a checkpoint written by `save_weights`, after checking its sha256 when one is given."""
+def checked_checkpoint(path: str | Path, sha256: str | None = None) -> Path:
+    """`path`, after checking that it exists and, where `sha256` is given, that its sha256 is that."""
     from shardzip.catalog import CheckpointError, sha256_file
 
     p = Path(path)
@@ -198,6 +220,15 @@ def load_weights(path: str | Path, sha256: str | None = None, device: str | torc
         if actual != sha256:
             raise CheckpointError(f"checkpoint {p} has sha256 {actual}, but the catalog records {sha256}: "
                                   "the file was changed or replaced; restore it or retrain and update the catalog")
+    return p
+
+
+def read_verified(path: str | Path, sha256: str | None = None) -> dict[str, Any]:
+    """A checkpoint's contents (`read_checkpoint`), after checking its sha256 when one is given and its weights
+    against the digest written with them."""
+    from shardzip.catalog import CheckpointError
+
+    p = checked_checkpoint(path, sha256)
     blob = read_checkpoint(p)
     digest = blob.get("weights_digest")
     packed = blob.get("packed")
@@ -205,9 +236,22 @@ def load_weights(path: str | Path, sha256: str | None = None, device: str | torc
                                else weights_digest(blob["state_dict"])) != digest:
         raise CheckpointError(f"model file {p} was altered: its weights do not match the digest written with them; "
                               "restore the file or fit the model again")
+    return blob
+
+
+def load_weights(path: str | Path, sha256: str | None = None, device: str | torch.device = "cpu") -> LosslessModel:
+    """Load a checkpoint written by `save_weights`, after checking its sha256 when one is given."""
+    blob = read_verified(path, sha256)
     model = build_model(blob["family"], blob["hparams"])
+    packed = blob.get("packed")
     model.load_state_dict(_unpack(packed) if packed is not None else blob["state_dict"])
     return model.to(device).eval()
+
+
+def checkpoint_spec(path: str | Path, sha256: str | None = None) -> ModelSpec:
+    """The `ModelSpec` of a checkpoint checked as `load_weights` checks it, without building its model."""
+    blob = read_verified(path, sha256)
+    return model_spec(blob["family"], blob["hparams"])
 
 
 def read_model_info(path: str | Path) -> dict[str, Any]:
@@ -217,8 +261,8 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
     return {k: v for k, v in blob.items() if k not in ("state_dict", "packed")}
 
 
-def load_catalog_model(name: str, catalog=None, device: str | torch.device = "cpu") -> LosslessModel:
-    """The shipped model `name` of the catalog, sha256-checked."""
+def catalog_checkpoint(name: str, catalog=None) -> Path:
+    """The checkpoint of the shipped model `name`, sha256-checked against the catalog."""
     from shardzip.catalog import CheckpointError, load_catalog
 
     cat = catalog or load_catalog()
@@ -226,9 +270,15 @@ def load_catalog_model(name: str, catalog=None, device: str | torch.device = "cp
     if entry.sha256 is None:
         raise CheckpointError(
             f"model {name!r} has no recorded sha256 yet: train it (catalog: {entry.training.command})")
-    return load_weights(cat.path(entry.checkpoint), entry.sha256, device)
+    return checked_checkpoint(cat.path(entry.checkpoint), entry.sha256)
 
 
-__all__ = ["FAMILIES", "BBANSVAE", "HiLLoC", "IDF", "LosslessModel", "build_model", "load_catalog_model",
-           "PRECISIONS", "load_weights", "quantize_weights", "read_checkpoint",
-           "write_compact", "read_model_info", "save_weights", "weights_digest"]
+def load_catalog_model(name: str, catalog=None, device: str | torch.device = "cpu") -> LosslessModel:
+    """The shipped model `name` of the catalog, sha256-checked."""
+    return load_weights(catalog_checkpoint(name, catalog), None, device)
+
+
+__all__ = ["FAMILIES", "BBANSVAE", "HiLLoC", "IDF", "LosslessModel", "ModelSpec", "PRECISIONS", "build_model",
+           "catalog_checkpoint", "checked_checkpoint", "checkpoint_spec", "load_catalog_model", "load_weights",
+           "model_spec", "quantize_weights", "read_checkpoint", "read_model_info", "read_verified", "save_weights",
+           "weights_digest", "write_compact"]

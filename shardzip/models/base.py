@@ -13,6 +13,7 @@ distributions: discretized logistic mixtures on unit bins whose first and last b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, ClassVar
 
@@ -28,6 +29,33 @@ LN2 = math.log(2.0)
 MIN_LOG_SCALE = -4.5  # scales below ~0.011 buy nothing on unit bins and destabilise training
 MAX_LOG_SCALE = 8.0
 PARAM_GAIN = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What a model codes, known from its family and hyper-parameters alone: all that planning asks of it (which
+    arrays it fits, its channel count, whether it codes missing values). A client plans with it and never builds
+    the network (`shardzip.models.model_spec`); a built model gives the same one (`LosslessModel.spec`)."""
+
+    family: str
+    channels: int
+    data_bits: int
+    codes_missing: bool
+
+    def fits(self, dtype: np.dtype | str, bands: int) -> str | None:
+        """Why the model cannot code images of `dtype` with `bands` bands per image; None when it can.
+
+        The planner, `fit` and `--model auto` ask the model this instead of testing family names."""
+        dt = np.dtype(dtype)
+        if self.codes_missing:
+            if dt.kind not in "uif" or dt.itemsize > 8:
+                return f"model {self.family!r} codes numeric rasters, the array is {dt}"
+        elif dt != np.dtype(np.uint8 if self.data_bits <= 8 else np.uint16):
+            return f"model {self.family!r} codes {self.data_bits}-bit unsigned images, the array is {dt}"
+        if bands != self.channels:
+            what = "band(s)" if self.codes_missing else "channel(s)"
+            return f"model {self.family!r} has {self.channels} {what}, the array's images have {bands}"
+        return None
 
 
 class LosslessModel(nn.Module):
@@ -77,20 +105,14 @@ class LosslessModel(nn.Module):
     def channels(self) -> int:
         return int(self.hparams.get("channels", 1))
 
-    def fits(self, dtype: np.dtype | str, bands: int) -> str | None:
-        """Why this model cannot code images of `dtype` with `bands` bands per image; None when it can.
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.family, self.channels, self.data_bits, self.codes_missing)
 
-        The planner, `fit` and `--model auto` ask the model this instead of testing family names."""
-        dt = np.dtype(dtype)
-        if self.codes_missing:
-            if dt.kind not in "uif" or dt.itemsize > 8:
-                return f"model {self.family!r} codes numeric rasters, the array is {dt}"
-        elif dt != np.dtype(np.uint8 if self.data_bits <= 8 else np.uint16):
-            return f"model {self.family!r} codes {self.data_bits}-bit unsigned images, the array is {dt}"
-        if bands != self.channels:
-            what = "band(s)" if self.codes_missing else "channel(s)"
-            return f"model {self.family!r} has {self.channels} {what}, the array's images have {bands}"
-        return None
+    def fits(self, dtype: np.dtype | str, bands: int) -> str | None:
+        """Why this model cannot code images of `dtype` with `bands` bands per image; None when it can
+        (`ModelSpec.fits`)."""
+        return self.spec.fits(dtype, bands)
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         """Validate an image batch: int tensor [B, C, H, W] with this model's channels and value range (-1 too,

@@ -30,7 +30,8 @@ PROBE_REGIONS = 3
 
 @dataclass(frozen=True)
 class Candidate:
-    """A model `auto` may choose: its name (catalog, user catalog), the loaded model and its checkpoint."""
+    """A model `auto` may choose: its name (catalog, user catalog), what it fits (a `ModelSpec`, or the model) and
+    its checkpoint."""
 
     name: str
     model: Any
@@ -50,7 +51,7 @@ def candidates(catalog=None, log=print) -> list[Candidate]:
     out = []
     for name in names:
         try:
-            model, ref = _load_model(name, cat)
+            model, ref = _load_model(name, cat, build=False)
         except ShardzipError as exc:  # a missing or altered file: say so, choose among the others
             log(f"  auto: model {name} left out ({exc})")
             continue

@@ -163,7 +163,7 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
     from shardzip.pipeline.choose import AUTO, candidates, choose_plans
 
     auto = AUTO in models
-    loaded = {name: _load_model(name, catalog) for name in models if name != AUTO}
+    loaded = {name: _load_model(name, catalog, build=False) for name in models if name != AUTO}
     cands = candidates(catalog, log=lambda *_: None) if auto else []
     sources = []
     for ref in datasets:

@@ -76,11 +76,13 @@ class ModelRef:
     checkpoint: Path
 
 
-def _load_model(name: str, catalog=None) -> tuple[Any, ModelRef]:
+def _load_model(name: str, catalog=None, build: bool = True) -> tuple[Any, ModelRef]:
     """(model, its ModelRef) for `name`: a model file given by path (a checkpoint `save_weights` wrote: `shardzip
     fit --out FILE`, or `shardzip train NAME --no-ship`'s RUN_DIR/weights.pt: family, hyper-parameters and
     weights, so it needs no catalog entry), a shipped catalog model, or a model the user fitted and named
-    (`shardzip fit --name NAME`, in $SHARDZIP_HOME/catalog.yaml)."""
+    (`shardzip fit --name NAME`, in $SHARDZIP_HOME/catalog.yaml). Not `build`: its `ModelSpec` instead of the
+    model, all that planning needs (a client that only plans builds no network): a shipped model's from its
+    catalog entry, once its file's sha256 is checked; another's from its checkpoint, checked as for loading."""
     from shardzip.catalog import (
         CatalogError,
         CheckpointError,
@@ -89,13 +91,14 @@ def _load_model(name: str, catalog=None) -> tuple[Any, ModelRef]:
         sha256_file,
         user_catalog_path,
     )
-    from shardzip.models import load_catalog_model, load_weights
+    from shardzip.models import catalog_checkpoint, checked_checkpoint, checkpoint_spec, load_weights, model_spec
 
+    described = load_weights if build else checkpoint_spec
     file = Path(name).expanduser()
     if file.is_file():
         try:
-            model = load_weights(file)
-        except CheckpointError:
+            model = described(file)
+        except (CheckpointError, CatalogError):
             raise
         except Exception as exc:  # noqa: BLE001 - not a checkpoint at all: name the file and what it must be
             raise CheckpointError(f"model file {file} is not a shardzip checkpoint ({type(exc).__name__}: {exc}); "
@@ -106,14 +109,17 @@ def _load_model(name: str, catalog=None) -> tuple[Any, ModelRef]:
     user = load_user_models() if name not in cat.models else {}
     if name in user:  # a model the user fitted and named (`shardzip fit --name`): its file, sha256-checked
         found = user[name]
-        return load_weights(found.path, found.sha256), ModelRef(name, found.family, found.sha256, Path(found.path))
+        path = checked_checkpoint(found.path, found.sha256)
+        return described(path), ModelRef(name, found.family, found.sha256, path)
     if name not in cat.models:
         hint = (f"; no model file {file} either" if name.endswith(".pt") or "/" in name else "")
         mine = f"; your fitted models ({user_catalog_path()}): {', '.join(sorted(user))}" if user else ""
         raise CatalogError(f"unknown model {name!r}{hint}; the catalog ships: {', '.join(sorted(cat.models))}"
                            f"{mine}")
     entry = cat.model(name)
-    return load_catalog_model(name, cat), ModelRef(name, entry.family, entry.sha256, cat.path(entry.checkpoint))
+    path = catalog_checkpoint(name, cat)
+    model = load_weights(path) if build else model_spec(entry.family, entry.hparams)
+    return model, ModelRef(name, entry.family, entry.sha256, path)
 
 
 SECRET_OPTION_WORDS = ("secret", "key", "token", "password", "credential", "session")
@@ -307,7 +313,7 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         cands = candidates(catalog, log)
         lmodel = entry = None
     else:
-        lmodel, entry = _load_model(model, catalog)
+        lmodel, entry = _load_model(model, catalog, build=False)  # a ModelSpec: the workers build the model
     dloc = Location(dst, storage_options)
     if Location(src_url, storage_options).root == dloc.root:
         raise DestinationError(f"destination {dst} is the source itself; choose another path")
