@@ -321,6 +321,21 @@ def test_killed_job_resumes_without_recomputing_committed_shards(mnist_src, tmp_
     _same_store(mnist_src, dst)
 
 
+def test_resume_writes_the_zarr_metadata_a_stopped_job_left_unwritten(cluster, mnist_src, tmp_path):
+    """The client writes the arrays' zarr metadata while the workers code (they write chunk keys only): a job that
+    stopped after its first shards but before an array's metadata gets it on --resume, committed shards kept."""
+    _, client = cluster
+    dst = tmp_path / "stopped.szip"
+    opts = dict(scheduler=client.scheduler.address, progress=False, log=lambda *_: None, **SMALL)
+    first = jobs.compress(mnist_src, str(dst), "idf-mnist", **opts)
+    Path(dst, "_shardzip", "manifest.json").unlink()  # as if it stopped before its commit and before the metadata
+    Path(dst, "images", "zarr.json").unlink()
+    again = jobs.compress(mnist_src, str(dst), "idf-mnist", resume=True, **opts)
+    assert again["runs"]["computed"] == 0 and again["runs"]["reused"] == len(first["records"])
+    assert np.array_equal(zarr.open_group(str(dst), mode="r")["images"][:], MNIST)
+    _same_store(mnist_src, str(dst))
+
+
 def test_bad_input_is_refused_clearly_and_writes_nothing(mnist_src, photo_src, tmp_path, capsys):
     dst = tmp_path / "never.szip"
 

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,9 @@ def _array_spec(plan: ArrayPlan, job: dict) -> dict:
 
 
 def _create_layout(dst: Location, src_root, plans: list[ArrayPlan], job: dict) -> None:
-    """zarr v3 metadata of every group and array of the destination (no chunk data)."""
+    """zarr v3 metadata of every group of the destination and of every array that lacks it (no chunk data). The
+    client writes it while the workers code the first shards (they write chunk keys only, never metadata), and a
+    --resume completes what a stopped job left unwritten; the manifest, written after, commits the store."""
     import zarr
 
     store = dst.zarr_store()
@@ -157,13 +160,26 @@ def _create_layout(dst: Location, src_root, plans: list[ArrayPlan], job: dict) -
         if path:
             zarr.open_group(store=store, path=path, mode="a", zarr_format=3).attrs.update(attrs)
     for plan in plans:
+        if dst.exists(f"{plan.path}/zarr.json" if plan.path else "zarr.json"):
+            continue
         codec = ShardzipCodec(model=plan.model, family=model_family(job, plan.model) if plan.model else None,
                               layout=plan.layout if plan.model else None, profile=job["profile"],
                               zstd_level=job["zstd_level"], packing=plan.packing, array=plan.path)
         zarr.create_array(store=store, name=plan.path or None, shape=plan.shape, dtype=np.dtype(plan.dtype),
                           chunks=plan.chunks, shards=plan.shards, serializer=codec, compressors=None, filters=None,
                           fill_value=plan.fill_value, attributes=plan.attributes,
-                          dimension_names=plan.dimension_names, zarr_format=3, overwrite=True)
+                          dimension_names=plan.dimension_names, zarr_format=3)
+
+
+def _layout_writer(dst: Location, src_root, plans: list[ArrayPlan], job: dict) -> Callable[[], None]:
+    """`_create_layout` for `_run_tasks` to call once the tasks are submitted, its failure named."""
+    def write() -> None:
+        try:
+            _create_layout(dst, src_root, plans, job)
+        except Exception as exc:  # noqa: BLE001 - a store that took job.json but refuses the metadata
+            raise DestinationError(f"cannot write the zarr metadata of {dst.url}: {type(exc).__name__}: {exc}"
+                                   ) from exc
+    return write
 
 
 def _committed(dst: Location, plans: list[ArrayPlan], need_verified: bool) -> dict[tuple[str, tuple], dict]:
@@ -223,10 +239,15 @@ def _largest_first(specs: list[dict]) -> list[tuple[int, list[int]]]:
     return sorted(groups.items(), reverse=True)
 
 
-def _run_tasks(client, fn, specs: list[dict], resources: dict | None, progress: _Progress, what: str) -> list[dict]:
+def _run_tasks(client, fn, specs: list[dict], resources: dict | None, progress: _Progress, what: str,
+               meanwhile: Callable[[], None] | None = None) -> list[dict]:
+    """Run `fn` on every spec (largest first), `meanwhile()` in this process once they are submitted; the records
+    as they complete."""
     from distributed import as_completed
 
     if not specs:
+        if meanwhile is not None:
+            meanwhile()
         return []
     keys = [f"shardzip-{what}-{s['array'] or 'root'}-{'.'.join(map(str, s['shard']))}-{uuid.uuid4().hex[:6]}"
             for s in specs]
@@ -237,6 +258,8 @@ def _run_tasks(client, fn, specs: list[dict], resources: dict | None, progress: 
     by_key = dict(zip(keys, specs, strict=True))
     out = []
     try:
+        if meanwhile is not None:
+            meanwhile()
         for fut in as_completed(futures):
             spec = by_key[fut.key]
             try:
@@ -402,7 +425,6 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
                     install_weights(sha, weights)  # plain zarr/xarray in a fresh process find it here too
             for d in cleanup:
                 shutil.rmtree(d, ignore_errors=True)
-            _create_layout(dloc, src_root, plans, job)
         else:
             plans = [ArrayPlan.from_dict(p) for p in job["plans"]]  # on the device kind it was started with
         for p in plans:
@@ -433,7 +455,8 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         t0 = time.perf_counter()
         interrupted = False
         try:
-            new = _run_tasks(client, compress_shard, specs, resources, bar, "compress")
+            new = _run_tasks(client, compress_shard, specs, resources, bar, "compress",
+                             meanwhile=_layout_writer(dloc, src_root, plans, job))
         except ShardzipError as exc:
             raise type(exc)(f"{dst}: job {job['job_id']} stopped before its commit ({bar.done} of {total} shards "
                             f"written; the store is incomplete): {exc}. Fix the cause, then run the same command "
