@@ -13,13 +13,15 @@ load is):
     a Dask task of its own, zstd where JPEG XL does not apply (the table says on how many chunks it did). Float
     rasters (radar) are coded as the 16-bit symbols shardzip's model codes, with missing values as 0 and their
     kinds not counted, which flatters JPEG XL slightly.
-Each row is run --repeat times (default 3), the rows of 1 and 2 workers taking turns, and shows each figure's
-best run. MB/s counts source bytes (radar: float32, 4 bytes a value; photos and MNIST: 1); "per worker" divides
-by the workers, each of which has one core of this machine. The profile splits the workers' time (wall x workers):
-the coder (`Message.push`/`pop`, `shardzip.coding.message.coder_seconds`), the network and chunk format (the
-rest of coding), I/O (reading the source or shard, writing the result) and Dask (scheduling, transfers, idle).
-The last line of each case is the machine's own scaling: the same coding in one plain process, then in two at
-once (no Dask), which bounds what any scheduler can get from the second core.
+Each row is run --repeat times (default 3), the rows of 1 and 2 workers taking turns, and shows each figure's best
+run; the scaling from 1 to 2 workers is the median of the ratios of runs made one after the other (this machine's
+speed drifts by up to 1.3x within an hour, so a ratio of two best runs made at different times can be off by as
+much). MB/s counts source bytes (radar: float32, 4 bytes a value; photos and MNIST: 1); "per worker" divides by the
+workers, each of which has one core of this machine. The profile splits the workers' time (wall x workers): the
+coder (`Message.push`/`pop`, `shardzip.coding.message.coder_seconds`), the network and chunk format (the rest of
+coding), I/O (reading the source or shard, writing the result) and Dask (scheduling, transfers, idle). The last line
+of each case is the machine's own scaling: the same coding in one plain process, then in two at once (no Dask),
+which bounds what any scheduler can get from the second core.
 
     python benchmarks/pipeline.py                         # msp-radar, idf-photos, bbans-mnist, hilloc-photos
     python benchmarks/pipeline.py --only msp-radar --only idf-photos
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -309,8 +312,15 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"{model}, {n} worker(s): compress {r['profile_c']}; decompress {r['profile_d']}; "
                              f"coder {100 * r['coder_share_d']:.0f} % of decode")
             if len(rows) > 1:
-                notes.append(f"{model}: scaling 1 -> {rows[-1]['workers']} workers: compress "
-                             f"x{rows[-1]['c'] / rows[0]['c']:.2f}, decompress x{rows[-1]['d'] / rows[0]['d']:.2f}")
+                one, many = runs[args.workers[0]], runs[args.workers[-1]]
+
+                def paired(key: str, one=one, many=many) -> float:  # runs next to each other share the drift
+                    return statistics.median(b[key] / a[key] for a, b in zip(one, many, strict=True))
+
+                notes.append(f"{model}: scaling 1 -> {rows[-1]['workers']} workers, the median over the "
+                             f"{args.repeat} interleaved pairs of runs (best over best): compress x{paired('c'):.2f} "
+                             f"(x{rows[-1]['c'] / rows[0]['c']:.2f}), decompress x{paired('d'):.2f} "
+                             f"(x{rows[-1]['d'] / rows[0]['d']:.2f})")
             if not args.no_machine:
                 notes.append(f"{model}: this machine, the same coding in 2 plain processes at once vs 1 (no Dask): "
                              f"x{machine_scaling(model, src, rows[0]['plans']):.2f}")
