@@ -89,7 +89,7 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir or Path("runs") / args.model)
     entry = train(args.model, catalog, run_dir, steps=args.steps, resume=args.resume, device=args.device,
                   checkpoint_every=args.checkpoint_every, progress=not args.quiet,
-                  write_checkpoint=not args.no_ship)
+                  write_checkpoint=not args.no_ship, validate_every=args.validate_every)
     if not args.no_ship:  # the weights went to the catalog's checkpoint path: the catalog records their sha256
         record_trained(catalog_path(args.catalog), args.model, entry)
         print(f"recorded sha256 {entry.sha256[:12]} and validation bpd in {catalog_path(args.catalog)}")
@@ -451,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--run-dir", help="where last.pt (resumable state) goes (default runs/MODEL)")
     tr.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     tr.add_argument("--checkpoint-every", type=int, default=500)
+    tr.add_argument("--validate-every", type=int, default=0,
+                    help="append the validation bpd to RUN_DIR/validation.tsv every N steps (0: at the end only)")
     tr.add_argument("--no-ship", action="store_true", help="write weights into the run dir, not the catalog path "
                                                              "(the catalog is then left as it is)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")

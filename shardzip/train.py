@@ -83,10 +83,27 @@ def evaluate_bpd(model: LosslessModel, data: torch.Tensor | list[torch.Tensor], 
     return bits / dims
 
 
+def _validation_point(model, catalog: Catalog, split: str, run_dir: Path, step: int, seconds: float) -> None:
+    """Append (step, validation bpd, seconds) to RUN_DIR/validation.tsv; the model is left training."""
+    model.eval()
+    with torch.no_grad():
+        bpd = evaluate_bpd(model, load_split(catalog, split))
+    model.train()
+    curve = run_dir / "validation.tsv"
+    if not curve.exists():
+        curve.write_text("step\tbpd\tseconds\n")
+    with curve.open("a") as f:
+        f.write(f"{step}\t{bpd:.4f}\t{seconds:.0f}\n")
+
+
 def train(name: str, catalog: Catalog, run_dir: Path, steps: int | None = None, resume: bool = False,
           device: str = "cpu", checkpoint_every: int = 500, log_every: int = 50, progress: bool = True,
-          write_checkpoint: bool = True, stop_after: int | None = None) -> ModelEntry | None:
+          write_checkpoint: bool = True, stop_after: int | None = None,
+          validate_every: int = 0) -> ModelEntry | None:
     """Train catalog model `name`; returns its updated catalog entry (sha256, validation bpd).
+
+    `validate_every` > 0: every so many steps, the validation split's bpd is appended to RUN_DIR/validation.tsv
+    (step, bpd, seconds of training so far): the validation curve, kept across resumed runs.
 
     `stop_after` ends the run early, as an interruption would (after that step's checkpoint if one
     falls due), and returns None: the run is then continued with `resume=True`.
@@ -140,6 +157,8 @@ def train(name: str, catalog: Catalog, run_dir: Path, steps: int | None = None, 
             bar.update(1)
             if step % log_every == 0:
                 bar.set_postfix(bpd=f"{running:.3f}")
+        if validate_every and step % validate_every == 0:
+            _validation_point(model, catalog, cfg.validation, run_dir, step, time.time() - started)
         if step % checkpoint_every == 0 or step == steps:
             tmp = run_dir / "last.pt.tmp"
             torch.save({"name": name, "model": model.state_dict(), "optimizer": opt.state_dict(),

@@ -44,13 +44,18 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(catalog, tmp_path):
     whole = train("tiny-idf", catalog, tmp_path / "run-a", progress=False, write_checkpoint=False)
+    # run b also writes its validation curve (every step): the curve spans the interruption and changes nothing
     assert train("tiny-idf", catalog, tmp_path / "run-b", progress=False, write_checkpoint=False,
-                 checkpoint_every=1, stop_after=2) is None
-    resumed = train("tiny-idf", catalog, tmp_path / "run-b", progress=False, write_checkpoint=False, resume=True)
+                 checkpoint_every=1, stop_after=2, validate_every=1) is None
+    resumed = train("tiny-idf", catalog, tmp_path / "run-b", progress=False, write_checkpoint=False, resume=True,
+                    validate_every=1)
     a, b = _weights(tmp_path / "run-a" / "weights.pt"), _weights(tmp_path / "run-b" / "weights.pt")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert whole.validation_bpd == resumed.validation_bpd
+    rows = [line.split("\t") for line in (tmp_path / "run-b" / "validation.tsv").read_text().splitlines()]
+    assert rows[0] == ["step", "bpd", "seconds"] and [int(r[0]) for r in rows[1:]] == [1, 2, 3, 4]
+    assert float(rows[-1][1]) == pytest.approx(resumed.validation_bpd, abs=1e-4)
     assert whole.sha256 == sha256_file(tmp_path / "run-a" / "weights.pt")
 
 
