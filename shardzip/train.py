@@ -84,10 +84,9 @@ def evaluate_bpd(model: LosslessModel, data: torch.Tensor | list[torch.Tensor], 
 
 
 def _validation_point(model, catalog: Catalog, split: str, run_dir: Path, step: int, seconds: float) -> None:
-    """Append (step, validation bpd, seconds) to RUN_DIR/validation.tsv; the model is left training."""
-    model.eval()
-    with torch.no_grad():
-        bpd = evaluate_bpd(model, load_split(catalog, split))
+    """Append (step, validation bpd, seconds since this run started) to RUN_DIR/validation.tsv; the model is left
+    training."""
+    bpd = evaluate_bpd(model, load_split(catalog, split))  # in eval mode, without gradients
     model.train()
     curve = run_dir / "validation.tsv"
     if not curve.exists():
@@ -103,7 +102,7 @@ def train(name: str, catalog: Catalog, run_dir: Path, steps: int | None = None, 
     """Train catalog model `name`; returns its updated catalog entry (sha256, validation bpd).
 
     `validate_every` > 0: every so many steps, the validation split's bpd is appended to RUN_DIR/validation.tsv
-    (step, bpd, seconds of training so far): the validation curve, kept across resumed runs.
+    (step, bpd, seconds since this run started): the validation curve, kept across resumed runs.
 
     `stop_after` ends the run early, as an interruption would (after that step's checkpoint if one
     falls due), and returns None: the run is then continued with `resume=True`.
