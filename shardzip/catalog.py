@@ -7,7 +7,6 @@ command that trained it and the validation bpd it reached. Paths are relative to
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -16,17 +15,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shardzip.errors import ShardzipError
+from shardzip.errors import CatalogError
 
 REPO_CATALOG = Path(__file__).resolve().parents[1] / "catalog.yaml"
-
-
-class CatalogError(ShardzipError):
-    """catalog.yaml is missing, invalid, or does not name what was asked for."""
-
-
-class CheckpointError(ShardzipError):
-    """A checkpoint file is missing or does not match the sha256 the catalog records."""
 
 
 class _Strict(BaseModel):
@@ -116,14 +107,6 @@ def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
         return Catalog(**raw, root=p.parent.resolve())
     except (yaml.YAMLError, ValidationError, TypeError) as exc:
         raise CatalogError(f"catalog {p} is invalid: {exc}") from exc
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def entry_yaml(name: str, entry: ModelEntry) -> str:

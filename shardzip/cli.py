@@ -175,7 +175,8 @@ def _fit_budget(args: argparse.Namespace):
     """`--fit-minutes` as the fit's settings (checked before any cluster starts); None unless --model fit."""
     if args.model != "fit":
         return None
-    from shardzip.fit import FitError, FitSettings
+    from shardzip.errors import FitError
+    from shardzip.fit import FitSettings
 
     settings = FitSettings(minutes=args.fit_minutes)
     try:

@@ -62,3 +62,27 @@ class JobInterrupted(ShardzipError):
     """The user stopped a job (Ctrl-C); the message says what was committed. The command exits 130."""
 
     exit_code = 130
+
+
+class CatalogError(ShardzipError):
+    """catalog.yaml is missing, invalid, or does not name what was asked for."""
+
+
+class CheckpointError(ShardzipError):
+    """A checkpoint file is missing or does not match the sha256 the catalog records."""
+
+
+class ImportDataError(ShardzipError):
+    """An input file is missing, unreadable or holds something an importer cannot keep exactly."""
+
+
+class FitError(ShardzipError):
+    """A fit cannot start or go on as asked (bad budget, no usable data, a foreign checkpoint)."""
+
+
+class ReportError(ShardzipError):
+    """A report dict is malformed, or a baseline was asked for by a name that does not exist."""
+
+
+class ShardTaskError(ShardzipError):
+    """A shard task failed on every attempt."""

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shardzip.errors import ShardzipError
+from shardzip.errors import FitError
 from shardzip.models import FAMILIES, LosslessModel, build_model
 
 FIT_FAMILY = "msp"  # the family fitted to rasters and images: coarse to fine, bands, missing values, 8-16 bits
@@ -37,10 +37,6 @@ FIT_FAMILIES = ("msp", "causal")
 FIT_HPARAMS = {"levels": 4, "hidden": 32, "blocks": 1, "mixtures": 3, "mask_hidden": 16, "norm": "pixel"}
 WARMUP_STEPS = 100
 VALIDATE_EVERY = 250  # steps of crops between validations (and checkpoints) unless told otherwise
-
-
-class FitError(ShardzipError):
-    """A fit cannot start or go on as asked (bad budget, no usable data, a foreign checkpoint)."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shardzip.catalog import Catalog, CatalogError, ModelEntry, entry_yaml, sha256_file
+from shardzip.catalog import Catalog, ModelEntry, entry_yaml
+from shardzip.digest import sha256_file
+from shardzip.errors import CatalogError
 from shardzip.importers.datasets import read_split
 from shardzip.models import LosslessModel, build_model, save_weights
 

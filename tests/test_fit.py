@@ -18,9 +18,10 @@ import pytest
 import torch
 import zarr
 
-from shardzip.catalog import CatalogError, load_catalog, load_user_models
+from shardzip.catalog import load_catalog, load_user_models
 from shardzip.cli import main
-from shardzip.fit import FitError, FitSettings, fitted_hparams, profile_of, start_model
+from shardzip.errors import CatalogError, FitError
+from shardzip.fit import FitSettings, fitted_hparams, profile_of, start_model
 from shardzip.models import load_catalog_model, load_weights, read_checkpoint, read_model_info
 from shardzip.pipeline import jobs
 from shardzip.pipeline.fit import closest_start, fit, fit_layout, plan_sample

@@ -17,7 +17,7 @@ import zarr
 from conftest import package_file
 
 from shardzip.cli import main
-from shardzip.importers.common import ImportDataError
+from shardzip.errors import ImportDataError
 from shardzip.importers.geotiff import import_geotiff
 from shardzip.importers.images import import_images, read_idx
 from shardzip.importers.netcdf import import_netcdf

@@ -15,8 +15,15 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from shardzip.catalog import CheckpointError, load_catalog
-from shardzip.errors import CodingError, DecodeMismatchError, MessageFormatError, ModelParameterError, SymbolRangeError
+from shardzip.catalog import load_catalog
+from shardzip.errors import (
+    CheckpointError,
+    CodingError,
+    DecodeMismatchError,
+    MessageFormatError,
+    ModelParameterError,
+    SymbolRangeError,
+)
 from shardzip.models import FAMILIES, build_model, load_catalog_model, load_weights, save_weights
 from shardzip.models.codec import compress, decompress, read_header
 
@@ -146,7 +153,7 @@ def test_checkpoint_round_trip_and_sha_check(tmp_path):
     model = perturbed("bbans", **TINY["bbans"][1])
     path = tmp_path / "m.pt"
     save_weights(model, path)
-    from shardzip.catalog import sha256_file
+    from shardzip.digest import sha256_file
 
     again = load_weights(path, sha256_file(path))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(),

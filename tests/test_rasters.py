@@ -218,7 +218,7 @@ def test_radar_sequence_importer_keeps_every_stored_value(sweeps):
 
 
 def test_raster_splits_take_hold_out_windows(sweeps, landsat, tmp_path):
-    from shardzip.importers.common import ImportDataError
+    from shardzip.errors import ImportDataError
     from shardzip.importers.datasets import read_rasters
 
     root = zarr.open_group(str(sweeps), mode="r")

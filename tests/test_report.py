@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardzip.report import ReportError
+from shardzip.errors import ReportError
 from shardzip.report import baselines as bl
 from shardzip.report.baselines import BASELINES, BaselineResult, baseline_bytes
 from shardzip.report.render import render_latex, render_markdown, validate_report, write_report

@@ -9,8 +9,10 @@ import pytest
 import torch
 import yaml
 
-from shardzip.catalog import CatalogError, CheckpointError, load_catalog, sha256_file
+from shardzip.catalog import load_catalog
 from shardzip.cli import main
+from shardzip.digest import sha256_file
+from shardzip.errors import CatalogError, CheckpointError
 from shardzip.importers.datasets import write_stack
 from shardzip.models import load_catalog_model, load_weights
 from shardzip.train import train

@@ -66,9 +66,6 @@ class ChunkStats:
     classical: str | None = None  # the classical codec of a method-6 chunk ("jpegxl", ...)
     classical_bytes: dict[str, int] | None = None  # payload bytes of each classical codec that was tried and verified
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def _raw(chunk: np.ndarray) -> bytes:
     arr = np.ascontiguousarray(chunk)

@@ -140,7 +140,7 @@ def weights_key(sha256: str) -> str:
 
 def fetch_weights(loc: Location, sha256: str) -> Path:
     """A local copy of the store's checkpoint `sha256` (in the user cache), verified."""
-    from shardzip.catalog import sha256_file
+    from shardzip.digest import sha256_file
     from shardzip.format.weights import cache_dir, find_weights
 
     try:

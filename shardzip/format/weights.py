@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from shardzip.catalog import sha256_file
+from shardzip.digest import sha256_file
 from shardzip.errors import FormatError, NumericsError
 from shardzip.numerics import EXACT, EXACT_VERSIONS, FLOAT, NUMERICS
 
@@ -66,7 +66,7 @@ def is_shipped(sha256: str) -> bool:
 def install_weights(sha256: str, data: bytes) -> Path:
     """Put checkpoint bytes `data` into this machine's weights cache as `<sha256>.pt`, checked (workers that
     cannot see the client's files get the checkpoints of unshipped models this way)."""
-    from shardzip.catalog import CheckpointError
+    from shardzip.errors import CheckpointError
 
     try:
         return find_weights(sha256)

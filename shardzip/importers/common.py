@@ -8,13 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from shardzip.errors import ShardzipError
+from shardzip.errors import ImportDataError
 
 TARGET_CHUNK = 1 << 20  # ~1 MB raw per chunk
-
-
-class ImportDataError(ShardzipError):
-    """An input file is missing, unreadable or holds something an importer cannot keep exactly."""
 
 
 def jsonable(value: Any) -> Any:

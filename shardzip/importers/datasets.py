@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shardzip.importers.common import ImportDataError
+from shardzip.errors import ImportDataError
 
 
 def _package_dir(module: str, hint: str) -> Path:

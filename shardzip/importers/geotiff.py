@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shardzip.importers.common import ImportDataError, jsonable, require_file, write_array
+from shardzip.errors import ImportDataError
+from shardzip.importers.common import jsonable, require_file, write_array
 
 GEO_TAGS = {33550: "model_pixel_scale", 33922: "model_tiepoint", 34264: "model_transformation",
             34735: "geokey_directory", 34736: "geo_double_params", 34737: "geo_ascii_params"}

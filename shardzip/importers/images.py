@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shardzip.importers.common import ImportDataError, require_file, write_array
+from shardzip.errors import ImportDataError
+from shardzip.importers.common import require_file, write_array
 
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".webp"}
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

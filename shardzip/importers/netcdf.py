@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shardzip.importers.common import ImportDataError, jsonable, require_file, write_array
+from shardzip.errors import ImportDataError
+from shardzip.importers.common import jsonable, require_file, write_array
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 

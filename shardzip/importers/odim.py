@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shardzip.importers.common import ImportDataError, jsonable, require_file, write_array
+from shardzip.errors import ImportDataError
+from shardzip.importers.common import jsonable, require_file, write_array
 
 
 def _attrs(node) -> dict:

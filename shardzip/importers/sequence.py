@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shardzip.importers.common import ImportDataError, require_file, write_array
+from shardzip.errors import ImportDataError
+from shardzip.importers.common import require_file, write_array
 from shardzip.importers.netcdf import read_variables
 
 

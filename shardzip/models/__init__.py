@@ -30,12 +30,8 @@ FAMILIES: dict[str, type[LosslessModel]] = {cls.family: cls for cls in (IDF, BBA
 CHECKPOINT_FORMAT = 1
 
 
-class UnknownModelError(KeyError):
-    pass
-
-
 def _family(family: str) -> type[LosslessModel]:
-    from shardzip.catalog import CatalogError
+    from shardzip.errors import CatalogError
 
     if family not in FAMILIES:
         raise CatalogError(f"unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}")
@@ -44,7 +40,7 @@ def _family(family: str) -> type[LosslessModel]:
 
 def build_model(family: str, hparams: dict[str, Any] | None = None) -> LosslessModel:
     """A freshly initialised model of `family` with `hparams`."""
-    from shardzip.catalog import CatalogError
+    from shardzip.errors import CatalogError
 
     try:
         return _family(family)(**(hparams or {}))
@@ -55,7 +51,7 @@ def build_model(family: str, hparams: dict[str, Any] | None = None) -> LosslessM
 def model_spec(family: str, hparams: dict[str, Any] | None = None) -> ModelSpec:
     """`build_model(family, hparams).spec` without building the model: the family's signature fills in the
     hyper-parameters not given (every family passes channels and data_bits to `LosslessModel` unchanged)."""
-    from shardzip.catalog import CatalogError
+    from shardzip.errors import CatalogError
 
     cls = _family(family)
     try:
@@ -210,7 +206,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def checked_checkpoint(path: str | Path, sha256: str | None = None) -> Path:
     """`path`, after checking that it exists and, where `sha256` is given, that its sha256 is that."""
-    from shardzip.catalog import CheckpointError, sha256_file
+    from shardzip.digest import sha256_file
+    from shardzip.errors import CheckpointError
 
     p = Path(path)
     if not p.is_file():
@@ -226,7 +223,7 @@ def checked_checkpoint(path: str | Path, sha256: str | None = None) -> Path:
 def read_verified(path: str | Path, sha256: str | None = None) -> dict[str, Any]:
     """A checkpoint's contents (`read_checkpoint`), after checking its sha256 when one is given and its weights
     against the digest written with them."""
-    from shardzip.catalog import CheckpointError
+    from shardzip.errors import CheckpointError
 
     p = checked_checkpoint(path, sha256)
     blob = read_checkpoint(p)
@@ -263,7 +260,8 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
 
 def catalog_checkpoint(name: str, catalog=None) -> Path:
     """The checkpoint of the shipped model `name`, sha256-checked against the catalog."""
-    from shardzip.catalog import CheckpointError, load_catalog
+    from shardzip.catalog import load_catalog
+    from shardzip.errors import CheckpointError
 
     cat = catalog or load_catalog()
     entry = cat.model(name)

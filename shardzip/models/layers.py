@@ -64,10 +64,6 @@ def norm_layer(channels: int, kind: str = "group") -> nn.Module:
     return nn.GroupNorm(groups, channels)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    return norm_layer(channels, "group")
-
-
 class ResBlock(nn.Module):
     """x + alpha * conv(SiLU(N(conv(SiLU(N(x)))))), alpha learned and initialised at 0 (ReZero)."""
 

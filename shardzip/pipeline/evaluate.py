@@ -70,7 +70,8 @@ def _split_dataset(ref: str, catalog=None) -> tuple[str, str, str]:
         return ref, ref, ""
     name, _, sub = ref.partition("/")
     if sub and "/" not in sub:  # a split of a catalog dataset ("radar/test"): its group or array in the store,
-        from shardzip.catalog import CatalogError, load_catalog  # or the array(s) of a copy of its window
+        from shardzip.catalog import load_catalog  # or the array(s) of a copy of its window
+        from shardzip.errors import CatalogError
 
         try:
             cat = catalog or load_catalog()

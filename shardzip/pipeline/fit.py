@@ -245,7 +245,8 @@ def fit(src: str, out: str, *, name: str | None = None, arrays: list[str] | None
 
     Returns {"path", "sha256", "fit" (the record saved in the file), "name"}; with `stop_after` (tests: an
     interruption after that step's checkpoint) {"stopped": True}."""
-    from shardzip.catalog import UserModelEntry, load_catalog, register_user_model, sha256_file
+    from shardzip.catalog import UserModelEntry, load_catalog, register_user_model
+    from shardzip.digest import sha256_file
     from shardzip.pipeline.cluster import job_client, placement
     from shardzip.pipeline.jobs import _load_model, _wait_for_workers
     from shardzip.workers.fit import fit_task, sample_region
@@ -266,7 +267,7 @@ def fit(src: str, out: str, *, name: str | None = None, arrays: list[str] | None
                        "fit, or leave --resume out)")
     cat = catalog or load_catalog()
     if name is not None:  # refuse a bad name before training, not after
-        from shardzip.catalog import CatalogError
+        from shardzip.errors import CatalogError
 
         if name in cat.models:
             raise CatalogError(f"--name {name!r} is a model shipped with shardzip; choose another name")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from shardzip import __version__
-from shardzip.errors import DestinationError, JobInterrupted, ShardzipError, SourceError
+from shardzip.errors import DestinationError, JobInterrupted, ShardTaskError, ShardzipError, SourceError
 from shardzip.format.chunk import METHODS, ZSTD_LEVEL
 from shardzip.format.codec import ShardzipCodec
 from shardzip.format.store import (
@@ -57,10 +57,6 @@ from shardzip.pipeline.plan import (
 
 TASK_RETRIES = 3
 METHOD_NAMES = tuple(METHODS.values())
-
-
-class ShardTaskError(ShardzipError):
-    """A shard task failed on every attempt."""
 
 
 def _now() -> str:

@@ -124,7 +124,8 @@ def resolve_source(src: str, catalog=None) -> str:
         return src
     name, _, split = src.partition("/")
     if "://" not in src and name and "/" not in split:
-        from shardzip.catalog import CatalogError, load_catalog
+        from shardzip.catalog import load_catalog
+        from shardzip.errors import CatalogError
 
         try:
             cat = catalog or load_catalog()
@@ -142,7 +143,7 @@ def resolve_source(src: str, catalog=None) -> str:
                 raise SourceError(f"catalog dataset {name!r} has no split {split!r}; it has {', '.join(entry.splits)}")
             inner = entry.splits[split]
             if "@" in inner:  # a window of an array ("landsat_multiband@rows=0:256"): copied into a store of its own
-                from shardzip.importers.common import ImportDataError
+                from shardzip.errors import ImportDataError
                 from shardzip.importers.datasets import write_window
 
                 out = path.parent / ".splits" / f"{name}-{split}.zarr"

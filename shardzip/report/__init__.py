@@ -8,11 +8,6 @@ and checks each decodes bit-exactly; `shardzip.report.render` validates a report
 
 from __future__ import annotations
 
-from shardzip.errors import ShardzipError
-
-
-class ReportError(ShardzipError):
-    """A report dict is malformed, or a baseline was asked for by a name that does not exist."""
-
+from shardzip.errors import ReportError
 
 __all__ = ["ReportError"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shardzip.report import ReportError
+from shardzip.errors import ReportError
 
 BASELINES: tuple[str, ...] = ("png", "webp", "jpegxl", "jpegls", "jpeg2000", "zstd", "lzma", "bz2", "blosc2")
 
@@ -325,8 +325,3 @@ def baseline_bytes(name: str, images: list[np.ndarray]) -> BaselineResult:
             result.mismatched_images.append(i)
     result.verified = not result.mismatched_images
     return result
-
-
-def run_baselines(images: list[np.ndarray], names: tuple[str, ...] | list[str] = BASELINES) -> list[BaselineResult]:
-    """`baseline_bytes` for each name in order (all of `BASELINES` by default)."""
-    return [baseline_bytes(name, images) for name in names]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shardzip.report import ReportError
+from shardzip.errors import ReportError
 
 SCHEMA = "shardzip.report"
 SCHEMA_VERSION = 1

@@ -28,7 +28,7 @@ class ModelPlugin(WorkerPlugin):
     idempotent = False
 
     def __init__(self, preload: tuple[str, ...] = (), weights_dirs: tuple[str, ...] = (),
-                 torch_threads: int | None = None, device: str = "cpu",
+                 device: str = "cpu",
                  store: tuple[str, dict | None] | None = None, weights: dict[str, bytes] | None = None,
                  host_threads: dict[str, int] | None = None) -> None:
         self.device_kind = device
@@ -36,7 +36,6 @@ class ModelPlugin(WorkerPlugin):
         self.weights = dict(weights or {})  # sha256 -> checkpoint bytes of models workers may not have
         self.preload = tuple(preload)
         self.weights_dirs = tuple(weights_dirs)
-        self.torch_threads = torch_threads
         self.host_threads = dict(host_threads or {})  # host -> task threads of all workers on it (client's view)
         self.cache: ModelCache | None = None  # made on the worker (a lock does not pickle)
         self.device = torch.device("cpu")
@@ -48,7 +47,7 @@ class ModelPlugin(WorkerPlugin):
             register_weights_dir(d)
         self.device = torch.device(self.device_kind)
         self.cache = ModelCache()
-        threads = self.torch_threads or worker_torch_threads(worker, self.host_threads)
+        threads = worker_torch_threads(worker, self.host_threads)
         if threads:
             torch.set_num_threads(threads)
         keep_freed_memory()
