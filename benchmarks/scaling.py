@@ -1,14 +1,14 @@
 """The quantities the README's scaling model rests on, measured on this machine, each beside a peer.
 
   (a) scheduler: no-op tasks/s through a LocalCluster of worker processes, driven by the pipeline's
-      own task loop (`jobs._run_tasks`: client.map with retries, as_completed, progress updates),
+      own task loop (`run.run_tasks`: client.map with retries, as_completed, progress updates),
       with the GPU resource constraint the compress job uses, next to plain `client.map` + gather;
   (b) object store: PUT/GET MB/s and per-request latency through shardzip's `Location` (s3fs) on a
       moto S3 server on 127.0.0.1, for ~1 MB objects (shards) and ~1 KB objects (records), one
       request at a time and 8 in flight, next to the same writes on the local filesystem;
-  (c) commit: what the client spends on N per-shard records: `jobs._summary`, the manifest's JSON
+  (c) commit: what the client spends on N per-shard records: `summary.summarise`, the manifest's JSON
       written with `Location.write_json` (the commit point), read back (`read_manifest`, what every
-      reader pays), and `jobs._committed` (what `--resume` pays: one listing plus one GET per record)
+      reader pays), and `destination.committed` (what `--resume` pays: one listing plus one GET per record)
       for N = 1k, 10k, 100k (100k locally; on moto only with --full, else extrapolated and marked so).
 
     python benchmarks/scaling.py            # about 3 minutes on 2 cores
@@ -35,8 +35,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shardzip.format.store import MANIFEST, Location, read_manifest, record_key  # noqa: E402
-from shardzip.pipeline import jobs  # noqa: E402
-from shardzip.pipeline.plan import CHUNK_BYTES, SHARD_CHUNKS, ArrayPlan  # noqa: E402
+from shardzip.pipeline import destination, run, summary  # noqa: E402
+from shardzip.pipeline.plan import CHUNK_BYTES, SHARD_CHUNKS, ArrayPlan, array_spec  # noqa: E402
 
 BUCKET = "shardzip-scaling"
 
@@ -62,9 +62,9 @@ def scheduler_rates(n_tasks: int, n_workers: int) -> dict[str, float]:
         client.wait_for_workers(n_workers)
         client.gather(client.map(_noop, range(200), pure=False))  # warm-up: connections, function pickling
         specs = [{"array": "images", "shard": [i, 0, 0, 0]} for i in range(n_tasks)]
-        bar = jobs._Progress(n_tasks, 0, False, "bench")
+        bar = run.Progress(n_tasks, 0, False, "bench")
         t0 = time.perf_counter()
-        recs = jobs._run_tasks(client, _noop_record, specs, {"GPU": 1}, bar, "bench")
+        recs = run.run_tasks(client, _noop_record, specs, {"GPU": 1}, bar, "bench")
         out["pipeline_loop_gpu"] = n_tasks / (time.perf_counter() - t0)
         assert len(recs) == n_tasks
         bar.close()
@@ -75,14 +75,14 @@ def scheduler_rates(n_tasks: int, n_workers: int) -> dict[str, float]:
 
 
 def client_footprint() -> tuple[int, int]:
-    """Pickled bytes of one compress task spec (jobs._array_spec + shard) and Python bytes of one record."""
+    """Pickled bytes of one compress task spec (array_spec + shard) and Python bytes of one record."""
     import pickle
     import tracemalloc
 
     plan = _plan(1000)
     job = {"src": "s3://bucket/source-dataset.zarr", "dst": "s3://bucket/compressed-dataset.szip",
            "storage_options": {"endpoint_url": "http://minio:9000"}, "zstd_level": 3}
-    spec = {**jobs._array_spec(plan, job), "run": "0123456789ab", "verify": True, "shard": [123456, 0, 0, 0]}
+    spec = {**array_spec(plan, job), "run": "0123456789ab", "verify": True, "shard": [123456, 0, 0, 0]}
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     records = _records(plan)
@@ -192,11 +192,11 @@ def commit_cost(loc: Location, n: int, resume_sample: int) -> dict:
     plan = _plan(n)
     records = _records(plan)
     t0 = time.perf_counter()
-    summary = jobs._summary([plan], records)
+    arrays = summary.summarise([plan], records)
     t_summary = time.perf_counter() - t0
     manifest = {"format": "shardzip", "version": 1, "job_id": "bench", "code_version": "bench", "created": "",
                 "committed": "", "src": "bench", "dst": loc.url, "model": {}, "profile": {}, "zstd_level": 0,
-                "verified": True, "groups": {}, "arrays": summary,
+                "verified": True, "groups": {}, "arrays": arrays,
                 "records": sorted(records, key=lambda r: (r["array"], r["shard"])), "runs": {}}
     t0 = time.perf_counter()
     loc.write_json(MANIFEST, manifest)
@@ -206,13 +206,13 @@ def commit_cost(loc: Location, n: int, resume_sample: int) -> dict:
     back = read_manifest(loc)
     t_read = time.perf_counter() - t0
     assert len(back["records"]) == n
-    # --resume: jobs._committed lists _shardzip/records/ and GETs every record (then HEADs its shard).
+    # --resume: destination.committed lists _shardzip/records/ and GETs every record (then HEADs its shard).
     sample = min(n, resume_sample)
     for rec in records[:sample]:
         loc.write_json(record_key(rec["array"], tuple(rec["shard"])), rec)
     small = _plan(sample)
     t0 = time.perf_counter()
-    done = jobs._committed(loc, [small], True)
+    done = destination.committed(loc, [small], True)
     t_resume = (time.perf_counter() - t0) * n / sample
     assert len(done) == 0  # no shard objects exist, so none counts as committed; the reads are what is timed
     return {"n": n, "summary_s": t_summary, "write_s": t_write, "read_s": t_read, "bytes": size,
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(a) scheduler: {args.tasks} no-op tasks, LocalCluster of {args.workers} worker processes x 1 thread "
           "(scheduler, workers and client share this machine's cores)")
     rates = scheduler_rates(args.tasks, args.workers)
-    print(f"  {'pipeline task loop (jobs._run_tasks, resources GPU=1, retries)':<66} {rates['pipeline_loop_gpu']:>8.0f}"
+    print(f"  {'pipeline task loop (run.run_tasks, resources GPU=1, retries)':<66} {rates['pipeline_loop_gpu']:>8.0f}"
           " tasks/s")
     print(f"  {'peer: client.map + gather, no resources':<66} {rates['map_gather']:>8.0f} tasks/s")
 
@@ -264,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['put_mb_s']:>8.1f} {r['put_ms']:>7.2f} | {r['get_req_s']:>9.0f} {r['get_mb_s']:>8.1f} "
                       f"{r['get_ms']:>7.2f}")
 
-        print("\n(c) commit: N per-shard records -> jobs._summary, manifest JSON written (Location.write_json) and "
-              "read back (read_manifest);\n    --resume scan (jobs._committed: list + one GET per record), timed on "
-              "up to 2000 records and scaled to N")
+        print("\n(c) commit: N per-shard records -> summary.summarise, manifest JSON written (Location.write_json) "
+              "and read back (read_manifest);\n    --resume scan (destination.committed: list + one GET per record), "
+              "timed on up to 2000 records and scaled to N")
         print(f"  {'store':<6} {'N':>7} | {'summary s':>9} {'write s':>8} {'read s':>7} {'MB':>7} {'B/record':>8} | "
               f"{'resume s':>9}")
         for label, loc, sizes in (("local", local, (1000, 10000, 100000)),

@@ -125,17 +125,7 @@ def train(name: str, catalog: Catalog, run_dir: Path, steps: int | None = None, 
                       cfg.batch, cfg.crop, gen)
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "last.pt"
-    step = 0
-    if resume and last.is_file():
-        state = torch.load(last, map_location=device, weights_only=False)
-        if state["name"] != name:
-            raise CatalogError(f"{last} belongs to model {state['name']!r}, not {name!r}; use another --run-dir")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])  # VAEs draw their posterior samples from it
-        step = state["step"]
+    step = _resume(last, name, model, opt, sched, gen, device) if resume and last.is_file() else 0
     bar = None
     if progress:
         from tqdm import tqdm
@@ -161,22 +151,45 @@ def train(name: str, catalog: Catalog, run_dir: Path, steps: int | None = None, 
         if validate_every and step % validate_every == 0:
             _validation_point(model, catalog, cfg.validation, run_dir, step, time.time() - started)
         if step % checkpoint_every == 0 or step == steps:
-            tmp = run_dir / "last.pt.tmp"
-            torch.save({"name": name, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                        "torch_rng": torch.get_rng_state(), "step": step}, tmp)
-            tmp.replace(last)
+            _save_state(last, name, model, opt, sched, gen, step)
         if stop_after is not None and step >= stop_after:
             if bar is not None:
                 bar.close()
             return None
     if bar is not None:
         bar.close()
-    model = model.cpu()
-    validation = evaluate_bpd(model, load_split(catalog, cfg.validation))
     target = catalog.path(entry.checkpoint) if write_checkpoint else run_dir / "weights.pt"
-    save_weights(model, target, {"trained_steps": step, "seconds": round(time.time() - started, 1)})
-    training = cfg.model_copy(update={"steps": steps})  # the entry records the steps actually run
+    return _finish(model.cpu(), catalog, entry, target, steps, time.time() - started)
+
+
+def _resume(last: Path, name: str, model, opt, sched, gen: torch.Generator, device: str) -> int:
+    """Load the state a run left in `last` (model, optimizer, schedule, batch generator, RNG); its step."""
+    state = torch.load(last, map_location=device, weights_only=False)
+    if state["name"] != name:
+        raise CatalogError(f"{last} belongs to model {state['name']!r}, not {name!r}; use another --run-dir")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])  # VAEs draw their posterior samples from it
+    return state["step"]
+
+
+def _save_state(last: Path, name: str, model, opt, sched, gen: torch.Generator, step: int) -> None:
+    """Everything a resumed run needs, written atomically to `last`."""
+    tmp = last.with_name(last.name + ".tmp")
+    torch.save({"name": name, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "step": step}, tmp)
+    tmp.replace(last)
+
+
+def _finish(model, catalog: Catalog, entry: ModelEntry, target: Path, steps: int, seconds: float) -> ModelEntry:
+    """Validate the trained model, write its weights to `target` and return its catalog entry (sha256,
+    validation bpd, the steps actually run)."""
+    validation = evaluate_bpd(model, load_split(catalog, entry.training.validation))
+    save_weights(model, target, {"trained_steps": steps, "seconds": round(seconds, 1)})
+    training = entry.training.model_copy(update={"steps": steps})
     return entry.model_copy(update={"sha256": sha256_file(target), "validation_bpd": round(validation, 4),
                                     "training": training})
 

@@ -24,7 +24,8 @@ from shardzip.errors import CatalogError, FitError
 from shardzip.fit import FitSettings, fitted_hparams, profile_of, start_model
 from shardzip.models import load_catalog_model, load_weights, read_checkpoint, read_model_info
 from shardzip.pipeline import jobs
-from shardzip.pipeline.fit import closest_start, fit, fit_layout, plan_sample
+from shardzip.pipeline.fit import closest_start, fit
+from shardzip.pipeline.fit_sample import fit_layout, plan_sample
 from shardzip.pipeline.plan import plan_array
 
 FAST = {"steps": 24, "validate_every": 8, "checkpoint_every": 8, "threads": 1, "crop": 32, "batch": 4}

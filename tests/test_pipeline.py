@@ -27,6 +27,7 @@ from shardzip.cli import main
 from shardzip.format.store import open_store, open_zarr
 from shardzip.numerics import EXACT
 from shardzip.pipeline import jobs
+from shardzip.pipeline import run as runner
 
 MNIST = np.load(Path(__file__).parent / "data" / "mnist_test_64.npy")
 LABELS = np.array([7, 2, 1, 0, 4, 1, 4, 9] * 8, dtype=np.int64)  # stand-in labels: a second, non-image array
@@ -544,16 +545,16 @@ def test_workers_take_the_largest_shards_first(cluster):
     rows = [1, 7, 2, 8, 3, 6, 4, 5]  # array i: one shard of rows[i] x 100 values
     specs = [{"array": f"a{r}", "shard": [0, 0], "shape": [100 * r, 3], "shards": [100 * r, 3], "model": "m"}
              for r in rows]
-    assert [jobs._task_cost(s) for s in specs] == [300.0 * r for r in rows]
-    assert jobs._task_cost({**specs[0], "model": None}) < jobs._task_cost(specs[0])  # a fallback shard: less
+    assert [runner.task_cost(s) for s in specs] == [300.0 * r for r in rows]
+    assert runner.task_cost({**specs[0], "model": None}) < runner.task_cost(specs[0])  # a fallback shard: less
     edge = {**specs[1], "shape": [750, 3], "shard": [1, 0]}  # the edge shard of a 750-row array in 700-row shards
-    assert jobs._task_cost(edge) == 150.0
-    groups = jobs._largest_first(specs)
+    assert runner.task_cost(edge) == 150.0
+    groups = runner.largest_first(specs)
     assert [rows[i] for _, g in groups for i in g] == sorted(rows, reverse=True)
     client.wait_for_workers(2)
     client.run(_started_at, {"array": "warm"})  # both workers have this module loaded: start times are the order
-    bar = jobs._Progress(len(specs), 0, False, "test")
-    recs = jobs._run_tasks(client, _started_at, specs, None, bar, "test")
+    bar = runner.Progress(len(specs), 0, False, "test")
+    recs = runner.run_tasks(client, _started_at, specs, None, bar, "test")
     order = [r["array"] for r in sorted(recs, key=lambda r: r["start"])]
     assert set(order[:2]) == {"a8", "a7"} and set(order[-2:]) == {"a1", "a2"}, order  # two start at a time
 

@@ -138,6 +138,18 @@ def weights_key(sha256: str) -> str:
     return f"{STATE}/weights/{sha256}.pt"
 
 
+def require_weights(loc: Location, sha256: str) -> None:
+    """A FormatError unless the checkpoint `sha256` is found here or the store holds it (without fetching it)."""
+    from shardzip.format.weights import find_weights
+
+    try:
+        find_weights(sha256)
+    except FormatError:
+        if not loc.exists(weights_key(sha256)):
+            raise FormatError(f"{loc.url}: the model weights {weights_key(sha256)} are missing from the store"
+                              ) from None
+
+
 def fetch_weights(loc: Location, sha256: str) -> Path:
     """A local copy of the store's checkpoint `sha256` (in the user cache), verified."""
     from shardzip.digest import sha256_file

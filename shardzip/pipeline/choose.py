@@ -44,14 +44,14 @@ def candidates(catalog=None, log=print) -> list[Candidate]:
     """Every shipped model with recorded weights, then every model the user named (`fit --name`)."""
     from shardzip.catalog import load_catalog, load_user_models
     from shardzip.errors import ShardzipError
-    from shardzip.pipeline.jobs import _load_model
+    from shardzip.pipeline.refs import load_model
 
     cat = catalog or load_catalog()
     names = [n for n, e in cat.models.items() if e.sha256] + sorted(load_user_models())
     out = []
     for name in names:
         try:
-            model, ref = _load_model(name, cat, build=False)
+            model, ref = load_model(name, cat, build=False)
         except ShardzipError as exc:  # a missing or altered file: say so, choose among the others
             log(f"  auto: model {name} left out ({exc})")
             continue
@@ -81,21 +81,14 @@ def choose_plans(client, arrays: list[tuple[str, Any]], cands: list[Candidate], 
 
     base_plans, fitting, no_fit, specs, owners = {}, {}, {}, [], []
     for path, arr in arrays:
-        base = plan_array(path, arr, None, None, chunk_bytes=chunk_bytes, shard_chunks=shard_chunks,
-                          classical=classical)
+        base_plans[path] = plan_array(path, arr, None, None, chunk_bytes=chunk_bytes, shard_chunks=shard_chunks,
+                                      classical=classical)
         plans = {c.sha256: plan_array(path, arr, c.model, c.sha256, chunk_bytes=chunk_bytes,
                                       shard_chunks=shard_chunks, classical=classical) for c in cands}
-        fit = [c for c in cands if plans[c.sha256].model is not None]
-        base_plans[path], fitting[path] = base, [(c, plans[c.sha256]) for c in fit]
-        no_fit[path] = plans[cands[0].sha256].reason if cands and not fit else None
-        if not fit:
-            continue
-        first = plans[fit[0].sha256]  # probe on its chunks: every candidate's layout holds all bands of a chunk
-        for region in _probe_regions(first):
-            specs.append({"src": src_url, "src_options": storage_options or {},
-                          "src_path": src_paths.get(path, path), "region": region, "layout": first.layout,
-                          "packing": first.packing, "classical": list(first.classical),
-                          "models": [{"sha256": c.sha256, "layout": p.layout} for c, p in fitting[path]]})
+        fitting[path] = [(c, plans[c.sha256]) for c in cands if plans[c.sha256].model is not None]
+        no_fit[path] = plans[cands[0].sha256].reason if cands and not fitting[path] else None
+        for spec in _probe_specs(fitting[path], src_url, storage_options, src_paths.get(path, path)):
+            specs.append(spec)
             owners.append(path)
     results: dict[str, list[dict]] = {}
     if specs:
@@ -105,43 +98,56 @@ def choose_plans(client, arrays: list[tuple[str, Any]], cands: list[Candidate], 
             results.setdefault(path, []).append(res)
     out = []
     for path, _ in arrays:
-        if not fitting[path]:
-            plan = base_plans[path]
+        if fitting[path]:
+            out.append(_chosen_plan(base_plans[path], fitting[path], results[path]))
+        else:
             why = no_fit[path]
             reason = f"auto: no model fits it ({why})" if why else "auto: no model to choose from"
-            out.append(replace(plan, reason=reason, choice={"picked": None, "reason": reason}))
-            log(f"  {path or '/'}: {reason}")
-            continue
-        res = results[path]
-        dims = sum(r["dims"] for r in res)
-        classical_bpd = sum(r["classical_bits"] for r in res) / dims
-        scores, nll, weights = {}, {}, {}
-        values = math.prod(base_plans[path].shape)
-        for c, _ in fitting[path]:
-            bits = [r["nll_bits"].get(c.sha256) for r in res]
-            nll[c.name] = sum(bits) / dims if all(b is not None for b in bits) else None
-            # an unshipped model's weights go into the store: they count, spread over this array's values
-            weights[c.name] = 0 if is_shipped(c.sha256) else c.checkpoint.stat().st_size
-            scores[c.name] = nll[c.name] + 8 * weights[c.name] / values if nll[c.name] is not None else None
-        ranked = sorted(((s, n) for n, s in scores.items() if s is not None))
-        figures = {"models_bpd": {n: (round(s, 4) if s is not None else None) for n, s in nll.items()},
-                   "weights_bytes": {n: w for n, w in weights.items() if w},
-                   "classical_bpd": round(classical_bpd, 4), "probe_values": dims}
-        if ranked and ranked[0][0] < classical_bpd:
-            best = ranked[0][1]
-            cand, plan = next((c, p) for c, p in fitting[path] if c.name == best)
-            counted = " with its weights" if weights[best] else ""
-            why = (f"auto: {best} {ranked[0][0]:.3f} bpd{counted} on {len(res)} probed chunk(s), classical "
-                   f"{classical_bpd:.3f}" + (f", next {ranked[1][1]} {ranked[1][0]:.3f}" if len(ranked) > 1 else ""))
-            out.append(replace(plan, choice={"picked": best, "sha256": cand.sha256, "reason": why, **figures}))
-        else:
-            shown = (f"{ranked[0][1]} {ranked[0][0]:.3f} bpd" + (" with its weights" if weights[ranked[0][1]] else "")
-                     if ranked else "no model could code the probed values")
-            reason = f"auto: the classical codecs ({classical_bpd:.3f} bpd) beat every model on the probe ({shown})"
-            plan = base_plans[path]
-            out.append(replace(plan, reason=reason, choice={"picked": None, "reason": reason, **figures}))
+            out.append(replace(base_plans[path], reason=reason, choice={"picked": None, "reason": reason}))
         log(f"  {path or '/'}: {out[-1].choice['reason']}")
     return out
+
+
+def _probe_specs(fitting: list[tuple[Candidate, ArrayPlan]], src_url: str, storage_options: dict | None,
+                 src_path: str) -> list[dict]:
+    """The probe tasks of one array: a few of its chunks, each scored under every candidate that fits it."""
+    if not fitting:
+        return []
+    first = fitting[0][1]  # probe on its chunks: every candidate's layout holds all bands of a chunk
+    return [{"src": src_url, "src_options": storage_options or {}, "src_path": src_path, "region": region,
+             "layout": first.layout, "packing": first.packing, "classical": list(first.classical),
+             "models": [{"sha256": c.sha256, "layout": p.layout} for c, p in fitting]}
+            for region in _probe_regions(first)]
+
+
+def _chosen_plan(base: ArrayPlan, fitting: list[tuple[Candidate, ArrayPlan]], res: list[dict]) -> ArrayPlan:
+    """The plan of the candidate that codes the probed chunks best (an unshipped model's weights counted), if it
+    beats the classical codecs on them; else the plan without a model. Its `choice` holds the figures."""
+    dims = sum(r["dims"] for r in res)
+    classical_bpd = sum(r["classical_bits"] for r in res) / dims
+    scores, nll, weights = {}, {}, {}
+    values = math.prod(base.shape)
+    for c, _ in fitting:
+        bits = [r["nll_bits"].get(c.sha256) for r in res]
+        nll[c.name] = sum(bits) / dims if all(b is not None for b in bits) else None
+        # an unshipped model's weights go into the store: they count, spread over this array's values
+        weights[c.name] = 0 if is_shipped(c.sha256) else c.checkpoint.stat().st_size
+        scores[c.name] = nll[c.name] + 8 * weights[c.name] / values if nll[c.name] is not None else None
+    ranked = sorted(((s, n) for n, s in scores.items() if s is not None))
+    figures = {"models_bpd": {n: (round(s, 4) if s is not None else None) for n, s in nll.items()},
+               "weights_bytes": {n: w for n, w in weights.items() if w},
+               "classical_bpd": round(classical_bpd, 4), "probe_values": dims}
+    if ranked and ranked[0][0] < classical_bpd:
+        best = ranked[0][1]
+        cand, plan = next((c, p) for c, p in fitting if c.name == best)
+        counted = " with its weights" if weights[best] else ""
+        why = (f"auto: {best} {ranked[0][0]:.3f} bpd{counted} on {len(res)} probed chunk(s), classical "
+               f"{classical_bpd:.3f}" + (f", next {ranked[1][1]} {ranked[1][0]:.3f}" if len(ranked) > 1 else ""))
+        return replace(plan, choice={"picked": best, "sha256": cand.sha256, "reason": why, **figures})
+    shown = (f"{ranked[0][1]} {ranked[0][0]:.3f} bpd" + (" with its weights" if weights[ranked[0][1]] else "")
+             if ranked else "no model could code the probed values")
+    reason = f"auto: the classical codecs ({classical_bpd:.3f} bpd) beat every model on the probe ({shown})"
+    return replace(base, reason=reason, choice={"picked": None, "reason": reason, **figures})
 
 
 def fit_where_none_wins(client, plans: list[ArrayPlan], arrays: list[tuple[str, Any]], src: str,
@@ -155,7 +161,8 @@ def fit_where_none_wins(client, plans: list[ArrayPlan], arrays: list[tuple[str, 
     arrays replanned, and the fitted candidate (none where no fit ran)."""
     from shardzip.errors import ShardzipError
     from shardzip.models import load_weights
-    from shardzip.pipeline.fit import fit, fit_layout
+    from shardzip.pipeline.fit import fit
+    from shardzip.pipeline.fit_sample import fit_layout
 
     lost = []
     for plan, (path, arr) in zip(plans, arrays, strict=True):

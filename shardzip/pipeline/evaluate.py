@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -146,6 +146,18 @@ def _baseline_row(dataset: str, array: str, name: str, recs: list[dict]) -> dict
             "verified": None if any(v is None for v in verified) else all(verified)}
 
 
+@dataclass(frozen=True)
+class _Eval:
+    """What every step of `evaluate` needs of its arguments."""
+
+    models: list[str]
+    baselines: tuple[str, ...]
+    storage_options: dict[str, Any] | None
+    chunk_bytes: int
+    numerics: str
+    run: str
+
+
 def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ...] = ALL_BASELINES,
              scheduler: str | None = None, workers: int | None = None,
              storage_options: dict[str, Any] | None = None, progress: bool = True, catalog=None,
@@ -153,109 +165,134 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
     """Coded bpd, NLL and baselines for every dataset x array x model: a report dict (schema v1); models code
     under `numerics` (`shardzip.models.codec`), as `compress` would. Model "auto" is, per array, what
     `compress --model auto` would choose (probed the same way; its rows carry the `choice`)."""
-    from shardzip.pipeline.cluster import job_client, placement, register_models
-    from shardzip.pipeline.jobs import _array_name, _array_spec, _load_model, _Progress, _run_tasks
-    from shardzip.pipeline.plan import CHUNK_BYTES, SHARD_CHUNKS
+    from shardzip.pipeline.choose import AUTO, candidates
+    from shardzip.pipeline.cluster import register_models
+    from shardzip.pipeline.plan import CHUNK_BYTES
+    from shardzip.pipeline.refs import load_model
+    from shardzip.pipeline.run import job_cluster, run_shards
     from shardzip.workers.tasks import eval_shard
 
     unknown = [b for b in baselines if b not in ALL_BASELINES]
     if unknown:
         raise SourceError(f"unknown baseline(s) {', '.join(unknown)}; known: {', '.join(ALL_BASELINES)}")
-    from shardzip.pipeline.choose import AUTO, candidates, choose_plans
-
+    loaded = {name: load_model(name, catalog, build=False) for name in models if name != AUTO}
     auto = AUTO in models
-    loaded = {name: _load_model(name, catalog, build=False) for name in models if name != AUTO}
     cands = candidates(catalog, log=lambda *_: None) if auto else []
-    sources = []
-    for ref in datasets:
-        shown, url, sub = _split_dataset(ref, catalog)
-        root = open_source(url, storage_options)
-        arrays = source_arrays(root)
-        if sub:
-            arrays = [(p, a) for p, a in arrays if p == sub or p.startswith(sub + "/")]
-            if not arrays:
-                raise SourceError(f"dataset {ref}: no array {sub!r} in {url}")
-        sources.append((shown, url, arrays))
-    specs, plans, checksums = [], {}, {}
-    run = uuid.uuid4().hex[:8]
-    with job_client(scheduler, workers) as client:
-        resources, device = placement(client)  # GPU=1 where workers with a GPU resource have CUDA
-        chosen: dict[tuple[str, str], ArrayPlan] = {}
-        if auto:  # per array, the model `compress --model auto` would pick, probed on the workers as it does
-            register_models(client, device=device, weights={
-                c.sha256: c.checkpoint.read_bytes() for c in cands if not is_shipped(c.sha256)})
-            for shown, url, arrays in sources:
-                picked = choose_plans(client, [(p or _array_name(url), a) for p, a in arrays], cands, url,
-                                      {_array_name(url): ""} if arrays and arrays[0][0] == "" else {},
-                                      storage_options, chunk_bytes or CHUNK_BYTES, SHARD_CHUNKS, True, resources,
-                                      log=lambda *_: None)
-                for (path, _), plan in zip(arrays, picked, strict=True):
-                    chosen[(shown, path)] = replace(plan, path=path)
+    sources = [_eval_source(ref, catalog, storage_options) for ref in datasets]
+    ev = _Eval(list(models), tuple(baselines), storage_options, chunk_bytes or CHUNK_BYTES, numerics,
+               uuid.uuid4().hex[:8])
+    with job_cluster(scheduler, workers) as cluster:  # GPU=1 where workers with a GPU resource have CUDA
+        chosen = _auto_choices(cluster, sources, cands, ev) if auto else {}
+        specs, plans, checksums = _eval_specs(sources, loaded, chosen, ev)
         by_sha = {c.sha256: c for c in cands}
-        for shown, url, arrays in sources:
-            h = hashlib.sha256()
-            for k, name in enumerate(models):
-                for path, arr in arrays:
-                    if name == AUTO:
-                        plan, why = chosen[(shown, path)], None  # auto always stores the array: model or not
-                    else:
-                        lmodel, entry = loaded[name]
-                        try:
-                            plan = plan_array(path, arr, lmodel, entry.sha256,
-                                              chunk_bytes=chunk_bytes or CHUNK_BYTES)
-                            why = None if plan.model else plan.reason
-                        except SourceError as exc:  # the model does not fit this array: a row saying so
-                            plan = plan_array(path, arr, None, None, chunk_bytes=chunk_bytes or CHUNK_BYTES)
-                            why = str(exc)
-                    plans[(shown, path, name)] = (plan, why)
-                    job = {"src": url, "dst": "", "storage_options": storage_options or {},
-                           "zstd_level": ZSTD_LEVEL, "profile": {"numerics": numerics}}
-                    base = _array_spec(plan, job)
-                    base.update(dataset=shown, grid=list(plan.shard_grid), run=run,
-                                baselines=list(baselines) if k == 0 else [], model_name=name)
-                    if why is not None:
-                        base["model"] = None
-                    if why is not None and k > 0:
-                        continue  # nothing to run for this model; baselines ran with the first one
-                    specs += [{**base, "shard": list(idx)} for idx in np.ndindex(*plan.shard_grid)]
-                    if k == 0:
-                        h.update(f"{path}:{arr.shape}:{arr.dtype};".encode())
-            checksums[shown] = h.hexdigest()[:16]
         # workers find shipped checkpoints themselves; others (a user's catalog) travel with the plugin
         used = {e.sha256: e.checkpoint for _, e in loaded.values()}
         used |= {p.model: by_sha[p.model].checkpoint for p in chosen.values() if p.model}
         weights = {sha: path.read_bytes() for sha, path in used.items() if not is_shipped(sha)}
-        register_models(client, preload=tuple(used), device=device, weights=weights)
-        bar = _Progress(len(specs), 0, progress, "eval")
-        try:
-            recs = _run_tasks(client, eval_shard, specs, resources, bar, "eval")
-        finally:
-            bar.close()
-    by_key: dict[tuple, list[dict]] = {}
-    for rec in recs:
-        by_key.setdefault((rec["dataset"], rec["array"], rec["model_name"]), []).append(rec)
-    rows, shards = [], []
-    for (shown, path, name), (plan, why) in plans.items():
-        recs_m = by_key.get((shown, path, name), [])
-        rows.append(_model_row(shown, path or "/", name, recs_m if why is None else [], plan, why))
-        if name == AUTO:  # what auto chose, and why
-            rows[-1]["choice"] = {"picked": (plan.choice or {}).get("picked"), "reason": plan.reason
-                                  if plan.model is None else (plan.choice or {}).get("reason")}
-        for r in recs_m if why is None else []:
-            shards.append({"dataset": shown, "array": path or "/", "codec": name, "grid": r["grid"],
-                           "index": r["shard"], "bpd": r["coded_bits"] / r["dims"]})
-    first = models[0]
-    for (shown, path, name), _ in plans.items():
-        if name != first:
-            continue
-        recs_b = by_key.get((shown, path, first), [])
-        rows += [_baseline_row(shown, path or "/", b, recs_b) for b in baselines if recs_b]
-    rows += aggregate_rows(rows)
+        register_models(cluster.client, preload=tuple(used), device=cluster.device, weights=weights)
+        recs = run_shards(cluster, eval_shard, specs, "eval", progress)
+    rows, shards = _rows(recs, plans, ev)
     models_sha = {n: e.sha256 for n, (_, e) in loaded.items()}
     if auto:
         models_sha[AUTO] = ",".join(sorted({by_sha[p.model].name for p in chosen.values() if p.model})) or "none"
     return {"schema": SCHEMA, "version": SCHEMA_VERSION, "rows": rows, "shards": shards,
             "reproducibility": {**reproducibility(command or sys.argv, models_sha, checksums), "numerics": numerics}}
+
+
+def _eval_source(ref: str, catalog, storage_options) -> tuple[str, str, list]:
+    """(the name a report shows, the source URL, its arrays by path) of a dataset reference."""
+    shown, url, sub = _split_dataset(ref, catalog)
+    arrays = source_arrays(open_source(url, storage_options))
+    if sub:
+        arrays = [(p, a) for p, a in arrays if p == sub or p.startswith(sub + "/")]
+        if not arrays:
+            raise SourceError(f"dataset {ref}: no array {sub!r} in {url}")
+    return shown, url, arrays
+
+
+def _auto_choices(cluster, sources: list, cands: list, ev: _Eval) -> dict[tuple[str, str], ArrayPlan]:
+    """(dataset, array) -> the plan `compress --model auto` would pick, probed on the workers as it does."""
+    from shardzip.pipeline.choose import choose_plans
+    from shardzip.pipeline.cluster import register_models
+    from shardzip.pipeline.plan import SHARD_CHUNKS, single_array_name
+
+    register_models(cluster.client, device=cluster.device, weights={
+        c.sha256: c.checkpoint.read_bytes() for c in cands if not is_shipped(c.sha256)})
+    chosen = {}
+    for shown, url, arrays in sources:
+        picked = choose_plans(cluster.client, [(p or single_array_name(url), a) for p, a in arrays], cands, url,
+                              {single_array_name(url): ""} if arrays and arrays[0][0] == "" else {},
+                              ev.storage_options, ev.chunk_bytes, SHARD_CHUNKS, True, cluster.resources,
+                              log=lambda *_: None)
+        for (path, _), plan in zip(arrays, picked, strict=True):
+            chosen[(shown, path)] = replace(plan, path=path)
+    return chosen
+
+
+def _model_plan(path: str, arr, name: str, loaded: dict, chosen: dict, shown: str,
+                ev: _Eval) -> tuple[ArrayPlan, str | None]:
+    """The plan of one array under model `name`, and why the model does not code it (None where it does)."""
+    from shardzip.pipeline.choose import AUTO
+
+    if name == AUTO:
+        return chosen[(shown, path)], None  # auto always stores the array: model or not
+    lmodel, entry = loaded[name]
+    try:
+        plan = plan_array(path, arr, lmodel, entry.sha256, chunk_bytes=ev.chunk_bytes)
+        return plan, None if plan.model else plan.reason
+    except SourceError as exc:  # the model does not fit this array: a row saying so
+        return plan_array(path, arr, None, None, chunk_bytes=ev.chunk_bytes), str(exc)
+
+
+def _eval_specs(sources: list, loaded: dict, chosen: dict, ev: _Eval) -> tuple[list[dict], dict, dict[str, str]]:
+    """The eval tasks (one per shard per model; the first model's also run the baselines), the plan of each
+    (dataset, array, model) with why its model does not code it, and a checksum of each dataset's arrays."""
+    from shardzip.pipeline.plan import array_spec
+
+    specs, plans, checksums = [], {}, {}
+    for shown, url, arrays in sources:
+        h = hashlib.sha256()
+        job = {"src": url, "dst": "", "storage_options": ev.storage_options or {}, "zstd_level": ZSTD_LEVEL,
+               "profile": {"numerics": ev.numerics}}
+        for k, name in enumerate(ev.models):
+            for path, arr in arrays:
+                plan, why = _model_plan(path, arr, name, loaded, chosen, shown, ev)
+                plans[(shown, path, name)] = (plan, why)
+                base = array_spec(plan, job)
+                base.update(dataset=shown, grid=list(plan.shard_grid), run=ev.run,
+                            baselines=list(ev.baselines) if k == 0 else [], model_name=name)
+                if why is not None:
+                    base["model"] = None
+                    if k > 0:
+                        continue  # nothing to run for this model; baselines ran with the first one
+                specs += [{**base, "shard": list(idx)} for idx in np.ndindex(*plan.shard_grid)]
+                if k == 0:
+                    h.update(f"{path}:{arr.shape}:{arr.dtype};".encode())
+        checksums[shown] = h.hexdigest()[:16]
+    return specs, plans, checksums
+
+
+def _rows(recs: list[dict], plans: dict, ev: _Eval) -> tuple[list[dict], list[dict]]:
+    """The report's rows (each model's, then the first model's baselines, then the aggregates) and shards."""
+    from shardzip.pipeline.choose import AUTO
+
+    by_key: dict[tuple, list[dict]] = {}
+    for rec in recs:
+        by_key.setdefault((rec["dataset"], rec["array"], rec["model_name"]), []).append(rec)
+    rows, shards = [], []
+    for (shown, path, name), (plan, why) in plans.items():
+        recs_m = by_key.get((shown, path, name), []) if why is None else []
+        rows.append(_model_row(shown, path or "/", name, recs_m, plan, why))
+        if name == AUTO:  # what auto chose, and why
+            rows[-1]["choice"] = {"picked": (plan.choice or {}).get("picked"), "reason": plan.reason
+                                  if plan.model is None else (plan.choice or {}).get("reason")}
+        shards += [{"dataset": shown, "array": path or "/", "codec": name, "grid": r["grid"], "index": r["shard"],
+                    "bpd": r["coded_bits"] / r["dims"]} for r in recs_m]
+    first = ev.models[0]
+    for shown, path, name in plans:
+        recs_b = by_key.get((shown, path, first), []) if name == first else []
+        rows += [_baseline_row(shown, path or "/", b, recs_b) for b in ev.baselines if recs_b]
+    return rows + aggregate_rows(rows), shards
 
 
 def aggregate_rows(rows: list[dict]) -> list[dict]:

@@ -19,12 +19,13 @@ import os
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shardzip.errors import ShardzipError, SourceError
+from shardzip.errors import ShardzipError
 from shardzip.fit import (
     FIT_FAMILIES,
     FIT_FAMILY,
@@ -38,138 +39,14 @@ from shardzip.fit import (
 )
 from shardzip.format.layout import canonical, channels_of
 from shardzip.pipeline.cluster import AUTO, format_resources
-from shardzip.pipeline.plan import open_source, raster_tiles, resolve_source, source_arrays
+from shardzip.pipeline.fit_sample import choose_arrays, is_sequence, plan_sample, sample_specs
+from shardzip.pipeline.plan import open_source, resolve_source
 
 if TYPE_CHECKING:
     from shardzip.models import LosslessModel
 
 SAMPLE_MB = 64.0          # raw bytes of the source read for a fit (training + validation regions)
 VALIDATION = 0.2          # fraction of the sampled regions held out for validation
-VALIDATION_VALUES = 1 << 19  # at most this many values in the held-out regions (scored every few hundred steps)
-REGION_BYTES = 1 << 18    # ~raw bytes of frames per region along an item axis (as the store's tiles)
-TIME_NAMES = ("time", "t", "frame", "frames", "sweep", "step")  # first dimensions read as frames of a sequence
-MIN_REGIONS = 20        # fewer: cut smaller regions (a held-out fifth of a handful of regions is one tile)
-
-
-def fit_layout(shape: tuple[int, ...], attrs: dict, dims: list[str] | None = None) -> str | None:
-    """How a fit reads an array's images: its `shardzip_layout` attribute; frames first where the first dimension
-    is named like time (`dims`); else bands first or last where an axis is small (<= 16) beside two spatial axes
-    of at least 16, else a stack of one-band images, else None."""
-    given = attrs.get("shardzip_layout") or attrs.get("layout")
-    if given:
-        return str(given)
-    nd = len(shape)
-    if nd == 3 and dims and str(dims[0]).lower() in TIME_NAMES and min(shape[1:]) >= 16:
-        return "NHW"
-    if nd == 2:
-        return "HW" if min(shape) >= 16 else None
-    if nd == 3:
-        if shape[0] <= 16 and min(shape[1:]) >= 16:
-            return "CHW"
-        if shape[2] <= 16 and min(shape[:2]) >= 16:
-            return "HWC"
-        return "NHW" if min(shape[1:]) >= 16 else None
-    if nd == 4:
-        if shape[1] <= 16 and min(shape[2:]) >= 16:
-            return "NCHW"
-        if shape[3] <= 16 and min(shape[1:3]) >= 16:
-            return "NHWC"
-    return None
-
-
-def _regions(shape: tuple[int, ...], layout: str, itemsize: int, side: int) -> list[tuple[tuple[int, int], ...]]:
-    """The array cut into regions of at most `side` x `side` pixels with every band (along an item or time axis,
-    ~REGION_BYTES of frames per region, as the store's tiles)."""
-    lay = canonical(layout)
-    chunks = list(raster_tiles(shape, layout, itemsize, REGION_BYTES)[0])
-    for axis in (lay.index("H"), lay.index("W")):
-        chunks[axis] = min(side, shape[axis])
-    grid = [range(0, s, c) for s, c in zip(shape, chunks, strict=True)]
-    return [tuple((a, min(a + c, s)) for a, c, s in zip(start, chunks, shape, strict=True))
-            for start in np.array(np.meshgrid(*grid, indexing="ij")).reshape(len(shape), -1).T.tolist()]
-
-
-def plan_sample(arrays: list[tuple[str, Any, str]], seed: int, sample_mb: float, validation: float
-                ) -> list[dict]:
-    """Regions to read: [{array, region, role}], validation regions disjoint from training ones."""
-    regions = []
-    for side in (256, 128, 64):  # too few regions for a fair validation split: cut smaller ones
-        regions = []
-        for path, arr, layout in arrays:
-            for reg in _regions(tuple(arr.shape), layout, np.dtype(arr.dtype).itemsize, side):
-                regions.append((path, reg, math.prod(b - a for a, b in reg) * np.dtype(arr.dtype).itemsize))
-        if len(regions) >= MIN_REGIONS:
-            break
-    if len(regions) < 2:
-        raise FitError("the source is too small to hold out validation regions from training ones (2 regions at "
-                       "least); fit on a larger sample of the data")
-    order = np.random.default_rng(seed).permutation(len(regions))
-    budget = sample_mb * 1e6
-    n_val = max(1, round(len(regions) * validation))
-    out, used, val_values = [], 0, 0
-    for rank, i in enumerate(order):
-        path, reg, nbytes = regions[i]
-        role = "validation" if rank < n_val else "train"
-        values = math.prod(b - a for a, b in reg)
-        if role == "validation" and rank > 0 and (used + nbytes > validation * budget
-                                                  or val_values + values > VALIDATION_VALUES):
-            continue  # validation within its share of the budget, and quick to score every few hundred steps
-        if role == "train" and used + nbytes > budget and any(r["role"] == "train" for r in out):
-            break
-        out.append({"array": path, "region": [list(r) for r in reg], "role": role})
-        used += nbytes
-        val_values += values if role == "validation" else 0
-    return out
-
-
-def choose_arrays(root, src_url: str, wanted: list[str] | None, log) -> list[tuple[str, Any, str]]:
-    """(path, array, layout) of the arrays to fit: those named, else every numeric image/raster array of the band
-    count that holds the most values (the others are listed with the reason)."""
-    arrays = source_arrays(root)
-    if arrays and arrays[0][0] == "":
-        arrays = [(src_url.rstrip("/").rpartition("/")[2].removesuffix(".zarr") or "data", arrays[0][1])]
-        single = True
-    else:
-        single = False
-    by_path = dict(arrays)
-    if wanted:
-        missing = [w for w in wanted if w not in by_path]
-        if missing:
-            raise SourceError(f"source {src_url} has no array {', '.join(map(repr, missing))}; it has "
-                              f"{', '.join(sorted(by_path)) or 'none'}")
-    chosen = []
-    for path, arr in arrays:
-        if wanted and path not in wanted:
-            continue
-        dtype = np.dtype(arr.dtype)
-        dims = getattr(arr.metadata, "dimension_names", None) or arr.attrs.get("_ARRAY_DIMENSIONS")
-        layout = fit_layout(tuple(arr.shape), dict(arr.attrs), dims) if dtype.kind in "uif" else None
-        if layout is None:
-            why = (f"{dtype} values" if dtype.kind not in "uif" else f"shape {tuple(arr.shape)} is not an image or "
-                   "raster (two axes of at least 16, bands <= 16; or set its shardzip_layout attribute)")
-            if wanted:
-                raise FitError(f"array {path!r} of {src_url} cannot be fitted: {why}")
-            log(f"  {path}: skipped ({why})")
-            continue
-        chosen.append((path, arr, layout))
-    if not chosen:
-        raise FitError(f"no array of {src_url} is a numeric image or raster a model can fit (see above); name the "
-                       "arrays with --array and set their shardzip_layout attribute")
-    bands: dict[int, int] = {}
-    for _, arr, layout in chosen:
-        c = channels_of(tuple(arr.shape), layout)
-        bands[c] = bands.get(c, 0) + int(np.prod(arr.shape))
-    keep = max(bands, key=lambda c: bands[c])
-    if len(bands) > 1:
-        if wanted:
-            counts = ", ".join(f"{p}: {channels_of(tuple(a.shape), lay)}" for p, a, lay in chosen)
-            raise FitError(f"the arrays named have different band counts ({counts}); one model fits one band count: "
-                           "fit them separately")
-        for p, a, lay in chosen:
-            if channels_of(tuple(a.shape), lay) != keep:
-                log(f"  {p}: skipped ({channels_of(tuple(a.shape), lay)} band(s); this fit is for {keep})")
-        chosen = [(p, a, lay) for p, a, lay in chosen if channels_of(tuple(a.shape), lay) == keep]
-    return [("" if single else p, a, lay) for p, a, lay in chosen]
 
 
 def closest_start(bands: int, itemsize: int, catalog=None, sequence: bool = False,
@@ -190,17 +67,6 @@ def closest_start(bands: int, itemsize: int, catalog=None, sequence: bool = Fals
         if best is None or score < best[0]:
             best = (score, name)
     return best[1] if best else None
-
-
-def is_sequence(arr, layout: str) -> bool:
-    """Whether an array's items are the frames of a sequence: an item axis first, and a TYX-style layout or a
-    time-like first dimension name (time, t, frame, sweep, ...)."""
-    if not canonical(layout).startswith("N"):
-        return False
-    if layout.upper().startswith("T"):
-        return True
-    names = getattr(arr.metadata, "dimension_names", None) or arr.attrs.get("_ARRAY_DIMENSIONS") or []
-    return bool(names) and str(names[0]).lower() in TIME_NAMES
 
 
 def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
@@ -245,13 +111,47 @@ def fit(src: str, out: str, *, name: str | None = None, arrays: list[str] | None
 
     Returns {"path", "sha256", "fit" (the record saved in the file), "name"}; with `stop_after` (tests: an
     interruption after that step's checkpoint) {"stopped": True}."""
-    from shardzip.catalog import UserModelEntry, load_catalog, register_user_model
-    from shardzip.digest import sha256_file
-    from shardzip.pipeline.cluster import job_client, placement
-    from shardzip.pipeline.jobs import _load_model, _wait_for_workers
-    from shardzip.workers.fit import fit_task, sample_region
+    from shardzip.catalog import load_catalog
+    from shardzip.pipeline.run import job_cluster
 
     settings = settings or FitSettings(minutes=10.0)
+    _check_options(settings, family, validation, sample_mb, frames)
+    out_path, run = _fit_paths(out, run_dir, overwrite, resume)
+    cat = catalog or load_catalog()
+    if name is not None and name in cat.models:  # refuse a bad name before training, not after
+        from shardzip.errors import CatalogError
+
+        raise CatalogError(f"--name {name!r} is a model shipped with shardzip; choose another name")
+    src_url = resolve_source(src, cat)
+    data = _fit_data(src_url, open_source(src_url, storage_options), arrays, frames, family, start, cat, log)
+    budget = weight_budget(data.values, data.itemsize, data.family)
+    size = (sized_hparams(data.bands, data.sequence, budget, data.family) if hidden is None
+            else width_hparams(hidden, data.family))
+    start_name, start_bytes = _start_model(start, data, cat, budget if hidden is None else None)
+    regions = plan_sample(data.chosen, settings.seed, sample_mb, validation)
+    specs = sample_specs(data.chosen, regions, src_url, storage_options)
+    n_val = sum(1 for r in regions if r["role"] == "validation")
+    log(f"fit {src_url}: {len(data.chosen)} array(s) ({', '.join(p or '/' for p, _, _ in data.chosen)}), "
+        f"{data.bands} band(s), layout {data.layout}{', frames of a sequence' if data.sequence else ''}; sample of "
+        f"{len(regions) - n_val} training and {n_val} validation regions; starting "
+        + (f"from {start_name}" if start_name else f"from scratch, hidden width {size['hidden']} (weights of at most "
+                                                  f"~{100 * WEIGHT_SHARE[data.family]:g} % of {data.values} values "
+                                                  "coded)"))
+    fit_spec = {"settings": settings.as_dict(), "run_dir": str(run), "resume": resume, "start": start_bytes,
+                "start_path": str(run / "start.pt"), "start_name": start_name, "source": src_url,
+                "arrays": [p or "/" for p, _, _ in data.chosen], "layout": data.layout,
+                "sequence": data.sequence, "size": size,
+                "command": " ".join(command or ["shardzip", "fit", src, "--out", out]), "stop_after": stop_after}
+    with job_cluster(scheduler, workers, resources) as cluster:
+        log(f"training on a worker with resources {format_resources(cluster.resources)}; device {cluster.device}; "
+            f"run directory {run}")
+        result = _train_on_worker(cluster, specs, fit_spec, settings, progress)
+    if result.get("stopped"):
+        return {"stopped": True, "run_dir": str(run)}
+    return _write_model(result, out_path, run, name, data.family, src_url, cat)
+
+
+def _check_options(settings: FitSettings, family: str, validation: float, sample_mb: float, frames: str) -> None:
     settings.check()
     if family != "auto" and family not in FIT_FAMILIES:
         raise FitError(f"--family {family!r}: fit trains {' or '.join(FIT_FAMILIES)} (or auto)")
@@ -259,32 +159,47 @@ def fit(src: str, out: str, *, name: str | None = None, arrays: list[str] | None
         raise FitError(f"--validation must lie between 0 and 1, got {validation}")
     if not sample_mb > 0:
         raise FitError(f"--sample-mb must be more than 0, got {sample_mb}")
+    if frames not in ("auto", "sequence", "independent"):
+        raise FitError(f"--frames {frames!r}: auto, sequence or independent")
+
+
+def _fit_paths(out: str, run_dir: str | None, overwrite: bool, resume: bool) -> tuple[Path, Path]:
+    """The model file to write (checked writable) and the run directory of the fit's checkpoints."""
     out_path = Path(out).expanduser().resolve()
     _check_out(out_path, overwrite, resume)
     run = Path(run_dir).expanduser().resolve() if run_dir else out_path.with_name(out_path.name + ".run")
     if resume and not (run / "last.pt").is_file():
         raise FitError(f"nothing to resume: {run}/last.pt does not exist (give the --run-dir of the interrupted "
                        "fit, or leave --resume out)")
-    cat = catalog or load_catalog()
-    if name is not None:  # refuse a bad name before training, not after
-        from shardzip.errors import CatalogError
+    return out_path, run
 
-        if name in cat.models:
-            raise CatalogError(f"--name {name!r} is a model shipped with shardzip; choose another name")
-    src_url = resolve_source(src, cat)
-    root = open_source(src_url, storage_options)
+
+@dataclass(frozen=True)
+class _FitData:
+    """The arrays a fit trains on, as (path, array, layout), and what the model must be for them."""
+
+    chosen: list
+    layout: str
+    bands: int
+    itemsize: int
+    values: int
+    sequence: bool
+    family: str
+
+
+def _fit_data(src_url: str, root, arrays: list[str] | None, frames: str, family: str, start: str, cat,
+              log) -> _FitData:
+    """The arrays to fit, whether their items are frames of a sequence, and the family to train."""
+    from shardzip.pipeline.refs import load_model
+
     chosen = choose_arrays(root, src_url, arrays, log)
     layouts = {canonical(lay) for _, _, lay in chosen}
-    bands = channels_of(tuple(chosen[0][1].shape), chosen[0][2])
-    itemsize = max(np.dtype(a.dtype).itemsize for _, a, _ in chosen)
-    if frames not in ("auto", "sequence", "independent"):
-        raise FitError(f"--frames {frames!r}: auto, sequence or independent")
     if frames == "sequence" and not all(canonical(lay).startswith("N") for _, _, lay in chosen):
         raise FitError("--frames sequence: the arrays have no frame axis first (layout "
                        f"{'/'.join(sorted(layouts))}); set their shardzip_layout attribute (e.g. TYX)")
     sequence = frames == "sequence" or (frames == "auto" and all(is_sequence(a, lay) for _, a, lay in chosen))
     if family == "auto":
-        family = auto_family(sequence, None if start in ("auto", "scratch") else _load_model(start, cat)[0])
+        family = auto_family(sequence, None if start in ("auto", "scratch") else load_model(start, cat)[0])
         log(f"  family {family} ({FAMILY_WHY[family]})")
     if family == "causal" and sequence:
         if frames == "sequence":
@@ -292,89 +207,77 @@ def fit(src: str, out: str, *, name: str | None = None, arrays: list[str] | None
                            "--frames independent, or --family msp for a sequence")
         log("  causal models code each frame on its own: the frames are fitted as independent images")
         sequence = False
-    values = sum(int(np.prod(a.shape)) for _, a, _ in chosen)
-    budget = weight_budget(values, itemsize, family)
-    size = sized_hparams(bands, sequence, budget, family) if hidden is None else width_hparams(hidden, family)
-    if start == "auto":  # a shipped model to fine-tune, where the data is large enough to carry its weights
-        start_name = (closest_start(bands, itemsize, cat, sequence, budget if hidden is None else None)
-                      if family == FIT_FAMILY else None)
-    else:
-        start_name = None if start == "scratch" else start
-    start_bytes = None
-    if start_name is not None:
-        smodel, ref = _load_model(start_name, cat)
-        if smodel.family != family or smodel.channels != bands:
-            raise FitError(f"--from {start_name}: a {smodel.family} model of {smodel.channels} band(s) cannot start "
-                           f"a fit of {bands}-band data (--family {family}); give a {family} model of {bands} "
-                           "band(s), or --from scratch")
-        if smodel.sequence != sequence:
-            context = "with" if smodel.sequence else "without"
-            raise FitError(f"--from {start_name}: a model {context} previous-frame context cannot start a fit of "
-                           f"{'a sequence' if sequence else 'independent images'} (--frames)")
-        start_bytes = ref.checkpoint.read_bytes()
-    regions = plan_sample(chosen, settings.seed, sample_mb, validation)
-    paths = {p: (p if p else "") for p, _, _ in chosen}
-    layout_of = {p: lay for p, _, lay in chosen}
-    attrs_of = {p: dict(a.attrs) for p, a, _ in chosen}
-    fills = {p: a.fill_value for p, a, _ in chosen}
-    from shardzip.format.chunk import Packing
+    return _FitData(chosen, "/".join(sorted(layouts)), channels_of(tuple(chosen[0][1].shape), chosen[0][2]),
+                    max(np.dtype(a.dtype).itemsize for _, a, _ in chosen),
+                    sum(int(np.prod(a.shape)) for _, a, _ in chosen), sequence, family)
 
-    specs = []
-    for r in regions:
-        fill = fills[r["array"]]
-        packing = Packing.from_attrs(attrs_of[r["array"]], fill.item() if hasattr(fill, "item") else fill).as_dict()
-        specs.append({"src": src_url, "src_options": storage_options or {}, "src_path": paths[r["array"]],
-                      "region": r["region"], "role": r["role"], "layout": layout_of[r["array"]], "packing": packing,
-                      "key": f"{r['array']}:{r['region']}"})
-    n_val = sum(1 for r in regions if r["role"] == "validation")
-    log(f"fit {src_url}: {len(chosen)} array(s) ({', '.join(p or '/' for p, _, _ in chosen)}), {bands} band(s), "
-        f"layout {'/'.join(sorted(layouts))}{', frames of a sequence' if sequence else ''}; sample of "
-        f"{len(regions) - n_val} training and {n_val} validation regions; starting "
-        + (f"from {start_name}" if start_name else f"from scratch, hidden width {size['hidden']} (weights of at most "
-                                                  f"~{100 * WEIGHT_SHARE[family]:g} % of {values} values coded)"))
-    fit_spec = {"settings": settings.as_dict(), "run_dir": str(run), "resume": resume, "start": start_bytes,
-                "start_path": str(run / "start.pt"), "start_name": start_name, "source": src_url,
-                "arrays": [p or "/" for p, _, _ in chosen], "layout": "/".join(sorted(layouts)),
-                "sequence": sequence, "size": size,
-                "command": " ".join(command or ["shardzip", "fit", src, "--out", out]), "stop_after": stop_after}
-    with job_client(scheduler, workers) as client:
-        _wait_for_workers(client)
-        resources, device = placement(client, resources)
-        topic = f"shardzip-fit-{uuid.uuid4().hex[:8]}"
-        fit_spec.update(topic=topic, device=device)
-        log(f"training on a worker with resources {format_resources(resources)}; device {device}; run directory "
-            f"{run}")
-        samples = client.map(sample_region, specs, pure=False, key=[f"shardzip-fit-sample-{i}-{uuid.uuid4().hex[:6]}"
-                                                                    for i in range(len(specs))])
-        future = client.submit(fit_task, fit_spec, samples, pure=False, resources=resources,
-                               key=f"shardzip-fit-train-{uuid.uuid4().hex[:6]}")
-        bar = _FitProgress(settings, progress)
-        try:
-            while not future.done():
-                time.sleep(0.5)
-                bar.drain(client, topic)
+
+def _start_model(start: str, data: _FitData, cat, budget: int | None) -> tuple[str | None, bytes | None]:
+    """The model a fit starts from (`--from`; auto: a shipped model to fine-tune, where the data is large enough to
+    carry its weights) and its checkpoint's bytes; (None, None) from scratch."""
+    from shardzip.pipeline.refs import load_model
+
+    if start == "auto":
+        name = closest_start(data.bands, data.itemsize, cat, data.sequence, budget) if data.family == FIT_FAMILY \
+            else None
+    else:
+        name = None if start == "scratch" else start
+    if name is None:
+        return None, None
+    smodel, ref = load_model(name, cat)
+    if smodel.family != data.family or smodel.channels != data.bands:
+        raise FitError(f"--from {name}: a {smodel.family} model of {smodel.channels} band(s) cannot start a fit "
+                       f"of {data.bands}-band data (--family {data.family}); give a {data.family} model of "
+                       f"{data.bands} band(s), or --from scratch")
+    if smodel.sequence != data.sequence:
+        context = "with" if smodel.sequence else "without"
+        raise FitError(f"--from {name}: a model {context} previous-frame context cannot start a fit of "
+                       f"{'a sequence' if data.sequence else 'independent images'} (--frames)")
+    return name, ref.checkpoint.read_bytes()
+
+
+def _train_on_worker(cluster, specs: list[dict], fit_spec: dict, settings: FitSettings, progress: bool) -> dict:
+    """Sample the regions on the workers and train on one of them, following its events: the task's result."""
+    from shardzip.workers.fit import fit_task, sample_region
+
+    client = cluster.client
+    topic = f"shardzip-fit-{uuid.uuid4().hex[:8]}"
+    fit_spec = {**fit_spec, "topic": topic, "device": cluster.device}
+    samples = client.map(sample_region, specs, pure=False, key=[f"shardzip-fit-sample-{i}-{uuid.uuid4().hex[:6]}"
+                                                                for i in range(len(specs))])
+    future = client.submit(fit_task, fit_spec, samples, pure=False, resources=cluster.resources,
+                           key=f"shardzip-fit-train-{uuid.uuid4().hex[:6]}")
+    bar = _FitProgress(settings, progress)
+    try:
+        while not future.done():
+            time.sleep(0.5)
             bar.drain(client, topic)
-            result = future.result()
-        except ShardzipError:
-            raise
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # noqa: BLE001 - whatever a worker raised: name the fit and the way on
-            raise FitError(f"the fit of {src_url} failed on its worker: {type(exc).__name__}: {exc}; checkpoints are "
-                           f"in {run}: run the same command with --resume to continue") from exc
-        finally:
-            bar.close()
-            future.cancel()
-            for f in samples:
-                f.cancel()
-    if result.get("stopped"):
-        return {"stopped": True, "run_dir": str(run)}
+        bar.drain(client, topic)
+        return future.result()
+    except (ShardzipError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a worker raised: name the fit and the way on
+        raise FitError(f"the fit of {fit_spec['source']} failed on its worker: {type(exc).__name__}: {exc}; "
+                       f"checkpoints are in {fit_spec['run_dir']}: run the same command with --resume to continue"
+                       ) from exc
+    finally:
+        bar.close()
+        future.cancel()
+        for f in samples:
+            f.cancel()
+
+
+def _write_model(result: dict, out_path: Path, run: Path, name: str | None, family: str, src_url: str, cat) -> dict:
+    """Write the fitted checkpoint to `out_path` (atomically), install it for this machine's readers and name it
+    in the user catalog when asked."""
+    from shardzip.catalog import UserModelEntry, register_user_model
+    from shardzip.digest import sha256_file
+    from shardzip.format.weights import install_weights
+
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(result["checkpoint"])
     tmp.replace(out_path)
     sha = sha256_file(out_path)
-    from shardzip.format.weights import install_weights
-
     install_weights(sha, result["checkpoint"])  # stores coded with it read back on this machine in any process
     record = result["fit"]
     named = None

@@ -21,6 +21,7 @@ from shardzip.format.chunk import Packing, masked_model, model_fits
 from shardzip.format.classical import default_candidates
 from shardzip.format.layout import canonical, channels_of, infer_layout
 from shardzip.format.store import Location, is_local, local_path
+from shardzip.format.weights import profile_numerics
 
 CHUNK_BYTES = 1 << 20     # target raw bytes of one inner chunk of a stack of images (~1 MB): the coder's
                           # fixed costs (lane states, headers) stay well under 1 % of a chunk
@@ -115,6 +116,23 @@ class ArrayPlan:
             d[k] = tuple(d[k])
         d["classical"] = tuple(d.get("classical") or ())  # plans written before method 6 tried none
         return cls(**d)
+
+
+def array_spec(plan: ArrayPlan, job: dict) -> dict:
+    """The task spec (less the shard index) of every shard of `plan` in `job` (source, destination, options, zstd
+    level and the numerics of its profile): what crosses the Dask boundary."""
+    src_path = job.get("src_paths", {}).get(plan.path, plan.path)  # differs where the source is one array
+    return {"array": plan.path, "src": job["src"], "src_options": job["storage_options"], "src_path": src_path,
+            "dst": job["dst"], "dst_options": job["storage_options"], "shape": list(plan.shape), "dtype": plan.dtype,
+            "chunks": list(plan.chunks), "shards": list(plan.shards), "layout": plan.layout, "model": plan.model,
+            "zstd_level": job["zstd_level"], "packing": plan.packing, "classical": list(plan.classical),
+            "numerics": profile_numerics(job.get("profile", {}))}
+
+
+def single_array_name(url: str) -> str:
+    """The name a source that is a single array gets in the compressed store: its last path part."""
+    name = url.rstrip("/").rpartition("/")[2].removesuffix(".zarr")
+    return name or "data"
 
 
 def resolve_source(src: str, catalog=None) -> str:

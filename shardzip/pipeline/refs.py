@@ -1,0 +1,60 @@
+"""The models a job names: a catalog model, a model the user fitted and named, or a model file; loaded as a
+network (workers) or as its `ModelSpec` only (a client that plans builds no network)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shardzip.errors import CatalogError, CheckpointError
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as a job names it: by catalog name or by the path of a model file, with its checkpoint."""
+
+    name: str
+    family: str
+    sha256: str
+    checkpoint: Path
+
+
+def load_model(name: str, catalog=None, build: bool = True) -> tuple[Any, ModelRef]:
+    """(model, its ModelRef) for `name`: a model file given by path (a checkpoint `save_weights` wrote: `shardzip
+    fit --out FILE`, or `shardzip train NAME --no-ship`'s RUN_DIR/weights.pt: family, hyper-parameters and
+    weights, so it needs no catalog entry), a shipped catalog model, or a model the user fitted and named
+    (`shardzip fit --name NAME`, in $SHARDZIP_HOME/catalog.yaml). Not `build`: its `ModelSpec` instead of the
+    model, all that planning needs (a client that only plans builds no network): a shipped model's from its
+    catalog entry, once its file's sha256 is checked; another's from its checkpoint, checked as for loading."""
+    from shardzip.catalog import load_catalog, load_user_models, user_catalog_path
+    from shardzip.digest import sha256_file
+    from shardzip.models import catalog_checkpoint, checked_checkpoint, checkpoint_spec, load_weights, model_spec
+
+    described = load_weights if build else checkpoint_spec
+    file = Path(name).expanduser()
+    if file.is_file():
+        try:
+            model = described(file)
+        except (CheckpointError, CatalogError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - not a checkpoint at all: name the file and what it must be
+            raise CheckpointError(f"model file {file} is not a shardzip checkpoint ({type(exc).__name__}: {exc}); "
+                                  "give a catalog model name or a file written by `shardzip train --no-ship`"
+                                  ) from exc
+        return model, ModelRef(name, model.family, sha256_file(file), file)
+    cat = catalog or load_catalog()
+    user = load_user_models() if name not in cat.models else {}
+    if name in user:  # a model the user fitted and named (`shardzip fit --name`): its file, sha256-checked
+        found = user[name]
+        path = checked_checkpoint(found.path, found.sha256)
+        return described(path), ModelRef(name, found.family, found.sha256, path)
+    if name not in cat.models:
+        hint = (f"; no model file {file} either" if name.endswith(".pt") or "/" in name else "")
+        mine = f"; your fitted models ({user_catalog_path()}): {', '.join(sorted(user))}" if user else ""
+        raise CatalogError(f"unknown model {name!r}{hint}; the catalog ships: {', '.join(sorted(cat.models))}"
+                           f"{mine}")
+    entry = cat.model(name)
+    path = catalog_checkpoint(name, cat)
+    model = load_weights(path) if build else model_spec(entry.family, entry.hparams)
+    return model, ModelRef(name, entry.family, entry.sha256, path)
