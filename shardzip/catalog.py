@@ -43,6 +43,9 @@ class TrainingEntry(_Strict):
     lr: float = Field(gt=0)
     crop: int | None = None
     seed: int = 0
+    # start from another checkpoint's weights (relative to the catalog; sha256-checked), e.g. to fine-tune
+    init: str | None = None
+    init_sha256: str | None = None
     command: str
 
 

@@ -37,7 +37,8 @@ def _bench_coder(args: argparse.Namespace) -> int:
     return int(namespace["main"](list(args.extra_args)))
 
 
-IMPORT_KINDS = ("mnist", "photos", "photo-train", "images", "odim", "geotiff", "netcdf", "radar-sequence")
+IMPORT_KINDS = ("mnist", "photos", "photo-train", "photo-debian", "images", "odim", "geotiff", "netcdf",
+                "radar-sequence")
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -62,6 +63,10 @@ def _import(args: argparse.Namespace) -> int:
         raise ShardzipError(f"import {kind} takes no input files (it reads registry packages' data)")
     elif not inputs:
         raise ShardzipError(f"import {kind}: give the input file(s) before the destination store")
+    elif kind == "photo-debian":
+        if len(inputs) != 1:
+            raise ShardzipError("import photo-debian takes one folder (where the Debian packages are unpacked)")
+        shapes = datasets.import_photo_debian(inputs[0], store)
     elif kind == "mnist":
         shapes = images.import_mnist_idx(inputs, store)
     elif kind == "images":

@@ -21,7 +21,7 @@ from shardzip.catalog import Catalog, ModelEntry, entry_yaml
 from shardzip.digest import sha256_file
 from shardzip.errors import CatalogError
 from shardzip.importers.datasets import read_split
-from shardzip.models import LosslessModel, build_model, save_weights
+from shardzip.models import LosslessModel, build_model, load_weights, save_weights
 
 
 @dataclass
@@ -59,7 +59,14 @@ class Batches:
 
 
 def load_split(catalog: Catalog, ref: str) -> torch.Tensor | list[torch.Tensor]:
-    """A catalog split as a [N, C, H, W] tensor (stack) or a list of [C, H, W] tensors (images)."""
+    """A catalog split as a [N, C, H, W] tensor (stack) or a list of [C, H, W] tensors (images). Image splits
+    of one dataset join with "+": "photo-train/train+debian"."""
+    name, _, splits = ref.partition("/")
+    if "+" in splits:
+        parts = [load_split(catalog, f"{name}/{s}") for s in splits.split("+")]
+        if not all(isinstance(p, list) for p in parts):
+            raise CatalogError(f"{ref}: only image splits (lists of images) join with '+'")
+        return [img for p in parts for img in p]
     entry, store, name = catalog.split(ref)
     data = read_split(store, name, entry.kind)
     if isinstance(data, dict):
@@ -114,6 +121,8 @@ def train(name: str, catalog: Catalog, run_dir: Path, steps: int | None = None, 
     steps = steps or cfg.steps
     torch.manual_seed(cfg.seed)
     model = build_model(entry.family, entry.hparams).to(device)
+    if cfg.init and not resume:
+        model.load_state_dict(_initial_weights(catalog, name, cfg.init, cfg.init_sha256, entry, model))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 *
                                               (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -160,6 +169,20 @@ def train(name: str, catalog: Catalog, run_dir: Path, steps: int | None = None, 
         bar.close()
     target = catalog.path(entry.checkpoint) if write_checkpoint else run_dir / "weights.pt"
     return _finish(model.cpu(), catalog, entry, target, steps, time.time() - started)
+
+
+def _initial_weights(catalog: Catalog, name: str, init: str, sha256: str | None, entry: ModelEntry,
+                     model: LosslessModel) -> dict:
+    """The state dict that starts model `name` (training.init), checked: sha256, family and hyper-parameters."""
+    path = catalog.path(init)
+    if not path.is_file():
+        raise CatalogError(f"model {name!r}: training.init {path} does not exist")
+    start = load_weights(path, sha256)
+    shape = {k: tuple(v.shape) for k, v in start.state_dict().items()}
+    if start.family != entry.family or shape != {k: tuple(v.shape) for k, v in model.state_dict().items()}:
+        raise CatalogError(f"model {name!r}: training.init {path} is a {start.family} model with "
+                           f"{start.hparams}, whose weights do not fit {entry.family} with {entry.hparams}")
+    return start.state_dict()
 
 
 def _resume(last: Path, name: str, model, opt, sched, gen: torch.Generator, device: str) -> int:

@@ -259,3 +259,28 @@ def test_vc2_photographs_are_read_as_rgb_and_other_formats_refused(tmp_path, mon
     _vc2_package(tmp_path, matrix=0)  # Y'CbCr: not what this importer reads
     with pytest.raises(ImportDataError, match="trees.json"):
         datasets.vc2_photographs()
+
+
+def test_debian_photographs_name_the_package_to_unpack_and_check_what_they_read(tmp_path, capsys):
+    from shardzip.importers.datasets import DEBIAN_PHOTOS, debian_photographs
+
+    with pytest.raises(ImportDataError, match=r"mate-backgrounds.*apt-get download mate-backgrounds"):
+        debian_photographs(tmp_path)
+    # every listed file present, one of them a grey picture: refused by name
+    import imagecodecs
+
+    rgb = np.full((8, 10, 3), 200, np.uint8)
+    for files in DEBIAN_PHOTOS.values():
+        for rel in files:
+            path = tmp_path / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(imagecodecs.png_encode(rgb))  # PNG bytes under a .jpg name: imread sniffs them
+    out = debian_photographs(tmp_path)
+    assert len(out) == sum(len(v) for v in DEBIAN_PHOTOS.values()) == 38
+    assert all(v.shape == (3, 4, 5) and int(v.max()) == 200 for v in out.values())
+    grey = tmp_path / DEBIAN_PHOTOS["lxqt-themes"][1]
+    grey.write_bytes(imagecodecs.png_encode(np.ascontiguousarray(rgb[..., 0])))
+    with pytest.raises(ImportDataError, match="Valendas.png: expected an 8-bit RGB"):
+        debian_photographs(tmp_path)
+    assert main(["import", "photo-debian", str(tmp_path), str(tmp_path / "a"), str(tmp_path / "b.zarr")]) != 0
+    assert "takes one folder" in capsys.readouterr().err

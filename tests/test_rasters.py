@@ -17,7 +17,7 @@ from conftest import package_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardzip.errors import ModelParameterError, SymbolRangeError
+from shardzip.errors import CodingError, ModelParameterError, SymbolRangeError
 from shardzip.format.chunk import (
     MASKED_MODEL,
     Packing,
@@ -27,7 +27,7 @@ from shardzip.format.chunk import (
     raster_symbols,
 )
 from shardzip.models import build_model
-from shardzip.models.codec import compress, decompress
+from shardzip.models.codec import compress, compress_scored, decompress
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +145,76 @@ def test_msp_sequence_model_codes_frames_given_the_previous_one(sweeps):
     assert torch.equal(decompress(model, data)[0], x)
     # scoring runs every frame at once given the true previous frame; coding goes frame by frame
     assert abs(8 * len(data) - float(model.nll_bits(x).sum())) / (8 * len(data)) < 0.1
+
+
+def test_msp_adapting_model_codes_each_images_scale_offsets_and_round_trips(landsat):
+    from shardzip.models.msp import ADAPT_OFFSETS
+
+    values = landsat[:3, 300:364, 100:164]
+    x = torch.from_numpy(raster_symbols(values, _packing(landsat), 8)[0])[None]
+    x = torch.cat([x, (x * 2).clamp(max=255), torch.full_like(x, -1)])  # two contrasts, then nothing valid
+    plain = _small(channels=3, data_bits=8, levels=3)
+    assert "adapt" not in plain.hparams  # models without it keep their hyper-parameters and checkpoint bytes
+    adapting = _small(channels=3, data_bits=8, levels=3, adapt=1)
+    adapting.load_state_dict(plain.state_dict())
+    data = compress(adapting, x, batch=3)
+    assert torch.equal(torch.cat(decompress(adapting, data)), x)
+    with pytest.raises(CodingError):  # the offsets are in the code: a model that does not adapt
+        decompress(plain, data)  # reads other symbols, and the message says so (underflow or words left)
+    # picked from the offsets with the fewest bits, offset 0 among them: never worse than the plain model
+    # by more than the coded choices (3 bits per image, phase band: 3 bands x (1 + 2 x 3 levels) phases)
+    side = 3 * 3 * 7
+    adapted, unadapted = adapting.nll_bits(x), plain.nll_bits(x)
+    assert (adapted <= unadapted + side + 1e-6).all()
+    assert adapted[:2].sum() < unadapted[:2].sum() - 2 * side  # an untrained model's scales are far off
+    # training keeps the offsets at 0: the plain model's bits plus the choices
+    assert torch.allclose(adapting.train_bits(x).double(), unadapted + side, rtol=1e-5)
+    assert len(ADAPT_OFFSETS) == 8 and 0.0 in ADAPT_OFFSETS
+    with pytest.raises(ValueError, match="adapt"):
+        _small(adapt=3)
+    with pytest.raises(ValueError, match="adapt=2"):
+        _small(adapt=2, cond_channels=1)
+
+
+def test_msp_tuned_per_batch_codes_its_changes_and_leaves_the_shared_model_alone(landsat):
+    values = landsat[:3, 300:364, 100:164]
+    x = torch.from_numpy(raster_symbols(values, _packing(landsat), 8)[0])[None]
+    x = torch.cat([x, (x * 2).clamp(max=255)])
+    offsets_only = _small(channels=3, data_bits=8, levels=3, adapt=1)
+    tuned = _small(channels=3, data_bits=8, levels=3, adapt=2)
+    tuned.load_state_dict(offsets_only.state_dict())
+    before = {k: v.clone() for k, v in tuned.state_dict().items()}
+    data, scored = compress_scored(tuned, x, batch=2)
+    assert all(torch.equal(v, before[k]) for k, v in tuned.state_dict().items())  # tuned on a copy
+    assert torch.equal(torch.cat(decompress(tuned, data)), x)
+    with pytest.raises(CodingError):  # the changes are in the code, ahead of the pixels
+        decompress(offsets_only, data)
+    # the encoder's bits (changes and flag included) are what nll_bits reports, and the tuning paid for itself
+    # on an untrained model (its changes cost a few hundred bits)
+    nll = tuned.nll_bits(x)
+    assert sum(scored) == pytest.approx(float(nll.sum()), rel=1e-4)
+    assert float(nll.sum()) < float(offsets_only.nll_bits(x).sum()) - 1000
+    assert abs(8 * len(data) - float(nll.sum())) / float(nll.sum()) < 0.02
+    # a batch where no change pays codes one flag bit and decodes as well
+    flat = torch.full((1, 3, 16, 16), 7)
+    assert torch.equal(decompress(tuned, compress(tuned, flat, batch=1))[0], flat)
+
+
+def test_integer_chunks_holding_the_fill_value_are_coded_with_it_as_a_value_where_that_is_smaller():
+    from skimage import data as skdata
+
+    from shardzip.format.chunk import _masked_model_payload, fill_variants
+
+    photo = np.ascontiguousarray(skdata.astronaut()[256:320, 384:448, :].transpose(2, 0, 1))  # black of the suit
+    assert 0 < (photo == 0).mean() < 0.9
+    fill = Packing(fill=0.0)
+    assert fill_variants(photo, fill) == [fill, Packing(fill=None)] and fill_variants(photo + 1, fill) == [fill]
+    model = _small(channels=3, data_bits=8, levels=3)  # its mask network is untrained: a bit a pixel for masks
+    as_missing = _masked_model_payload(photo, model, "CHW", fill, None, 3)
+    out, stats = encode_chunk(photo, model, "CHW", packing=fill)
+    assert stats.method == "masked-model" and stats.model_bytes < len(as_missing[0])
+    back = decode_chunk(out, photo.shape, photo.dtype, "CHW", lambda: model, fill)
+    assert back.tobytes() == photo.tobytes()
 
 
 def test_msp_refuses_values_outside_its_alphabet_and_other_band_counts():

@@ -153,3 +153,47 @@ def test_a_model_file_given_by_path_needs_no_catalog_entry(catalog, tmp_path, ca
     assert main(["compress", str(tmp_path / "tiny.zarr"), str(tmp_path / "x.szip"), "--model", "gone/w.pt",
                  "--workers", "1", "--quiet"]) == 1
     assert "no model file gone/w.pt either" in capsys.readouterr().err
+
+
+def _with_init(catalog, tmp_path, **training) -> object:
+    path = tmp_path / "catalog.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["models"]["tiny-idf"]["training"].update(training)
+    path.write_text(yaml.safe_dump(raw))
+    return load_catalog(path)
+
+
+def test_a_run_can_start_from_another_checkpoint_and_refuses_one_that_does_not_fit(catalog, tmp_path):
+    first = train("tiny-idf", catalog, tmp_path / "run-a", progress=False)  # writes weights/tiny.pt
+    start = _weights(tmp_path / "weights" / "tiny.pt")
+    tuned = _with_init(catalog, tmp_path, init="weights/tiny.pt", init_sha256=first.sha256, steps=1, lr=1e-9)
+    train("tiny-idf", tuned, tmp_path / "run-b", progress=False, write_checkpoint=False)
+    after = _weights(tmp_path / "run-b" / "weights.pt")
+    # one step at lr 1e-9 leaves the weights where the init put them (a fresh start would be far away)
+    assert all(torch.allclose(after[k], start[k], atol=1e-6) for k in start)
+    bad = _with_init(catalog, tmp_path, init="weights/tiny.pt", init_sha256="0" * 64)
+    with pytest.raises(CheckpointError):
+        train("tiny-idf", bad, tmp_path / "run-c", progress=False, write_checkpoint=False)
+    missing = _with_init(catalog, tmp_path, init="weights/none.pt", init_sha256=None)
+    with pytest.raises(CatalogError, match="none.pt does not exist"):
+        train("tiny-idf", missing, tmp_path / "run-d", progress=False, write_checkpoint=False)
+
+
+def test_image_splits_join_with_plus_and_stacks_do_not(catalog, tmp_path):
+    from shardzip.importers.datasets import write_images
+    from shardzip.train import load_split
+
+    rng = np.random.default_rng(0)
+    imgs = {f"a{i}": rng.integers(0, 256, (3, 8, 8 + i), dtype=np.uint8) for i in range(2)}
+    write_images(tmp_path / "imgs.zarr", "one", imgs, {})
+    write_images(tmp_path / "imgs.zarr", "two", {"b": imgs["a0"]}, {})
+    raw = yaml.safe_load((tmp_path / "catalog.yaml").read_text())
+    raw["datasets"]["imgs"] = {"description": "x", "store": "imgs.zarr", "kind": "images",
+                               "splits": {"one": "one", "two": "two"}, "importer": "tests", "source": "x",
+                               "licence": "x"}
+    (tmp_path / "catalog.yaml").write_text(yaml.safe_dump(raw))
+    cat = load_catalog(tmp_path / "catalog.yaml")
+    joined = load_split(cat, "imgs/one+two")
+    assert [tuple(x.shape) for x in joined] == [(3, 8, 8), (3, 8, 9), (3, 8, 8)]
+    with pytest.raises(CatalogError, match="only image splits"):
+        load_split(cat, "tiny/train+test")

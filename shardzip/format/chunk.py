@@ -29,7 +29,7 @@ import numbers
 import struct
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -326,7 +326,31 @@ def _image_nll(model, images: torch.Tensor, batch: int) -> list[float]:
 
 def _encode_masked_model(chunk: np.ndarray, model, layout: str, packing: Packing | None, batch: int | None,
                          zstd_level: int, numerics: str = EXACT):
-    """Method 5's payload and per-image NLL bits, or None when the chunk's values don't fit the model."""
+    """Method 5's payload and per-image NLL bits, or None when the chunk's values don't fit the model.
+
+    An integer chunk that holds its array's fill value is coded both ways, the fill as missing (no-data outside a
+    scene: a mask is cheap) and as a value (the black of a photograph: a model that never saw missing values pays
+    a bit a pixel for the mask), and the smaller kept; the decoder needs no word of it (no missing symbols, no
+    fill)."""
+    best = None
+    for variant in fill_variants(chunk, packing):
+        out = _masked_model_payload(chunk, model, layout, variant, batch, zstd_level, numerics)
+        if out is not None and (best is None or len(out[0]) < len(best[0])):
+            best = out
+    return best
+
+
+def fill_variants(chunk: np.ndarray, packing: Packing | None) -> list[Packing | None]:
+    """The packings a masked model codes `chunk` under: its own, and for an integer chunk that holds the fill
+    value also the same with the fill taken as a value (`_encode_masked_model`)."""
+    if (packing is not None and packing.fill is not None and chunk.dtype.kind in "iu"
+            and bool((chunk == packing.fill).any())):
+        return [packing, replace(packing, fill=None)]
+    return [packing]
+
+
+def _masked_model_payload(chunk: np.ndarray, model, layout: str, packing: Packing | None, batch: int | None,
+                          zstd_level: int, numerics: str = EXACT):
     found = raster_symbols(chunk, packing, model.data_bits)
     if found is None:
         return None

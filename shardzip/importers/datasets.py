@@ -11,6 +11,10 @@
   `vc2-conformance-data` (BBC R&D test pictures, 4256 x 2832, 16-bit RGB, lossless), 2x and 4x
   box-downscaled to 8 bits; validated on photographs of another source (scikit-learn's and scikit-image's
   JPEG samples, 2x box-downsampled). scikit-image's lossless photographs stay the test split.
+- More training photographs (`photo-train/debian`, `make photo-data`): 38 photographs of Debian packages
+  (wallpapers of lxqt-themes, mate-backgrounds and plasma-workspace-wallpapers; libjxl-testdata's lossless
+  flower and three 500 px photographs), every one 2x box-downscaled (most are JPEG-decoded: the L3C/SReC recipe
+  against JPEG artefacts). The packages are unpacked with `apt-get download` and `dpkg-deb -x`, no install.
 """
 
 from __future__ import annotations
@@ -123,6 +127,48 @@ def vc2_photographs(factors: tuple[int, ...] = (2, 4)) -> dict[str, np.ndarray]:
     return out
 
 
+# Photographs among the Debian packages' images (the rest are drawings, renders and logos), by package.
+DEBIAN_PHOTOS: dict[str, tuple[str, ...]] = {
+    "mate-backgrounds": tuple(f"usr/share/backgrounds/mate/nature/{n}.jpg" for n in (
+        "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
+        "TwoWings", "Wood", "YellowFlower")),
+    "libjxl-testdata": ("usr/share/libjxl-testdata/jxl/flower/flower.png",) + tuple(
+        f"usr/share/libjxl-testdata/external/wesaturate/500px/{n}_srgb8.png"
+        for n in ("cvo9xd_keong_macan", "tmshre_riaphotographs", "u76c0g_bliznaca")),
+    "lxqt-themes": tuple(f"usr/share/lxqt/wallpapers/{n}" for n in (
+        "Butterfly-Kenneth-Wimer.jpg", "Valendas.png", "after-the-rain.jpg", "appleflower.png", "beam.png",
+        "butterfly.png", "cloud.png", "drop.png", "flowers.png", "fog.jpg", "this-is-not-windows.jpg")),
+    "plasma-workspace-wallpapers": tuple(f"usr/share/wallpapers/{n}" for n in (
+        "BytheWater/contents/images/1280x1024.jpg", "ColdRipple/contents/images/1280x1024.jpg",
+        "ColorfulCups/contents/images/2560x1600.jpg", "DarkestHour/contents/images/1280x1024.jpg",
+        "EveningGlow/contents/images/1280x1024.jpg", "FallenLeaf/contents/images/1280x1024.jpg",
+        "Kite/contents/images/1280x1024.jpg",
+        "OneStandsOut/contents/images/1280x1024.jpg", "Path/contents/images/1280x1024.jpg",
+        "Volna/contents/images/5120x2880.jpg", "summer_1am/contents/images/1280x1024.jpg")),
+}
+
+
+def debian_photographs(root: str | Path) -> dict[str, np.ndarray]:
+    """DEBIAN_PHOTOS as 8-bit RGB [3, H, W], 2x box-downscaled, from packages unpacked under `root`."""
+    import imagecodecs
+
+    base = Path(root)
+    out: dict[str, np.ndarray] = {}
+    for package, files in DEBIAN_PHOTOS.items():
+        for rel in files:
+            path = base / rel
+            if not path.is_file():
+                raise ImportDataError(f"{path} is missing: unpack Debian's {package} under {base} "
+                                      f"(`apt-get download {package}` and `dpkg-deb -x`; `make photo-data` does)")
+            img = np.asarray(imagecodecs.imread(str(path)))
+            if img.ndim != 3 or img.shape[2] < 3 or img.dtype != np.uint8:
+                raise ImportDataError(f"{path}: expected an 8-bit RGB(A) photograph, got {img.dtype} {img.shape}")
+            parts = Path(rel).parts
+            stem = parts[3] if package == "plasma-workspace-wallpapers" else Path(rel).stem
+            out[f"{package.split('-')[0]}_{stem}_2x".replace("-", "_")] = _box2(_chw(img))
+    return out
+
+
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "immunohistochemistry", "motorcycle_left", "motorcycle_right")
 
 
@@ -179,6 +225,15 @@ def import_photos(store: str | Path, splits: tuple[str, ...] = ("train", "test")
     if test:
         write_images(store, "test", test, {"source": "scikit-image data: lossless RGB photographs"})
     return {f"train/{k}": v.shape for k, v in train.items()} | {f"test/{k}": v.shape for k, v in test.items()}
+
+
+def import_photo_debian(root: str | Path, store: str | Path) -> dict[str, tuple[int, ...]]:
+    """The Debian packages' photographs (module docstring), unpacked under `root`, as group `debian` of `store`."""
+    images = debian_photographs(root)
+    write_images(store, "debian", images, {"source": "photographs of Debian's mate-backgrounds 1.26.0, "
+                                                     "libjxl-testdata, lxqt-themes 1.2.0 and plasma-workspace-"
+                                                     "wallpapers 5.27.5, 2x box-downscaled"})
+    return {f"debian/{k}": v.shape for k, v in images.items()}
 
 
 def import_photo_train(store: str | Path,

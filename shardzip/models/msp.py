@@ -26,6 +26,7 @@ Sequences (`cond_channels=1`): frame t is coded given the decoded frame t-1 of t
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -39,6 +40,23 @@ from shardzip.numerics import exact
 
 MISSING = -1
 MAX_LOG_SCALE_SYMBOLS = 12.0
+# adapt=1: per image, phase and band the encoder picks the offset added to every log-scale that codes the phase
+# in the fewest bits and codes its index (3 bits): the model's confidence fitted to each image, as the context
+# mixing coders adapt online. Offset 0 (index 3) is the unadapted model, which training uses.
+ADAPT_OFFSETS = (-0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4)
+UNADAPTED = ADAPT_OFFSETS.index(0.0)
+# adapt=2 also tunes, per coded batch (a chunk), the parameters that set the networks' output distributions (the
+# top grid's, the output norms' affine maps and the output biases: 448 values for RGB photographs) by a few
+# gradient steps on the batch itself, and codes their change on a grid of ADAPT_STEP (a Laplace over
+# +-ADAPT_RANGE steps) ahead of the pixels, behind a flag that says whether it pays for itself. The decoder adds
+# the same integers: the tuning is the encoder's float business, the code decodes exactly anywhere.
+ADAPTED = ("top", "net_a.out.0.weight", "net_a.out.0.bias", "net_a.out.2.bias", "net_b.out.0.weight",
+           "net_b.out.0.bias", "net_b.out.2.bias")
+ADAPT_STEP = 1 / 64
+ADAPT_RANGE = 31
+ADAPT_SPREAD = 4.0  # steps: the Laplace the changes are coded with
+ADAPT_FIT_STEPS = 12
+ADAPT_LR = 0.005  # larger steps overshoot at first: the output norms move every hidden channel
 
 def _masked_mean(values: list[torch.Tensor], valid: list[torch.Tensor], kernels: list[torch.Tensor]) -> torch.Tensor:
     """sum_k conv(values_k * valid_k) / sum_k conv(valid_k): per-channel interpolation of the valid neighbours."""
@@ -73,9 +91,16 @@ class MSP(LosslessModel):
     codes_missing = True
 
     def __init__(self, channels: int = 1, data_bits: int = 16, levels: int = 4, hidden: int = 32, blocks: int = 1,
-                 mixtures: int = 3, mask_hidden: int = 16, cond_channels: int = 0, norm: str = "pixel") -> None:
+                 mixtures: int = 3, mask_hidden: int = 16, cond_channels: int = 0, norm: str = "pixel",
+                 adapt: int = 0) -> None:
+        extra = {"adapt": adapt} if adapt else {}  # models without it keep their hyper-parameters (and bytes)
         super().__init__(channels=channels, data_bits=data_bits, levels=levels, hidden=hidden, blocks=blocks,
-                         mixtures=mixtures, mask_hidden=mask_hidden, cond_channels=cond_channels, norm=norm)
+                         mixtures=mixtures, mask_hidden=mask_hidden, cond_channels=cond_channels, norm=norm, **extra)
+        if adapt not in (0, 1, 2):
+            raise ValueError("adapt is 0, 1 (a coded scale offset per phase and band) or 2 (and output parameters "
+                             "tuned per coded batch)")
+        if adapt == 2 and cond_channels:
+            raise ValueError("adapt=2 is for models without a conditioning frame")
         if not 1 <= data_bits <= 16:
             raise ValueError("msp models code 1- to 16-bit values")
         if cond_channels not in (0, channels):
@@ -116,9 +141,11 @@ class MSP(LosslessModel):
 
     # ------------------------------------------------------------------ the walk shared by all uses
     def _walk(self, shape: tuple[int, ...], x: torch.Tensor | None, take, cond: tuple | None,
-              side: tuple | None) -> torch.Tensor:
+              side: tuple | None, choose: bool = True) -> torch.Tensor:
         """Visit every coded quantity in decode order. `take(kind, params, sel, truth)` returns the symbols
-        at the selected positions (the truth when encoding or scoring; popped when decoding)."""
+        at the selected positions (the truth when encoding or scoring; popped when decoding). `choose=False`
+        keeps an adapting model's offsets at 0 (training)."""
+        step = self._value_step if choose else self._unadapted_step
         b, C, h, w = shape
         dev = self.top.device
         ph, pw = self._padded(h, w)
@@ -149,7 +176,7 @@ class MSP(LosslessModel):
         ok = self._mask_step(take, ins, top_mask_logits, need_mask, xp[sub] >= 0 if xp is not None else None)
         raw = self.top.view(1, -1, 1, 1).expand(b, -1, *ins.shape[2:])
         pred = torch.zeros(ins.shape, device=dev)
-        got = self._value_step(take, raw, pred, ok, norm_shift, norm_scale, xp[sub] if xp is not None else None)
+        got = step(take, raw, pred, ok, norm_shift, norm_scale, xp[sub] if xp is not None else None)
         vals[sub], valid[sub] = got, ok
         # ---- levels, coarse to fine
         for level in range(self.L, 0, -1):
@@ -170,7 +197,7 @@ class MSP(LosslessModel):
                                    self._phase(gx, 1, 1) >= 0 if gx is not None else None)
             pred_a = _masked_mean([P[0]], [Pok[0]], [_DIAG])
             raw_a = self.net_a(torch.cat([P[0], Pok[0], pred_a] + cf + [lev], 1))
-            got_a = self._value_step(take, raw_a, pred_a, ok_a, norm_shift, norm_scale,
+            got_a = step(take, raw_a, pred_a, ok_a, norm_shift, norm_scale,
                                      self._phase(gx, 1, 1) if gx is not None else None)
             nv_a = (got_a.float() - norm_shift) * norm_scale * ok_a
             # phase B: edge midpoints (0, 1) and (1, 0), together
@@ -184,7 +211,7 @@ class MSP(LosslessModel):
             pred_10 = _masked_mean([P[0], nv_a], [Pok[0], okf], [_B10_FROM_00, _B10_FROM_11])
             raw_b = self.net_b(torch.cat([P[0], nv_a, Pok[0], okf, pred_01, pred_10] + cf + [lev], 1))
             shift2, scale2 = norm_shift.repeat(1, 2, 1, 1), norm_scale.repeat(1, 2, 1, 1)
-            got_b = self._value_step(take, raw_b, torch.cat([pred_01, pred_10], 1), ok_b, shift2, scale2, truth_b,
+            got_b = step(take, raw_b, torch.cat([pred_01, pred_10], 1), ok_b, shift2, scale2, truth_b,
                                      groups=2)
             # write the phases back into the grid at stride t
             gv, gok = gv.clone(), gok.clone()
@@ -245,9 +272,14 @@ class MSP(LosslessModel):
         coef = r[:, :, C * J * 3:]  # unbounded: a band can track an earlier one with gain > 1
         return means, log_scales, logits, coef
 
-    def _value_step(self, take, raw, pred, ok, shift, scale, truth, groups: int = 1) -> torch.Tensor:
+    def _unadapted_step(self, *args, **kwargs) -> torch.Tensor:
+        return self._value_step(*args, **kwargs, choose=False)
+
+    def _value_step(self, take, raw, pred, ok, shift, scale, truth, groups: int = 1, choose: bool = True
+                    ) -> torch.Tensor:
         """Code the valid values of one phase band by band (bands < c shift band c's means)."""
         means, log_scales, logits, coef = self._split(raw, pred, groups)
+        adapt = bool(self.hparams.get("adapt"))
         C = self.C
         out = torch.full(ok.shape, MISSING, dtype=torch.long, device=ok.device)
         resid = []  # per band of each group: (value - pred) in normalised units, 0 where missing
@@ -258,8 +290,12 @@ class MSP(LosslessModel):
                 m = m + (coef[:, :, c * (c - 1) // 2 + c2] * resid[c2]).unsqueeze(-1)
             sc, sh = scale[:, idx], shift[:, idx]
             m_sym = sh.unsqueeze(-1) + m / sc.unsqueeze(-1)
-            ls_sym = (log_scales[:, idx] - torch.log(sc).unsqueeze(-1)).clamp(MIN_LOG_SCALE, MAX_LOG_SCALE_SYMBOLS)
             sel = ok[:, idx]
+            ls_sym = log_scales[:, idx] - torch.log(sc).unsqueeze(-1)
+            if adapt and bool(sel.any()):
+                t = truth[:, idx] if truth is not None else None
+                ls_sym = ls_sym + self._offset(take, m_sym, ls_sym, logits[:, idx], sel, t, choose)
+            ls_sym = ls_sym.clamp(MIN_LOG_SCALE, MAX_LOG_SCALE_SYMBOLS)
             band = torch.full(sel.shape, MISSING, dtype=torch.long, device=ok.device)
             if bool(sel.any()):
                 band[sel] = take("values", (m_sym[sel], ls_sym[sel], logits[:, idx][sel]), sel,
@@ -267,6 +303,29 @@ class MSP(LosslessModel):
             out[:, idx] = band
             resid.append(((band.float() - sh) * sc - pred[:, idx]) * sel)
         return out
+
+    def _offset(self, take, means, log_scales, logits, sel, truth, choose: bool) -> torch.Tensor:
+        """The coded log-scale offset of each image ([B, 1, 1, 1, 1]) for one phase band: when encoding or scoring,
+        the one of ADAPT_OFFSETS that codes `truth` at `sel` in the fewest bits (UNADAPTED if not `choose`)."""
+        b = sel.shape[0]
+        pick = None
+        if truth is not None:
+            pick = torch.full((b,), UNADAPTED, dtype=torch.long, device=sel.device)
+            if choose:
+                with torch.no_grad(), exact.suspended():
+                    m, ls, lg = (t.detach()[sel].float() for t in (means, log_scales, logits))
+                    v = truth[sel].float()
+                    costs = []
+                    for off in ADAPT_OFFSETS:
+                        per = torch.zeros(sel.shape, dtype=torch.float64, device=sel.device)
+                        lp = mixture_log2prob(v, m, (ls + off).clamp(MIN_LOG_SCALE, MAX_LOG_SCALE_SYMBOLS), lg,
+                                              self.K)
+                        per[sel] = -lp.double()
+                        costs.append(per.flatten(1).sum(1))
+                    pick = torch.stack(costs).argmin(0)
+        pick = take("uniform", len(ADAPT_OFFSETS), (b,), pick)
+        table = torch.tensor(ADAPT_OFFSETS, dtype=log_scales.dtype, device=log_scales.device)
+        return table[pick].view(b, 1, 1, 1, 1)
 
     # ------------------------------------------------------------------ the public interface
     def _conditional(self) -> bool:
@@ -284,11 +343,90 @@ class MSP(LosslessModel):
         return prev, has
 
     def nll_bits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.train_bits(self.check_input(x)).detach().double()
+        """The bits the coder spends: with adapt=2 those of the tuned model plus its coded changes, spread over
+        the batch's images."""
+        x = self.check_input(x)
+        if self.hparams.get("adapt") != 2:
+            return self._bits(x, choose=True).detach().double()
+        q, bits = self._tuned(x)
+        return bits.double() + self._change_bits(q) / x.shape[0]
+
+    # ------------------------------------------------------------------ per-batch tuning (adapt=2)
+    def _with_changes(self, q: torch.Tensor | None) -> MSP:
+        """This model with the integer changes `q` (ADAPT_STEP units, ADAPTED order) added: a copy, since the
+        model itself is shared by a worker's threads."""
+        if q is None:
+            return self
+        clone = copy.deepcopy(self)
+        params = dict(clone.named_parameters())
+        at = 0
+        with torch.no_grad():
+            for name in ADAPTED:
+                p = params[name]
+                p.add_((q[at:at + p.numel()].to(p.dtype) * ADAPT_STEP).view_as(p))
+                at += p.numel()
+        return clone
+
+    def _tuned(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Integer changes of ADAPTED that code `x` in fewer bits, side information included (None if none do),
+        and the bits per image of the model they give (without the changes' own bits)."""
+        work = copy.deepcopy(self)
+        params = dict(work.named_parameters())
+        for p in work.parameters():
+            p.requires_grad_(False)
+        chosen = [params[n].requires_grad_(True) for n in ADAPTED]
+        start = [p.detach().clone() for p in chosen]
+        opt = torch.optim.Adam(chosen, lr=ADAPT_LR)
+        with exact.suspended():
+            with torch.enable_grad():
+                for _ in range(ADAPT_FIT_STEPS):
+                    loss = work._bits(x, choose=False).sum()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            change = torch.cat([(p.detach() - s0).flatten() for p, s0 in zip(chosen, start, strict=True)])
+            q = (change / ADAPT_STEP).round().clamp(-ADAPT_RANGE, ADAPT_RANGE).long()
+            with torch.no_grad():  # judged as coded: scale offsets chosen on both sides
+                before = self._bits(x, choose=True)
+                if not bool(q.any()):
+                    return None, before
+                after = self._with_changes(q)._bits(x, choose=True)
+        if float(after.sum()) + self._change_bits(q) < float(before.sum()) + self._change_bits(None):
+            return q, after
+        return None, before
+
+    @staticmethod
+    def _change_coder(n: int):
+        k = torch.arange(-ADAPT_RANGE, ADAPT_RANGE + 1, dtype=torch.float64)
+        return categorical(logits=(-k.abs() / ADAPT_SPREAD).expand(n, -1))
+
+    def _change_bits(self, q: torch.Tensor | None) -> float:
+        """Bits of the flag and the changes."""
+        if q is None:
+            return 1.0
+        k = torch.arange(-ADAPT_RANGE, ADAPT_RANGE + 1, dtype=torch.float64)
+        logp = torch.log_softmax(-k.abs() / ADAPT_SPREAD, 0)[q + ADAPT_RANGE]
+        return 1.0 - float(logp.sum()) / math.log(2)
+
+    def _push_changes(self, message: Message, q: torch.Tensor | None) -> None:
+        """Pushed after the pixels, so the decoder pops them first: the changes, then the flag."""
+        if q is not None:
+            message.push(q + ADAPT_RANGE, self._change_coder(q.numel()))
+        message.push(torch.tensor([int(q is not None)]), uniform(2, (1,)))
+
+    def _pop_changes(self, message: Message) -> torch.Tensor | None:
+        if not int(message.pop(uniform(2, (1,)))[0]):
+            return None
+        n = sum(dict(self.named_parameters())[name].numel() for name in ADAPTED)
+        return message.pop(self._change_coder(n)).reshape(n).long() - ADAPT_RANGE
 
     def train_bits(self, x: torch.Tensor) -> torch.Tensor:
+        return self._bits(x, choose=False)
+
+    def _bits(self, x: torch.Tensor, choose: bool) -> torch.Tensor:
         """Bits per image; for a conditional model the batch is a sequence and every frame is scored
-        given the true previous frame, all frames in one pass (the coder goes frame by frame)."""
+        given the true previous frame, all frames in one pass (the coder goes frame by frame). Training
+        (`choose=False`) keeps an adapting model's offsets at 0."""
         x = x.long()
         total = [torch.zeros(x.shape[0], device=x.device)]
 
@@ -297,7 +435,7 @@ class MSP(LosslessModel):
             return truth
 
         cond = self._previous(x) if self._conditional() else None
-        self._walk(tuple(x.shape), x, take, cond, self._stats(x))
+        self._walk(tuple(x.shape), x, take, cond, self._stats(x), choose)
         return total[0]
 
     def _score(self, total: list, kind: str, params, sel: torch.Tensor, truth: torch.Tensor) -> None:
@@ -321,20 +459,25 @@ class MSP(LosslessModel):
         units = ([(x[i:i + 1], (x[i - 1:i], torch.ones(1, dtype=torch.bool, device=x.device)) if i else None)
                   for i in range(x.shape[0])] if self._conditional() else [(x, None)])
         bits = []
+        q = self._tuned(x)[0] if self.hparams.get("adapt") == 2 else None
+        model = self._with_changes(q)
         with torch.no_grad():
             for xs, cond in reversed(units):
                 pushes, total = [], [torch.zeros(xs.shape[0], device=x.device)]
 
                 def take(kind, params, sel, truth, pushes=pushes, total=total):
                     with exact.suspended():  # a reported figure: plain floats are enough and cheaper
-                        self._score(total, kind, params, sel, truth)
-                    pushes.append((truth, self._coder(kind, params, tuple(truth.shape))))
+                        model._score(total, kind, params, sel, truth)
+                    pushes.append((truth, model._coder(kind, params, tuple(truth.shape))))
                     return truth
 
-                self._walk(tuple(xs.shape), xs, take, cond, self._stats(xs))
-                for symbols, model in reversed(pushes):
-                    message.push(symbols, model)
+                model._walk(tuple(xs.shape), xs, take, cond, model._stats(xs))
+                for symbols, coder in reversed(pushes):
+                    message.push(symbols, coder)
                 bits.append(total[0])
+        if self.hparams.get("adapt") == 2:
+            self._push_changes(message, q)
+            bits[0] = bits[0] + self._change_bits(q) / x.shape[0]
         return torch.cat(bits[::-1]).double()
 
     def decode(self, message: Message, shape: tuple[int, ...]) -> torch.Tensor:
@@ -345,7 +488,8 @@ class MSP(LosslessModel):
                 return message.pop(self._coder(kind, params, shp)).reshape(shp)
 
             if not self._conditional():
-                return self._walk(tuple(shape), None, take, None, None)
+                model = self._with_changes(self._pop_changes(message)) if self.hparams.get("adapt") == 2 else self
+                return model._walk(tuple(shape), None, take, None, None)
             frames = []
             for _ in range(b):
                 cond = (frames[-1], torch.ones(1, dtype=torch.bool, device=self.top.device)) if frames else None

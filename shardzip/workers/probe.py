@@ -17,8 +17,7 @@ import torch
 
 def probe_region(spec: dict) -> dict[str, Any]:
     """{"dims", "classical_bits", "nll_bits": {sha256: bits or None (the model cannot code these values)}}."""
-    from shardzip.format.chunk import Packing, _image_nll, encode_chunk, masked_model, raster_symbols
-    from shardzip.format.layout import to_images
+    from shardzip.format.chunk import Packing, encode_chunk
     from shardzip.workers.fit import _source_region
     from shardzip.workers.plugin import worker_model
 
@@ -29,18 +28,27 @@ def probe_region(spec: dict) -> dict[str, Any]:
     out: dict[str, Any] = {"dims": int(region.size), "classical_bits": 8 * stats.coded_bytes, "nll_bits": {}}
     for cand in spec["models"]:
         model = worker_model(cand["sha256"])[0]
-        if masked_model(model):
-            found = raster_symbols(region, packing, model.data_bits)
-            if found is None:
-                out["nll_bits"][cand["sha256"]] = None
-                continue
-            images = to_images(found[0], cand["layout"])
-        else:
-            images = to_images(region, cand["layout"]).astype(np.int64)
+        out["nll_bits"][cand["sha256"]] = _candidate_bits(model, region, packing, cand["layout"])
+    return out
+
+
+def _candidate_bits(model, region: np.ndarray, packing, layout: str) -> float | None:
+    """-log2 p of the region under `model` as its chunks would be coded (a masked model: the smaller of the fill
+    variants), or None where the model cannot code it."""
+    from shardzip.format.chunk import _image_nll, fill_variants, masked_model, raster_symbols
+    from shardzip.format.layout import to_images
+
+    if masked_model(model):
+        found = [raster_symbols(region, p, model.data_bits) for p in fill_variants(region, packing)]
+        inputs = [to_images(f[0], layout) for f in found if f is not None]
+    else:
+        inputs = [to_images(region, layout).astype(np.int64)]
+    bits = []
+    for images in inputs:
         x = torch.from_numpy(np.ascontiguousarray(images))
         batch = x.shape[0] if model.hparams.get("cond_channels") else 16
         try:
-            out["nll_bits"][cand["sha256"]] = float(sum(_image_nll(model, x, batch)))
+            bits.append(float(sum(_image_nll(model, x, batch))))
         except Exception:  # noqa: BLE001 - values outside the model's range, a shape it cannot take: not a candidate
-            out["nll_bits"][cand["sha256"]] = None
-    return out
+            continue
+    return min(bits) if bits else None
