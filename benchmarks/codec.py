@@ -36,7 +36,7 @@ def radar() -> torch.Tensor:
     import h5py
     from conftest import package_file
 
-    from shardzip.format.chunk import Packing, raster_symbols
+    from shardzip.format.packing import Packing, raster_symbols
 
     with h5py.File(package_file("pyart", "testing/data/example_radar.polar.fikor.h5"), "r") as f:
         d = f["dataset1/data1/data"][:256, :256]

@@ -35,7 +35,7 @@ def load(name: str) -> tuple[np.ndarray, torch.Tensor, int]:
     """The raster's array, its model symbols [C, H, W] (-1 where missing) and their bits."""
     import zarr
 
-    from shardzip.format.chunk import Packing, raster_symbols
+    from shardzip.format.packing import Packing, raster_symbols
 
     g = zarr.open_group(str(ROOT / "data" / "fit" / f"{name}.zarr"), mode="r")
     arr = next(a for _, a in sorted(g.arrays()) if a.ndim == 3)

@@ -93,7 +93,7 @@ def _chunk(src: str, plan: dict, index: tuple[int, ...]) -> np.ndarray:
 
 def _jxl_input(src: str, plan: dict, index: tuple[int, ...]) -> np.ndarray | None:
     """The chunk of shardzip's plan at `index`, as JPEG XL codes it (float rasters: their 16-bit symbols)."""
-    from shardzip.format.chunk import Packing, raster_symbols
+    from shardzip.format.packing import Packing, raster_symbols
 
     chunk = _chunk(src, plan, index)
     if chunk.dtype.kind == "f":

@@ -197,3 +197,15 @@ def test_image_splits_join_with_plus_and_stacks_do_not(catalog, tmp_path):
     assert [tuple(x.shape) for x in joined] == [(3, 8, 8), (3, 8, 9), (3, 8, 8)]
     with pytest.raises(CatalogError, match="only image splits"):
         load_split(cat, "tiny/train+test")
+
+
+def test_stack_splits_take_a_window_of_items(catalog, tmp_path):
+    from shardzip.train import load_split
+
+    raw = yaml.safe_load((tmp_path / "catalog.yaml").read_text())
+    raw["datasets"]["tiny"]["splits"].update({"head": "train@t=0:40", "held": "train@t=40:48"})
+    (tmp_path / "catalog.yaml").write_text(yaml.safe_dump(raw))
+    cat = load_catalog(tmp_path / "catalog.yaml")
+    whole, head, held = (load_split(cat, f"tiny/{s}") for s in ("train", "head", "held"))
+    assert tuple(head.shape) == (40, 1, 28, 28) and tuple(held.shape) == (8, 1, 28, 28)
+    assert torch.equal(torch.cat([head, held]), whole)

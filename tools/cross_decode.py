@@ -56,7 +56,7 @@ def build_samples(work: Path, names: list[str]) -> dict[str, Path]:
     import zarr
 
     from shardzip.catalog import load_catalog
-    from shardzip.format.chunk import Packing, raster_symbols
+    from shardzip.format.packing import Packing, raster_symbols
 
     cat = load_catalog()
     out_dir = work / "samples"

@@ -158,9 +158,7 @@ def fetch_weights(loc: Location, sha256: str) -> Path:
     try:
         return find_weights(sha256)
     except FormatError:
-        pass
-    if not loc.exists(weights_key(sha256)):
-        raise FormatError(f"{loc.url}: the model weights {weights_key(sha256)} are missing from the store")
+        require_weights(loc, sha256)  # in the store, then, or a clear error
     target = cache_dir() / f"{sha256}.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")

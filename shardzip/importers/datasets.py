@@ -255,7 +255,8 @@ def import_photo_train(store: str | Path,
 
 
 def read_split(store: str | Path, name: str, kind: str) -> np.ndarray | dict[str, np.ndarray]:
-    """A split of a catalog store: one array (kind 'stack') or {image name: array} (kind 'images')."""
+    """A split of a catalog store: one array (kind 'stack', or items a:b of one: 'train@t=a:b') or {image name:
+    array} (kind 'images')."""
     import zarr
 
     path = Path(store)
@@ -266,8 +267,9 @@ def read_split(store: str | Path, name: str, kind: str) -> np.ndarray | dict[str
         raise ImportDataError(f"{path} has no {name!r}; rebuild it with the catalog's importer command")
     if kind == "rasters":
         return read_rasters(root, name, path)
-    if kind == "stack":
-        return np.asarray(root[name][...])
+    if kind == "stack":  # optionally items a:b of the stack: "train@t=55000:60000"
+        base, axis, cut = parse_window(name)
+        return np.asarray(root[base][cut if axis == "t" else slice(None)])
     group = root[name]
     return {k: np.asarray(group[k][...]) for k in sorted(group.array_keys())}
 
@@ -338,7 +340,7 @@ def read_rasters(root, name: str, path: Path) -> dict[str, np.ndarray]:
     left out."""
     import zarr
 
-    from shardzip.format.chunk import Packing, raster_symbols
+    from shardzip.format.packing import Packing, raster_symbols
     from shardzip.pipeline.plan import source_arrays
 
     base, axis, cut = parse_window(name)

@@ -154,7 +154,7 @@ def is_sequence(arr, layout: str) -> bool:
 
 def sample_specs(chosen: list, regions: list[dict], src_url: str, storage_options: dict | None) -> list[dict]:
     """One `sample_region` task spec per sampled region."""
-    from shardzip.format.chunk import Packing
+    from shardzip.format.packing import Packing
 
     arrays = {p: (a, lay) for p, a, lay in chosen}
     specs = []

@@ -36,7 +36,7 @@ from shardzip.format.store import (
     store_sizes,
     weights_key,
 )
-from shardzip.format.weights import install_weights, is_shipped, numerics_profile, profile_numerics
+from shardzip.format.weights import install_weights, is_shipped, numerics_profile, portable, profile_numerics
 from shardzip.numerics import EXACT
 from shardzip.pipeline.cluster import AUTO, format_resources, register_models
 from shardzip.pipeline.destination import committed, drop_unused_weights, layout_writer, mark_root, redact_options
@@ -132,7 +132,7 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         plans = [plan_array(p, a, lmodel, entry.sha256, chunk_bytes=chunk_bytes, shard_chunks=shard_chunks,
                             classical=classical) for p, a in arrays]
     run_id = uuid.uuid4().hex[:12]
-    keep = job["profile"]["device"] if job and not _portable(job) else None
+    keep = job["profile"]["device"] if job and not portable(job["profile"]) else None
     with job_cluster(scheduler, workers, resources, keep) as cluster:
         log(f"tasks ask workers for resources {format_resources(cluster.resources)}; device {cluster.device}")
         if job is None:
@@ -158,12 +158,6 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
         raise JobInterrupted(f"interrupted: {kept} of {len(specs) + len(done)} shards of job {job['job_id']} are "
                              f"committed in {dst} (the store is incomplete); finish it with --resume")
     return _commit(req, dloc, job, plans, list(done.values()), new, {"this": run_id, "seconds": elapsed})
-
-
-def _portable(job: dict) -> bool:
-    from shardzip.format.weights import portable
-
-    return portable(job["profile"])
 
 
 def _existing_job(req: _Request, dloc: Location, entry, resume: bool, overwrite: bool) -> tuple[dict | None,

@@ -54,8 +54,8 @@ def classical_sizes(region: np.ndarray, layout: str) -> dict[str, int | None]:
 def sample_region(spec: dict) -> dict[str, Any]:
     """One sampled region: its tiles as model symbols [B, C, H, W] (int32, -1 missing) or None when its values
     are not exact integers within 16 bits, the values it holds, and the classical codecs' bytes on it."""
-    from shardzip.format.chunk import Packing, raster_symbols
     from shardzip.format.layout import to_images
+    from shardzip.format.packing import Packing, raster_symbols
 
     region = _source_region(spec)
     found = raster_symbols(region, Packing(**spec["packing"]) if spec.get("packing") else None, 16)

@@ -17,7 +17,8 @@ import torch
 
 def probe_region(spec: dict) -> dict[str, Any]:
     """{"dims", "classical_bits", "nll_bits": {sha256: bits or None (the model cannot code these values)}}."""
-    from shardzip.format.chunk import Packing, encode_chunk
+    from shardzip.format.chunk import encode_chunk
+    from shardzip.format.packing import Packing
     from shardzip.workers.fit import _source_region
     from shardzip.workers.plugin import worker_model
 
@@ -35,8 +36,9 @@ def probe_region(spec: dict) -> dict[str, Any]:
 def _candidate_bits(model, region: np.ndarray, packing, layout: str) -> float | None:
     """-log2 p of the region under `model` as its chunks would be coded (a masked model: the smaller of the fill
     variants), or None where the model cannot code it."""
-    from shardzip.format.chunk import _image_nll, fill_variants, masked_model, raster_symbols
+    from shardzip.format.chunk import _image_nll, masked_model
     from shardzip.format.layout import to_images
+    from shardzip.format.packing import fill_variants, raster_symbols
 
     if masked_model(model):
         found = [raster_symbols(region, p, model.data_bits) for p in fill_variants(region, packing)]
@@ -46,7 +48,7 @@ def _candidate_bits(model, region: np.ndarray, packing, layout: str) -> float | 
     bits = []
     for images in inputs:
         x = torch.from_numpy(np.ascontiguousarray(images))
-        batch = x.shape[0] if model.hparams.get("cond_channels") else 16
+        batch = x.shape[0] if model.sequence else 16
         try:
             bits.append(float(sum(_image_nll(model, x, batch))))
         except Exception:  # noqa: BLE001 - values outside the model's range, a shape it cannot take: not a candidate
