@@ -161,14 +161,15 @@ def test_msp_adapting_model_codes_each_images_scale_offsets_and_round_trips(land
     assert torch.equal(torch.cat(decompress(adapting, data)), x)
     with pytest.raises(CodingError):  # the offsets are in the code: a model that does not adapt
         decompress(plain, data)  # reads other symbols, and the message says so (underflow or words left)
-    # picked from the offsets with the fewest bits, offset 0 among them: never worse than the plain model
-    # by more than the coded choices (3 bits per image, phase band: 3 bands x (1 + 2 x 3 levels) phases)
+    # picked for the batch from the offsets with the fewest bits, offset 0 among them: never worse than the plain
+    # model by more than the coded choices (3 bits per batch and phase band: 3 bands x (1 + 2 x 3 levels) phases),
+    # spread over the batch's images
     side = 3 * 3 * 7
     adapted, unadapted = adapting.nll_bits(x), plain.nll_bits(x)
-    assert (adapted <= unadapted + side + 1e-6).all()
-    assert adapted[:2].sum() < unadapted[:2].sum() - 2 * side  # an untrained model's scales are far off
+    assert float(adapted.sum()) <= float(unadapted.sum()) + side + 1e-6
+    assert float(adapted.sum()) < float(unadapted.sum()) - 2 * side  # an untrained model's scales are far off
     # training keeps the offsets at 0: the plain model's bits plus the choices
-    assert torch.allclose(adapting.train_bits(x).double(), unadapted + side, rtol=1e-5)
+    assert torch.allclose(adapting.train_bits(x).double(), unadapted + side / 3, rtol=1e-5)
     assert len(ADAPT_OFFSETS) == 8 and 0.0 in ADAPT_OFFSETS
     with pytest.raises(ValueError, match="adapt"):
         _small(adapt=3)
