@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +26,9 @@ from shardzip.coding import (
     mixture_discretized_logistic,
     uniform,
 )
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
+TEST_DATA = Path(__file__).parent / "data"  # data that ships with the tests
 
 # Modest example counts: the suite must stay well under ~90 s on 2 CPU cores.
 settings.register_profile(

@@ -1,7 +1,7 @@
 """Integer kernels: CDF evaluation, symbol lookup and the interleaved rANS push/pop loops.
 
 TorchScript cannot read module globals, so the kernels spell their constants as literals; the
-named constants below document them and `tests/test_kernels.py` pins the two together.
+named constants below document them and `tests/coding/test_kernels.py` pins the two together.
 
 Everything here is integer tensor arithmetic, so the same code gives bit-identical results on CPU
 and CUDA, eager or TorchScript. The functions are written in the TorchScript subset and scripted

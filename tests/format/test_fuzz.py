@@ -16,12 +16,11 @@ import struct
 import zlib
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import examples
+from conftest import TEST_DATA, examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,7 +40,7 @@ from shardzip.format.chunk import (
 )
 from shardzip.format.layout import to_images
 
-MNIST = np.load(Path(__file__).parent / "data" / "mnist_test_64.npy")
+MNIST = np.load(TEST_DATA / "mnist_test_64.npy")
 # A decode of these small chunks takes milliseconds, a full model decode ~1 s; the bounds are generous so that
 # a loaded CI machine does not fail them, yet a hang fails the test instead of stalling the suite.
 SECONDS = 30.0  # wall-clock bound per decode (SIGALRM)

@@ -8,11 +8,10 @@ from pixel to pixel. The shipped checkpoints are exercised too (test_shipped_*).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import TEST_DATA
 from skimage import data as skdata
 
 from shardzip.catalog import load_catalog
@@ -27,7 +26,7 @@ from shardzip.errors import (
 from shardzip.models import FAMILIES, build_model, load_catalog_model, load_weights, save_weights
 from shardzip.models.codec import compress, decompress, read_header
 
-DATA = Path(__file__).parent / "data"
+DATA = TEST_DATA
 
 
 def mnist(n: int = 64) -> torch.Tensor:
@@ -233,7 +232,7 @@ def test_every_family_is_registered():
 
 # ---------------------------------------------------------------- shipped checkpoints
 CATALOG = load_catalog()
-SHIPPED = sorted(n for n, e in CATALOG.models.items() if e.family != "msp")  # rasters: tests/test_rasters.py
+SHIPPED = sorted(n for n, e in CATALOG.models.items() if e.family != "msp")  # rasters: tests/models/test_rasters.py
 
 
 @pytest.mark.parametrize("name", SHIPPED)

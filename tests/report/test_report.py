@@ -11,17 +11,17 @@ import math
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEST_DATA
 
 from shardzip.errors import ReportError
 from shardzip.report import baselines as bl
 from shardzip.report.baselines import BASELINES, BaselineResult, baseline_bytes
 from shardzip.report.render import render_latex, render_markdown, validate_report, write_report
 
-DATA = Path(__file__).parent / "data"
+DATA = TEST_DATA
 IMAGE_CODECS = ("png", "webp", "jpegxl", "jpegls", "jpeg2000")
 STREAM_CODECS = ("zstd", "lzma", "bz2", "blosc2")
 

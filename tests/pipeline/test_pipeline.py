@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import free_port, package_file, start_moto_s3
+from conftest import TEST_DATA, free_port, package_file, start_moto_s3
 
 from shardzip.cli import main
 from shardzip.format.store import open_store, open_zarr
@@ -29,7 +29,7 @@ from shardzip.numerics import EXACT
 from shardzip.pipeline import jobs
 from shardzip.pipeline import run as runner
 
-MNIST = np.load(Path(__file__).parent / "data" / "mnist_test_64.npy")
+MNIST = np.load(TEST_DATA / "mnist_test_64.npy")
 LABELS = np.array([7, 2, 1, 0, 4, 1, 4, 9] * 8, dtype=np.int64)  # stand-in labels: a second, non-image array
 SMALL = {"chunk_bytes": 8 * 784, "shard_chunks": 2}  # 8 images per chunk, 2 chunks per shard: 4 image shards
 

@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import free_port, start_moto_s3
+from conftest import TEST_DATA, free_port, start_moto_s3
 
 from shardzip.cli import main
 from shardzip.errors import ShardzipError
 from shardzip.format import shard as shardfmt
 from shardzip.format.store import open_store
 
-MNIST = np.load(Path(__file__).parent / "data" / "mnist_test_64.npy")
+MNIST = np.load(TEST_DATA / "mnist_test_64.npy")
 LABELS = np.arange(64, dtype=np.int64) % 10
 BUCKET = "shardzip-faults"
 SHARDS = 8 + 1  # 4 images per chunk, 2 chunks per shard: 8 image shards, and one for the labels

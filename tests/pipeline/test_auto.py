@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import package_file
+from conftest import TEST_DATA, package_file
 
 from shardzip.cli import main
 from shardzip.format.store import open_store
 from shardzip.pipeline import jobs
 from shardzip.pipeline.choose import candidates
 
-MNIST = np.load(Path(__file__).parent / "data" / "mnist_test_64.npy")
+MNIST = np.load(TEST_DATA / "mnist_test_64.npy")
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,16 @@ import importlib.util
 import math
 import random
 from decimal import Decimal, localcontext
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 from shardzip.coding import tables
 from shardzip.errors import NumericsError, ShardzipError
 
-GEN_TABLES = Path(__file__).resolve().parents[1] / "tools" / "gen_tables.py"
+GEN_TABLES = ROOT / "tools" / "gen_tables.py"
 NAMES = ("sigmoid", "normal_cdf", "exp_neg")
 SAMPLES = 50
 

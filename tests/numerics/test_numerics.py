@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, TEST_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,11 +31,11 @@ from shardzip.numerics import EXACT, FLOAT, exact_numerics
 from shardzip.numerics import elementary as E
 from shardzip.numerics.exact import exact_convolution, exact_matmul, exact_sum, quantize_weights
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = ROOT
 sys.path.insert(0, str(ROOT / "tools"))
 import cross_decode  # noqa: E402
 
-MNIST = torch.from_numpy(np.load(Path(__file__).parent / "data" / "mnist_test_64.npy")).long()
+MNIST = torch.from_numpy(np.load(TEST_DATA / "mnist_test_64.npy")).long()
 SHIPPED = sorted(n for n, e in load_catalog().models.items() if e.sha256)
 
 
@@ -355,7 +356,7 @@ def test_legacy_containers_decode_by_trying_the_thread_counts_their_encoder_may_
         decompress(other, one)
 
 
-LEGACY = Path(__file__).parent / "data" / "legacy"
+LEGACY = TEST_DATA / "legacy"
 
 
 def _machine() -> dict:
@@ -692,7 +693,7 @@ def test_exact_convolutions_without_the_micro_kernels_take_aten_s_path(monkeypat
     assert torch.equal(fast.view(torch.int32), slow.view(torch.int32))
 
 
-EXACT2 = Path(__file__).parent / "data" / "exact2"
+EXACT2 = TEST_DATA / "exact2"
 
 
 @pytest.mark.parametrize("name,array", [("coffee-idf-photos", "coffee"), ("radar-msp-radar", "DBZH")])

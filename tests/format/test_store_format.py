@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEST_DATA
 from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -18,7 +19,7 @@ from shardzip.format.codec import ShardzipCodec
 from shardzip.format.layout import from_images, infer_layout, to_images
 from shardzip.format.weights import decode_device
 
-MNIST = np.load(Path(__file__).parent / "data" / "mnist_test_64.npy")
+MNIST = np.load(TEST_DATA / "mnist_test_64.npy")
 
 
 @given(st.sampled_from(["NCHW", "NHWC", "NHW", "CHW", "HWC", "HW", "TYX", "TCYX"]), st.data())

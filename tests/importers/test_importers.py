@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import package_file
+from conftest import TEST_DATA, package_file
 
 from shardzip.cli import main
 from shardzip.errors import ImportDataError
@@ -23,7 +23,7 @@ from shardzip.importers.images import import_images, read_idx
 from shardzip.importers.netcdf import import_netcdf
 from shardzip.importers.odim import import_odim
 
-MNIST = np.load(Path(__file__).parent / "data" / "mnist_test_64.npy")
+MNIST = np.load(TEST_DATA / "mnist_test_64.npy")
 
 
 def test_odim_volume_keeps_every_sweep_moment_and_attribute(tmp_path):
