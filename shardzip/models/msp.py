@@ -363,7 +363,7 @@ class MSP(LosslessModel):
         with torch.no_grad():
             for name in ADAPTED:
                 p = params[name]
-                p.add_((q[at:at + p.numel()].to(p.dtype) * ADAPT_STEP).view_as(p))
+                p.add_((q[at:at + p.numel()].to(device=p.device, dtype=p.dtype) * ADAPT_STEP).view_as(p))
                 at += p.numel()
         return clone
 
@@ -395,9 +395,8 @@ class MSP(LosslessModel):
             return q, after
         return None, before
 
-    @staticmethod
-    def _change_coder(n: int):
-        k = torch.arange(-ADAPT_RANGE, ADAPT_RANGE + 1, dtype=torch.float64)
+    def _change_coder(self, n: int):
+        k = torch.arange(-ADAPT_RANGE, ADAPT_RANGE + 1, dtype=torch.float64, device=self.top.device)
         return categorical(logits=(-k.abs() / ADAPT_SPREAD).expand(n, -1))
 
     def _change_bits(self, q: torch.Tensor | None) -> float:
@@ -412,7 +411,7 @@ class MSP(LosslessModel):
         """Pushed after the pixels, so the decoder pops them first: the changes, then the flag."""
         if q is not None:
             message.push(q + ADAPT_RANGE, self._change_coder(q.numel()))
-        message.push(torch.tensor([int(q is not None)]), uniform(2, (1,)))
+        message.push(torch.tensor([int(q is not None)], device=self.top.device), uniform(2, (1,)))
 
     def _pop_changes(self, message: Message) -> torch.Tensor | None:
         if not int(message.pop(uniform(2, (1,)))[0]):
