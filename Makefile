@@ -11,7 +11,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
-DEMO_MODEL ?= $(if $(filter photos,$(DEMO_DATA)),msp-photos,idf-$(DEMO_DATA))
+DEMO_MODEL ?= msp-$(DEMO_DATA)
 # Interpreter that creates the venv: python3.11 where it works, else python3 (override: make PYTHON=...).
 PYTHON ?= $(shell python3.11 -c '' >/dev/null 2>&1 && echo python3.11 || echo python3)
 # Only the folders that exist: git keeps no empty folder, so a fresh clone may lack one.
