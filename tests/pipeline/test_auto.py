@@ -55,7 +55,7 @@ def test_auto_picks_per_array_the_model_that_codes_it_best(scheduler_address, mi
     assert scores["msp-radar"] < radar["choice"]["classical_bpd"]
     assert all(scores["msp-radar"] <= v for v in scores.values() if v is not None)
     # ... and a digit model on digits: every candidate that fits was scored, the best one picked
-    assert digits["choice"]["picked"] in ("bbans-mnist", "idf-mnist")
+    assert digits["choice"]["picked"] == "msp-mnist"  # 1.20 bpd on MNIST test against bbans' 1.54, idf's 1.62
     assert digits["choice"]["models_bpd"]["msp-radar"] > digits["choice"]["models_bpd"][digits["choice"]["picked"]]
     assert labels["model"] is None and labels["reason"].startswith("auto: no model fits it")
     assert {v["name"] for v in m["models"].values()} == {"msp-radar", digits["choice"]["picked"]}

@@ -190,7 +190,7 @@ def test_eval_auto_is_what_compress_auto_writes(cluster, sources, tmp_path, monk
     report = evaluate([mnist], ["auto", "idf-mnist"], baselines=("zstd",), scheduler=cluster, progress=False,
                       command=["test"])
     auto, single = _row(report, mnist, "images", "auto"), _row(report, mnist, "images", "idf-mnist")
-    assert auto["applicable"] and auto["verified"] and auto["choice"]["picked"] in ("idf-mnist", "bbans-mnist", None)
+    assert auto["applicable"] and auto["verified"] and auto["choice"]["picked"] == "msp-mnist"
     assert auto["choice"]["reason"].startswith("auto: ")
     m = jobs.compress(mnist, str(tmp_path / "a.szip"), "auto", scheduler=cluster, progress=False,
                       log=lambda *_: None)
@@ -198,4 +198,4 @@ def test_eval_auto_is_what_compress_auto_writes(cluster, sources, tmp_path, monk
     assert auto["bpd"] == pytest.approx(m["arrays"]["images"]["bpd"], rel=1e-12)
     assert auto["dims"] == single["dims"] == MNIST.size
     assert _row(report, mnist, "images", "zstd")["applicable"]  # baselines ran once, with the first model
-    assert report["reproducibility"]["models"]["auto"] in ("idf-mnist", "bbans-mnist", "none")
+    assert report["reproducibility"]["models"]["auto"] == "msp-mnist"
