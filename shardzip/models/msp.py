@@ -27,6 +27,7 @@ Sequences (`cond_channels=1`): frame t is coded given the decoded frame t-1 of t
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import torch
@@ -145,7 +146,7 @@ class MSP(LosslessModel):
         """Visit every coded quantity in decode order. `take(kind, params, sel, truth)` returns the symbols
         at the selected positions (the truth when encoding or scoring; popped when decoding). `choose=False`
         keeps an adapting model's offsets at 0 (training)."""
-        step = self._value_step if choose else self._unadapted_step
+        step = functools.partial(self._value_step, choose=choose)
         b, C, h, w = shape
         dev = self.top.device
         ph, pw = self._padded(h, w)
@@ -272,9 +273,6 @@ class MSP(LosslessModel):
         coef = r[:, :, C * J * 3:]  # unbounded: a band can track an earlier one with gain > 1
         return means, log_scales, logits, coef
 
-    def _unadapted_step(self, *args, **kwargs) -> torch.Tensor:
-        return self._value_step(*args, **kwargs, choose=False)
-
     def _value_step(self, take, raw, pred, ok, shift, scale, truth, groups: int = 1, choose: bool = True
                     ) -> torch.Tensor:
         """Code the valid values of one phase band by band (bands < c shift band c's means)."""
@@ -395,16 +393,20 @@ class MSP(LosslessModel):
             return q, after
         return None, before
 
+    @staticmethod
+    def _change_logits(device=None) -> torch.Tensor:
+        """The Laplace over -ADAPT_RANGE..ADAPT_RANGE steps that the changes are coded with (logits)."""
+        k = torch.arange(-ADAPT_RANGE, ADAPT_RANGE + 1, dtype=torch.float64, device=device)
+        return -k.abs() / ADAPT_SPREAD
+
     def _change_coder(self, n: int):
-        k = torch.arange(-ADAPT_RANGE, ADAPT_RANGE + 1, dtype=torch.float64, device=self.top.device)
-        return categorical(logits=(-k.abs() / ADAPT_SPREAD).expand(n, -1))
+        return categorical(logits=self._change_logits(self.top.device).expand(n, -1))
 
     def _change_bits(self, q: torch.Tensor | None) -> float:
         """Bits of the flag and the changes."""
         if q is None:
             return 1.0
-        k = torch.arange(-ADAPT_RANGE, ADAPT_RANGE + 1, dtype=torch.float64)
-        logp = torch.log_softmax(-k.abs() / ADAPT_SPREAD, 0)[q + ADAPT_RANGE]
+        logp = torch.log_softmax(self._change_logits(), 0)[q.cpu() + ADAPT_RANGE]
         return 1.0 - float(logp.sum()) / math.log(2)
 
     def _push_changes(self, message: Message, q: torch.Tensor | None) -> None:
