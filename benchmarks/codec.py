@@ -9,7 +9,8 @@ The table prints MB/s of source bytes and the coder's share of decode time: cPro
 `Message.pop`, the per-symbol loop that issue 16 measured at 90 % of decode. What remains is the network
 under exact numerics.
 
-    python benchmarks/codec.py            # msp-radar, idf-photos, idf-mnist, bbans-mnist, hilloc-photos
+    python benchmarks/codec.py            # msp-radar, msp-photos, msp-mnist, idf-photos, idf-mnist, bbans-mnist,
+                                          # hilloc-photos
     python benchmarks/codec.py --only msp-radar
     python benchmarks/codec.py --device cuda   # on a GPU machine: MB/s per GPU, bytes compared with the CPU's
 """
@@ -58,8 +59,8 @@ def mnist() -> torch.Tensor:
     return torch.from_numpy(digits).reshape(64, 1, 28, 28)
 
 
-CASES = {"msp-radar": radar, "idf-photos": photos, "idf-mnist": mnist, "bbans-mnist": mnist,
-         "hilloc-photos": photos}
+CASES = {"msp-radar": radar, "msp-photos": photos, "msp-mnist": mnist, "idf-photos": photos, "idf-mnist": mnist,
+         "bbans-mnist": mnist, "hilloc-photos": photos}
 
 
 def run(name: str, make, device: str = "cpu") -> list[dict]:

@@ -46,9 +46,11 @@ def test_cpu_and_cuda_write_identical_bytes_and_read_each_other(kind, K, precisi
 @pytest.mark.parametrize("kind", KINDS)
 def test_cpu_and_cuda_cdfs_are_identical(kind):
     cpu, gpu = _pair(kind, (5, 7), 300, 20, seed=3)
-    assert torch.equal(full_cdf(gpu).cpu(), full_cdf(cpu))
+    assert torch.equal(full_cdf(gpu).cpu(), full_cdf(cpu))  # what the coder uses: identical integers
     symbols = sample(cpu, seed=4)
-    assert torch.equal(gpu.log2_prob(symbols.to(CUDA)).cpu(), cpu.log2_prob(symbols))
+    # -log2 p is a reported figure, never coded: the log2 of the same integer frequencies, which CUDA's log2 (not
+    # correctly rounded) may place one unit in the last place away from the CPU's (seen on an H200)
+    torch.testing.assert_close(gpu.log2_prob(symbols.to(CUDA)).cpu(), cpu.log2_prob(symbols), rtol=1e-12, atol=1e-12)
 
 
 @given(coding_cases(max_numel=400), st.integers(1, 300))
@@ -84,7 +86,7 @@ def test_message_stack_is_identical_on_both_devices(scripted):
 
 @pytest.mark.parametrize("start", ["clean_bits", "cold_prefix"])
 def test_bits_back_on_cuda_matches_cpu_bytes(start):
-    from test_bitsback import Start, ToyLatentModel, bits_back_decode, bits_back_encode
+    from coding.test_bitsback import Start, ToyLatentModel, bits_back_decode, bits_back_encode
 
     lanes, rounds = 32, 30
     results = {}

@@ -3,12 +3,18 @@
     python tools/cross_decode.py                              # CPU: default and best kernels, oneDNN off, 1/2/4 threads
     python tools/cross_decode.py --configs cpu/best,cuda      # on a GPU machine: CUDA <-> CPU, both ways
     python tools/cross_decode.py --numerics float --models bbans-mnist   # what plain floats do instead
+    python tools/cross_decode.py --work x --machine here      # keep samples and bytes in x/: copy x/ to another
+                                                              # machine and run there with --work x, then back
 
 Each configuration runs in its own process (the CPU kernel set, ATEN_CPU_CAPABILITY, is fixed when torch
 loads): first every configuration encodes a real sample for each model under each thread count, then
 every configuration decodes every distinct byte string written, under each of its thread counts, and
 compares the result with the sample bit for bit. Prints one row per model and exits 1 if any byte
 string fails to decode anywhere (or, with --same-bytes, if the configurations wrote different bytes).
+
+With --work DIR the samples, the bytes and the list of writers stay in DIR: a later run with the same DIR, on
+this machine or on another one it was copied to (other CPU, other torch build, a GPU), adds its writers and
+decodes every byte string any machine wrote. File paths in DIR/encoded.json are relative to DIR.
 
 Configurations: cpu/default (ATEN_CPU_CAPABILITY=default: the scalar kernels; SHARDZIP_KERNELS=generic:
 shardzip's convolution micro-kernels built for the architecture's baseline), cpu/best (this CPU's best
@@ -180,17 +186,17 @@ def _child(args) -> int:
                 torch.set_num_threads(t)
                 t0 = time.perf_counter()
                 blob = compress(model, samples[name].to(device), batch=batch[name], numerics=args.numerics)
-                where = work / "blobs" / f"{args.config.replace('/', '_')}-t{t}"
+                where = work / "blobs" / f"{args.machine}-{args.config.replace('/', '_')}-t{t}"
                 where.mkdir(parents=True, exist_ok=True)
                 (where / f"{name}.bin").write_bytes(blob)
                 results.append({"model": name, "config": args.config, "threads": t, "bytes": len(blob),
                                 "sha256": hashlib.sha256(blob).hexdigest(), "seconds": time.perf_counter() - t0,
-                                "file": str(where / f"{name}.bin")})
+                                "file": str((where / f"{name}.bin").relative_to(work)), "machine": args.machine})
     else:
         todo = json.loads(Path(args.todo).read_text())
         for item in todo:
             name = item["model"]
-            blob = Path(item["file"]).read_bytes()
+            blob = (work / item["file"]).read_bytes()
             for t in threads:
                 torch.set_num_threads(t)
                 t0 = time.perf_counter()
@@ -201,7 +207,8 @@ def _child(args) -> int:
                 except Exception as exc:  # noqa: BLE001 - report every failure, keep going
                     ok, error = False, f"{type(exc).__name__}: {exc}"[:200]
                 results.append({"model": name, "sha256": item["sha256"], "config": args.config, "threads": t,
-                                "ok": ok, "error": error, "seconds": time.perf_counter() - t0})
+                                "ok": ok, "error": error, "seconds": time.perf_counter() - t0,
+                                "machine": args.machine, "writer": item.get("machine")})
     Path(args.out).write_text(json.dumps(results))
     return 0
 
@@ -216,7 +223,7 @@ def _run_child(kind: str, config: str, ns, work: Path, todo: Path | None = None)
     out = work / f"{kind}-{config.replace('/', '_')}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--config", config, "--threads",
            ns.threads, "--models", ",".join(ns.models), "--work", str(work), "--out", str(out),
-           "--numerics", ns.numerics]
+           "--numerics", ns.numerics, "--machine", ns.machine]
     if todo is not None:
         cmd += ["--todo", str(todo)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -227,21 +234,31 @@ def _run_child(kind: str, config: str, ns, work: Path, todo: Path | None = None)
 
 # ------------------------------------------------------------------------------------------ main
 def cross_decode(models: list[str], configs: list[str], threads: str = "1,2,4", numerics: str | None = None,
-                 work: Path | None = None, log=print) -> dict:
+                 work: Path | None = None, log=print, machine: str | None = None) -> dict:
     """Encode under every configuration, decode every distinct result under every configuration; `numerics`:
-    what new stores are coded with (`shardzip.numerics.EXACT`) unless given.
+    what new stores are coded with (`shardzip.numerics.EXACT`) unless given. With `work` given, samples already
+    there are reused and the writers recorded there by earlier runs (`machine`: this run's label) are decoded too.
 
     Returns {"encoded": [...], "decoded": [...], "rows": {model: {...}}, "ok": bool, "same_bytes": bool}."""
     if numerics is None:
         from shardzip.numerics import EXACT as numerics
-    ns = argparse.Namespace(threads=threads, models=models, numerics=numerics)
+    import platform
+
+    ns = argparse.Namespace(threads=threads, models=models, numerics=numerics, machine=machine or platform.node())
     tmp = None
     if work is None:
         tmp = tempfile.TemporaryDirectory(prefix="shardzip-cross-")
         work = Path(tmp.name)
     try:
-        build_samples(work, models)
-        encoded = [r for c in configs for r in _run_child("encode", c, ns, work)]
+        missing = [m for m in models if not (work / "samples" / f"{m}.pt").exists()]
+        if missing:
+            build_samples(work, missing)
+        earlier_file = work / "encoded.json"
+        earlier = json.loads(earlier_file.read_text()) if earlier_file.exists() else []
+        earlier = [r for r in earlier if r["model"] in models and r.get("machine") != ns.machine]
+        encoded = earlier + [r for c in configs for r in _run_child("encode", c, ns, work)]
+        if tmp is None:
+            earlier_file.write_text(json.dumps(encoded, indent=1))
         distinct = {}
         for r in encoded:
             distinct.setdefault((r["model"], r["sha256"]), r)
@@ -268,8 +285,12 @@ def cross_decode(models: list[str], configs: list[str], threads: str = "1,2,4", 
     for name, r in rows.items():
         log(f"{name:<16} {r['writers']:>7} {r['distinct_bytes']:>14} {','.join(map(str, r['bytes'])):>9} "
             f"{r['decodes']:>8} {len(r['failed']):>6} {r['encode_s']:>6.2f} {r['decode_s']:>6.2f}")
+        machines = sorted({e.get("machine") or "?" for e in encoded if e["model"] == name})
+        if len(machines) > 1:
+            log(f"    writers on {', '.join(machines)}")
         for f in r["failed"][:3]:
-            log(f"    fails under {f['config']} x {f['threads']} threads: {f['error']}")
+            log(f"    fails under {f['config']} x {f['threads']} threads ({f.get('machine')}, written on "
+                f"{f.get('writer')}): {f['error']}")
     return {"encoded": encoded, "decoded": decoded, "rows": rows, "ok": ok, "same_bytes": same}
 
 
@@ -282,9 +303,10 @@ def main(argv: list[str] | None = None) -> int:
                                       "(decoding old stores), or float")
     p.add_argument("--same-bytes", action="store_true", help="also fail when configurations write different bytes")
     p.add_argument("--json", help="write the full results here")
+    p.add_argument("--work", help="keep samples and bytes in this folder; reuse what an earlier run left there")
+    p.add_argument("--machine", help="this machine's label in --work's list of writers (default: the host name)")
     p.add_argument("--child", choices=("encode", "decode"), help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
-    p.add_argument("--work", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--todo", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -299,7 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = [c for c in configs if c not in CONFIGS]
     if bad:
         p.error(f"unknown configuration(s) {', '.join(bad)}; known: {', '.join(CONFIGS)}")
-    out = cross_decode(models, configs, args.threads, args.numerics)
+    work = Path(args.work) if args.work else None
+    if work is not None:
+        work.mkdir(parents=True, exist_ok=True)
+    out = cross_decode(models, configs, args.threads, args.numerics, work, machine=args.machine)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     if not out["ok"]:

@@ -77,6 +77,16 @@ def coder_seconds() -> float:
     return getattr(_CLOCK, "seconds", 0.0)
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are one: "cuda" names the current CUDA device, so it is "cuda:0" when that is current."""
+    def index(d: torch.device) -> int | None:
+        if d.type == "cuda" and d.index is None and torch.cuda.is_available():
+            return torch.cuda.current_device()
+        return d.index
+
+    return a.type == b.type and index(a) == index(b)
+
+
 def _plain(method):
     """Run a coding step outside any torch dispatch mode: the coder is integer arithmetic, exact as it is, and
     `shardzip.numerics.exact_numerics` (under which models build their entropy models) would only slow it.
@@ -182,7 +192,7 @@ class Message:
         self._top += used
 
     def _check_device(self, model: EntropyModel) -> None:
-        if model.device != self.device:
+        if not same_device(model.device, self.device):
             raise ModelParameterError(f"model lives on {model.device} but the message on {self.device}")
 
     @_plain

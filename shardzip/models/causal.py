@@ -282,7 +282,7 @@ class Causal(LosslessModel):
 
     def _coder(self, kind: str, params):
         if kind == "flag":
-            return uniform(params[0], (params[1],))
+            return uniform(params[0], (params[1],), device=self.spread.device)
         if kind == "mask":
             lg = params.detach().double()
             return categorical(logits=torch.stack([torch.zeros_like(lg), lg], -1))

@@ -413,10 +413,11 @@ class MSP(LosslessModel):
         """Pushed after the pixels, so the decoder pops them first: the changes, then the flag."""
         if q is not None:
             message.push(q + ADAPT_RANGE, self._change_coder(q.numel()))
-        message.push(torch.tensor([int(q is not None)], device=self.top.device), uniform(2, (1,)))
+        device = self.top.device
+        message.push(torch.tensor([int(q is not None)], device=device), uniform(2, (1,), device=device))
 
     def _pop_changes(self, message: Message) -> torch.Tensor | None:
-        if not int(message.pop(uniform(2, (1,)))[0]):
+        if not int(message.pop(uniform(2, (1,), device=self.top.device))[0]):
             return None
         n = sum(dict(self.named_parameters())[name].numel() for name in ADAPTED)
         return message.pop(self._change_coder(n)).reshape(n).long() - ADAPT_RANGE
@@ -502,7 +503,7 @@ class MSP(LosslessModel):
 
     def _coder(self, kind, params, shape):
         if kind in ("uniform", "choice"):
-            return uniform(params, tuple(shape))
+            return uniform(params, tuple(shape), device=self.top.device)
         if kind == "mask":
             lg = params.detach().double()
             return categorical(logits=torch.stack([torch.zeros_like(lg), lg], -1))
