@@ -3,7 +3,7 @@
 A fit trains one model on integer tiles sampled from a source (`shardzip.pipeline.fit` samples them
 on the workers and runs `run_fit` as a task on one of them). Tiles are [B, C, H, W] int tensors with
 -1 where a value is missing, packed exactly as the compressed format packs a chunk
-(`shardzip.format.chunk.raster_symbols`), so the model learns what it will code.
+(`shardzip.format.packing.raster_symbols`), so the model learns what it will code.
 
 Training draws random crops of the training tiles, seeded (or what the model's `training_sampler`
 draws: independent pixels for causal models), runs under a budget of steps or of minutes (the

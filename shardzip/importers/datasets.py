@@ -335,7 +335,7 @@ def read_rasters(root, name: str, path: Path) -> dict[str, np.ndarray]:
     """A 'rasters' split: every array under group or array `name`, optionally a hold-out window
     `name@rows=r0:r1` (rows) or `name@t=t0:t1` (frames of a sequence), as integer images with -1 where
     values are missing, packed exactly as the compressed format packs them
-    (`shardzip.format.chunk.raster_symbols`): [C, H, W] per array, or [T, 1, H, W] for an array whose
+    (`shardzip.format.packing.raster_symbols`): [C, H, W] per array, or [T, 1, H, W] for an array whose
     `shardzip_layout` is TYX (a sequence). Arrays whose values are not exact integers within 16 bits are
     left out."""
     import zarr

@@ -64,7 +64,7 @@ class LosslessModel(nn.Module):
     family: ClassVar[str] = ""
     bits_back: ClassVar[bool] = False  # True: decoding needs initial bits (Message.with_clean_bits)
     # True: codes rasters of any numeric dtype packed to integers with -1 where a value is missing
-    # (`shardzip.format.chunk`'s masked-model method); False: unsigned images of data_bits, every value present
+    # (`shardzip.format.learned`'s masked-model method); False: unsigned images of data_bits, every value present
     codes_missing: ClassVar[bool] = False
     # the precision of a fitted model's file (`shardzip.models.save_weights`): what a store carries with the data
     stored_precision: ClassVar[str] = "float16"

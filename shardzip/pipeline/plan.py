@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from shardzip.errors import SourceError
-from shardzip.format.chunk import masked_model, model_fits
 from shardzip.format.classical import default_candidates
 from shardzip.format.layout import canonical, channels_of, infer_layout
+from shardzip.format.learned import masked_model, model_fits
 from shardzip.format.packing import Packing
 from shardzip.format.store import Location, is_local, local_path
 from shardzip.format.weights import profile_numerics

@@ -27,10 +27,10 @@ def classical_sizes(region: np.ndarray, layout: str) -> dict[str, int | None]:
     """Bytes of the region's raw values under zstd (level 9) and JPEG-XL lossless (effort 7: the smaller of each
     band as a grey plane and, for 3 or 4 bands, the bands as one colour image; 16-bit signed values as offset
     binary; None where JPEG-XL cannot take the values: floats, wider integers)."""
-    from shardzip.format.chunk import ZSTD_LEVEL, _raw, _zstd
     from shardzip.format.layout import to_images
+    from shardzip.format.plain import ZSTD_LEVEL, raw_bytes, zstd
 
-    out: dict[str, int | None] = {"zstd": len(_zstd(ZSTD_LEVEL).encode(_raw(region)))}
+    out: dict[str, int | None] = {"zstd": len(zstd(ZSTD_LEVEL).encode(raw_bytes(region)))}
     out["jpegxl"] = None
     if region.dtype.kind in "ui" and region.dtype.itemsize <= 2 and region.size:
         try:

@@ -36,8 +36,8 @@ def probe_region(spec: dict) -> dict[str, Any]:
 def _candidate_bits(model, region: np.ndarray, packing, layout: str) -> float | None:
     """-log2 p of the region under `model` as its chunks would be coded (a masked model: the smaller of the fill
     variants), or None where the model cannot code it."""
-    from shardzip.format.chunk import _image_nll, masked_model
     from shardzip.format.layout import to_images
+    from shardzip.format.learned import image_nll, masked_model
     from shardzip.format.packing import fill_variants, raster_symbols
 
     if masked_model(model):
@@ -50,7 +50,7 @@ def _candidate_bits(model, region: np.ndarray, packing, layout: str) -> float | 
         x = torch.from_numpy(np.ascontiguousarray(images))
         batch = x.shape[0] if model.sequence else 16
         try:
-            bits.append(float(sum(_image_nll(model, x, batch))))
+            bits.append(float(sum(image_nll(model, x, batch))))
         except Exception:  # noqa: BLE001 - values outside the model's range, a shape it cannot take: not a candidate
             continue
     return min(bits) if bits else None

@@ -34,11 +34,11 @@ from shardzip.format.chunk import (
     PARTIAL,
     VERSION,
     Packing,
-    _encode_masked_model,
     decode_chunk,
     encode_chunk,
 )
 from shardzip.format.layout import to_images
+from shardzip.format.learned import encode_masked_model
 
 MNIST = np.load(TEST_DATA / "mnist_test_64.npy")
 # A decode of these small chunks takes milliseconds, a full model decode ~1 s; the bounds are generous so that
@@ -109,7 +109,7 @@ def corpus() -> tuple[Case, ...]:
     full_radar[:9] = radar[:9]
     cases.append(Case("edge-masked", edge_radar, full_radar, radar.shape, packing=packed))
     # method 5: the raster model codes values and the no-data mask (NaN and fill both present: kinds kept too)
-    body, _ = _encode_masked_model(radar, _model("msp-radar"), "HW", packed, None, 9)
+    body, _ = encode_masked_model(radar, _model("msp-radar"), "HW", packed, None, 9)
     cases.append(Case("masked-model", _HEAD.pack(MAGIC, VERSION, MASKED_MODEL, zlib.crc32(radar.tobytes())) + body,
                       radar, radar.shape, "HW", "msp-radar", packed))
     for c in cases:  # the corpus itself decodes exactly

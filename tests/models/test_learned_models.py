@@ -347,7 +347,9 @@ def test_causal_model_is_trained_by_its_nll_and_refuses_bad_input():
 def test_chunks_are_scored_by_the_coding_pass_alone(name, monkeypatch):
     """Issue 16: the NLL that reports print comes out of the pass that codes (the model's encode), not from a
     second forward: with nll_bits unavailable a chunk still codes, with the same per-image NLL, and decodes."""
-    from shardzip.format.chunk import Packing, decode_chunk, encode_chunk, raster_symbols, to_images
+    from shardzip.format.chunk import Packing, decode_chunk, encode_chunk
+    from shardzip.format.layout import to_images
+    from shardzip.format.packing import raster_symbols
 
     model = load_catalog_model(name)
     photos = np.stack([np.asarray(photo_crop(40, 56, n)) for n in ("chelsea", "astronaut")])

@@ -18,14 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardzip.errors import CodingError, ModelParameterError, SymbolRangeError
-from shardzip.format.chunk import (
-    MASKED_MODEL,
-    Packing,
-    _values_from_symbols,
-    decode_chunk,
-    encode_chunk,
-    raster_symbols,
-)
+from shardzip.format.chunk import MASKED_MODEL, Packing, decode_chunk, encode_chunk
+from shardzip.format.packing import _values_from_symbols, raster_symbols
 from shardzip.models import build_model
 from shardzip.models.codec import compress, compress_scored, decompress
 
@@ -204,14 +198,15 @@ def test_msp_tuned_per_batch_codes_its_changes_and_leaves_the_shared_model_alone
 def test_integer_chunks_holding_the_fill_value_are_coded_with_it_as_a_value_where_that_is_smaller():
     from skimage import data as skdata
 
-    from shardzip.format.chunk import _masked_model_payload, fill_variants
+    from shardzip.format.learned import masked_model_payload
+    from shardzip.format.packing import fill_variants
 
     photo = np.ascontiguousarray(skdata.astronaut()[256:320, 384:448, :].transpose(2, 0, 1))  # black of the suit
     assert 0 < (photo == 0).mean() < 0.9
     fill = Packing(fill=0.0)
     assert fill_variants(photo, fill) == [fill, Packing(fill=None)] and fill_variants(photo + 1, fill) == [fill]
     model = _small(channels=3, data_bits=8, levels=3)  # its mask network is untrained: a bit a pixel for masks
-    as_missing = _masked_model_payload(photo, model, "CHW", fill, None, 3)
+    as_missing = masked_model_payload(photo, model, "CHW", fill, None, 3)
     out, stats = encode_chunk(photo, model, "CHW", packing=fill)
     assert stats.method == "masked-model" and stats.model_bytes < len(as_missing[0])
     back = decode_chunk(out, photo.shape, photo.dtype, "CHW", lambda: model, fill)
