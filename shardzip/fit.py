@@ -22,35 +22,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from shardzip.errors import FitError
-from shardzip.models import FAMILIES, LosslessModel, build_model
+from shardzip.models import LosslessModel
+from shardzip.models.fitting import DataProfile
 
-FIT_FAMILY = "msp"  # the family fitted to rasters and images: coarse to fine, bands, missing values, 8-16 bits
-# families `fit` can train: msp, and causal (band by band in raster order, a small MLP per band on each pixel's
-# causal neighbourhood: few weights, no previous-frame context)
-FIT_FAMILIES = ("msp", "causal")
-FIT_HPARAMS = {"levels": 4, "hidden": 32, "blocks": 1, "mixtures": 3, "mask_hidden": 16, "norm": "pixel"}
 WARMUP_STEPS = 100
 VALIDATE_EVERY = 250  # steps of crops between validations (and checkpoints) unless told otherwise
-
-
-@dataclass(frozen=True)
-class DataProfile:
-    """What a model must fit: bands per image, the bits of the packed values, whether values go missing, and
-    whether the images are the frames of a sequence (each coded given the one before)."""
-
-    bands: int
-    bits: int
-    missing: bool
-    sequence: bool = False
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -105,91 +86,6 @@ def profile_of(tiles: list[np.ndarray], sequence: bool = False) -> DataProfile:
     bits = max(1, (max(top, 1)).bit_length())
     return DataProfile(bands=int(tiles[0].shape[1]), bits=bits, missing=any(bool((t < 0).any()) for t in tiles),
                        sequence=sequence)
-
-
-def fitted_hparams(profile: DataProfile, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Hyper-parameters of a model for `profile`: `base` (a starting model's, or a size from `sized_hparams`)
-    over the defaults, with the bands, the previous frame as context for sequences, and an alphabet of the
-    data's bits: 8 for up to 8 bits, else one bit more than the sample needed (up to 16), so chunks with a
-    somewhat wider range than the sample's still fit the model (a chunk that does not is coded classically)."""
-    base = dict(base or {})
-    family = base.pop("family", FIT_FAMILY)
-    bits = 8 if profile.bits <= 8 else min(16, profile.bits + 1)
-    if family == "causal":
-        # levels: a new fit's model sees the level of the signal (a starting model keeps what it had)
-        return {"channels": profile.bands, "data_bits": bits, "hidden": int(base.get("hidden", 16)),
-                "mixtures": int(base.get("mixtures", 3)), "levels": bool(base.get("levels", True))}
-    hp = {**FIT_HPARAMS, **base}
-    hp.update(channels=profile.bands, data_bits=bits, cond_channels=profile.bands if profile.sequence else 0)
-    return hp
-
-
-# fitted weights may cost this share of the expected coded bytes. msp: a guess, not tuned. causal (int8 weights):
-# on the R/G/B/NIR scene (830 k values), 4-minute fits, width 16 (4.2 KB) coded at 0.917 x JPEG-XL with its file,
-# width 32 (10 KB) at 0.921: the rate it gained did not pay for its weights
-WEIGHT_SHARE = {"msp": 0.03, "causal": 0.015}
-HIDDEN_SIZES = (32, 24, 16, 12, 8)
-
-
-def weight_budget(values: int, itemsize: int, family: str = FIT_FAMILY) -> int:
-    """Bytes of weights a model fitted to `values` values of `itemsize` bytes may have: the family's WEIGHT_SHARE
-    of the coded bytes, taking the coded size as half the raw bytes (a rough learned rate)."""
-    return int(values * itemsize * 0.5 * WEIGHT_SHARE[family])
-
-
-CAUSAL_HIDDEN_SIZES = (64, 48, 32, 24, 16, 12, 8)
-
-
-def n_params(hparams: dict[str, Any], family: str = FIT_FAMILY) -> int:
-    return sum(p.numel() for p in build_model(family, hparams).parameters())
-
-
-def width_hparams(hidden: int, family: str = FIT_FAMILY) -> dict[str, Any]:
-    """The widths of a model of hidden width `hidden` (msp: its mask networks half as wide, at least 4)."""
-    if family == "causal":
-        return {"family": family, "hidden": hidden}
-    return {"family": family, "hidden": hidden, "mask_hidden": max(4, hidden // 2)}
-
-
-WEIGHT_BYTES = {"float32": 4, "float16": 2, "int8": 1}  # per parameter, by the family's stored precision
-
-
-def sized_hparams(bands: int, sequence: bool, budget: int, family: str = FIT_FAMILY) -> dict[str, Any]:
-    """The widest default-shaped model whose weights fit `budget` bytes at the family's stored precision (the
-    narrowest when none does): the weights are stored with the data, so a small dataset gets a small model."""
-    per = WEIGHT_BYTES[FAMILIES[family].stored_precision]
-    for hidden in (CAUSAL_HIDDEN_SIZES if family == "causal" else HIDDEN_SIZES):
-        size = width_hparams(hidden, family)
-        if per * n_params(fitted_hparams(DataProfile(bands, 8, True, sequence), size), family) <= budget:
-            break
-    return size
-
-
-def start_model(profile: DataProfile, start: LosslessModel | None, seed: int,
-                size: dict[str, Any] | None = None) -> tuple[LosslessModel, str]:
-    """The model training begins from: `start`'s weights in a model for `profile` (its alphabet may differ:
-    msp weights do not depend on it), else a fresh one of `size` (hidden widths) from `seed`. Returns (model,
-    how it started)."""
-    torch.manual_seed(seed)
-    family = (size or {}).get("family", FIT_FAMILY)
-    if start is None:
-        return build_model(family, fitted_hparams(profile, size)), "from scratch"
-    if start.family == "causal" and family == "causal" and start.channels == profile.bands:
-        model = build_model(family, fitted_hparams(profile, {"levels": False, **start.hparams, "family": family}))
-        model.load_state_dict(start.state_dict())  # no weight depends on the alphabet
-        return model, "fine-tuned"
-    if start.family != FIT_FAMILY or family != FIT_FAMILY or start.channels != profile.bands:
-        raise FitError(f"cannot start from a {start.family} model of {start.channels} band(s): the data has "
-                       f"{profile.bands} band(s); start from an msp model of {profile.bands} band(s), or from scratch")
-    if start.sequence != profile.sequence:
-        what = "frames of a sequence" if profile.sequence else "independent images"
-        raise FitError(f"cannot start from a model {'with' if start.sequence else 'without'} "
-                       f"previous-frame context: this fit is for {what} (--frames)")
-    hp = fitted_hparams(profile, {k: v for k, v in start.hparams.items()
-                                  if k not in ("channels", "data_bits", "cond_channels")})
-    model = FAMILIES[FIT_FAMILY](**hp)
-    model.load_state_dict(start.state_dict())
-    return model, "fine-tuned"
 
 
 def fingerprint(keys: list[str], tiles: list[np.ndarray]) -> str:
@@ -290,29 +186,12 @@ def run_fit(model: LosslessModel, train: list[np.ndarray], validation: list[np.n
     train_t = [torch.from_numpy(np.ascontiguousarray(t)).long().to(device) for t in train]
     val_t = [torch.from_numpy(np.ascontiguousarray(t)).long().to(device) for t in validation]
     gen = torch.Generator().manual_seed(settings.seed)
-    # a family may train from something else than crops (causal: independent pixels of a precomputed table)
-    try:
-        crops = model.training_sampler(train_t, gen, settings.pixels) \
-            or Crops(train_t, settings.crop, settings.batch, gen, sequence=model.sequence)
-    except ValueError as exc:
-        raise FitError(str(exc)) from exc
+    crops = _sampler(model, train_t, settings, gen)
     validate_every = settings.validate_every or getattr(crops, "validate_every", VALIDATE_EVERY)
     checkpoint_every = settings.checkpoint_every or validate_every
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
     run_dir = Path(run_dir)
-    last = run_dir / "last.pt"
-    step, elapsed, history = 0, 0.0, []
-    best = {"bpd": math.inf, "step": 0, "state": None}
-    if resume and last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        if state.get("sample") != sample:
-            raise FitError(f"{last} was fitted to another sample (other source, arrays, seed or sample size); "
-                           "fit again without --resume, or give the run directory of that fit")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        step, elapsed, history, best = state["step"], state["elapsed"], state["history"], state["best"]
+    step, elapsed, history, best = _resume(run_dir / "last.pt", sample, model, opt, gen) if resume else _fresh_state()
     run_dir.mkdir(parents=True, exist_ok=True)
     if best["state"] is None:  # the starting point is a candidate too: a fine-tune never ends worse than it began
         best = {"bpd": validation_bpd(model, val_t), "step": step, "state": _copy(model)}
@@ -323,16 +202,9 @@ def run_fit(model: LosslessModel, train: list[np.ndarray], validation: list[np.n
     running = None
     t0 = time.perf_counter() - elapsed
     while not _done(settings, step, elapsed):
-        for group in opt.param_groups:
-            group["lr"] = settings.lr * _schedule(settings, step, elapsed)
-        loss = model.loss(crops.next())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
-        opt.step()
+        value = _step(model, opt, crops, settings.lr * _schedule(settings, step, elapsed))
         step += 1
         elapsed = time.perf_counter() - t0
-        value = float(loss.detach())
         running = value if running is None else 0.95 * running + 0.05 * value
         done = _done(settings, step, elapsed)
         if report and (step % 10 == 0 or done):
@@ -346,11 +218,8 @@ def run_fit(model: LosslessModel, train: list[np.ndarray], validation: list[np.n
             if report:
                 report({"step": step, "validation_bpd": bpd})
         if step % checkpoint_every == 0 or done:
-            tmp = run_dir / "last.pt.tmp"
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                        "torch_rng": torch.get_rng_state(), "step": step, "elapsed": elapsed, "history": history,
-                        "best": best, "sample": sample, "hparams": model.hparams}, tmp)
-            tmp.replace(last)
+            _checkpoint(run_dir / "last.pt", model, opt, gen, {"step": step, "elapsed": elapsed, "history": history,
+                                                                "best": best, "sample": sample})
         if stop_after is not None and step >= stop_after and not done:
             return None
     model.load_state_dict(best["state"])
@@ -358,9 +227,67 @@ def run_fit(model: LosslessModel, train: list[np.ndarray], validation: list[np.n
     return FitResult(model, float(best["bpd"]), step, elapsed, int(best["step"]), history)
 
 
+def _fresh_state() -> tuple[int, float, list, dict]:
+    return 0, 0.0, [], {"bpd": math.inf, "step": 0, "state": None}
+
+
+def _sampler(model: LosslessModel, train_t: list[torch.Tensor], settings: FitSettings, gen: torch.Generator):
+    """What training draws its batches from: crops, or what the family trains from instead (causal: independent
+    pixels of a precomputed table)."""
+    try:
+        return model.training_sampler(train_t, gen, settings.pixels) \
+            or Crops(train_t, settings.crop, settings.batch, gen, sequence=model.sequence)
+    except ValueError as exc:
+        raise FitError(str(exc)) from exc
+
+
+def _step(model: LosslessModel, opt: torch.optim.Optimizer, crops, lr: float) -> float:
+    """One optimiser step at learning rate `lr` on the next batch: its loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return optimise(model, opt, crops.next())
+
+
+def optimise(model: LosslessModel, opt: torch.optim.Optimizer, batch: torch.Tensor) -> float:
+    """One optimiser step on `batch` (gradients clipped to norm 100): its loss. Catalog training
+    (`shardzip.train`) steps the same way."""
+    loss = model.loss(batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
+    opt.step()
+    return float(loss.detach())
+
+
+def _resume(last: Path, sample: str, model: LosslessModel, opt: torch.optim.Optimizer,
+            gen: torch.Generator) -> tuple[int, float, list, dict]:
+    """Load the checkpoint `last` (when there is one) into the model, optimiser and generators: (step, elapsed,
+    history, best); a checkpoint of another sample is refused."""
+    if not last.is_file():
+        return _fresh_state()
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    if state.get("sample") != sample:
+        raise FitError(f"{last} was fitted to another sample (other source, arrays, seed or sample size); "
+                       "fit again without --resume, or give the run directory of that fit")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"], state["elapsed"], state["history"], state["best"]
+
+
+def _checkpoint(last: Path, model: LosslessModel, opt: torch.optim.Optimizer, gen: torch.Generator,
+                run: dict) -> None:
+    """The whole state, written atomically (a temporary file, then a rename)."""
+    tmp = last.with_name(last.name + ".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(), **run, "hparams": model.hparams}, tmp)
+    tmp.replace(last)
+
+
 def _copy(model: LosslessModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-__all__ = ["Crops", "DataProfile", "FitError", "FitResult", "FitSettings", "fingerprint", "fitted_hparams",
-           "n_params", "profile_of", "run_fit", "sized_hparams", "start_model", "validation_bpd", "weight_budget"]
+__all__ = ["Crops", "DataProfile", "FitError", "FitResult", "FitSettings", "fingerprint", "profile_of", "run_fit",
+           "validation_bpd"]

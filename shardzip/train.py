@@ -20,6 +20,7 @@ import torch
 from shardzip.catalog import Catalog, ModelEntry, entry_yaml
 from shardzip.digest import sha256_file
 from shardzip.errors import CatalogError
+from shardzip.fit import optimise
 from shardzip.importers.datasets import read_split
 from shardzip.models import LosslessModel, build_model, load_weights, save_weights
 
@@ -127,11 +128,7 @@ def train(name: str, catalog: Catalog, run_dir: Path, steps: int | None = None, 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 *
                                               (1 + math.cos(math.pi * min(s, steps) / steps)))
     gen = torch.Generator().manual_seed(cfg.seed)
-    data = load_split(catalog, cfg.dataset)
-    if isinstance(data, list) and not cfg.crop:
-        raise CatalogError(f"model {name!r}: training on a set of images needs training.crop in the catalog")
-    batches = Batches(data if not isinstance(data, list) else None, data if isinstance(data, list) else [],
-                      cfg.batch, cfg.crop, gen)
+    batches = _batches(catalog, name, gen)
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "last.pt"
     step = _resume(last, name, model, opt, sched, gen, device) if resume and last.is_file() else 0
@@ -143,15 +140,9 @@ def train(name: str, catalog: Catalog, run_dir: Path, steps: int | None = None, 
     model.train()
     started, running = time.time(), None
     while step < steps:
-        x = batches.next().to(device)
-        loss = model.loss(x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
-        opt.step()
+        value = optimise(model, opt, batches.next().to(device))
         sched.step()
         step += 1
-        value = float(loss.detach())
         running = value if running is None else 0.98 * running + 0.02 * value
         if bar is not None:
             bar.update(1)
@@ -169,6 +160,16 @@ def train(name: str, catalog: Catalog, run_dir: Path, steps: int | None = None, 
         bar.close()
     target = catalog.path(entry.checkpoint) if write_checkpoint else run_dir / "weights.pt"
     return _finish(model.cpu(), catalog, entry, target, steps, time.time() - started)
+
+
+def _batches(catalog: Catalog, name: str, gen: torch.Generator) -> Batches:
+    """Training batches of catalog model `name`: crops of its dataset's images, or items of its stack."""
+    cfg = catalog.model(name).training
+    data = load_split(catalog, cfg.dataset)
+    if isinstance(data, list) and not cfg.crop:
+        raise CatalogError(f"model {name!r}: training on a set of images needs training.crop in the catalog")
+    return Batches(data if not isinstance(data, list) else None, data if isinstance(data, list) else [],
+                   cfg.batch, cfg.crop, gen)
 
 
 def _initial_weights(catalog: Catalog, name: str, init: str, sha256: str | None, entry: ModelEntry,

@@ -21,52 +21,28 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shardzip.errors import ShardzipError
-from shardzip.fit import (
+from shardzip.errors import FitError, ShardzipError
+from shardzip.fit import FitSettings
+from shardzip.format.layout import canonical, channels_of
+from shardzip.models.fitting import (
     FIT_FAMILIES,
     FIT_FAMILY,
     WEIGHT_SHARE,
-    FitError,
-    FitSettings,
-    n_params,
+    closest_start,
+    fit_family,
     sized_hparams,
     weight_budget,
     width_hparams,
 )
-from shardzip.format.layout import canonical, channels_of
 from shardzip.pipeline.cluster import AUTO, format_resources
 from shardzip.pipeline.fit_sample import choose_arrays, is_sequence, plan_sample, sample_specs
 from shardzip.pipeline.plan import open_source, resolve_source
 
-if TYPE_CHECKING:
-    from shardzip.models import LosslessModel
-
 SAMPLE_MB = 64.0          # raw bytes of the source read for a fit (training + validation regions)
 VALIDATION = 0.2          # fraction of the sampled regions held out for validation
-
-
-def closest_start(bands: int, itemsize: int, catalog=None, sequence: bool = False,
-                  budget: int | None = None) -> str | None:
-    """The shipped msp model of `bands` bands (with previous-frame context for a sequence) whose alphabet is
-    nearest the data's bits and whose float16 weights fit `budget` bytes, or None (a user's own models are
-    started from by name: --from NAME)."""
-    from shardzip.catalog import load_catalog
-
-    cat = catalog or load_catalog()
-    candidates = [(name, e.hparams) for name, e in cat.models.items()
-                  if e.family == FIT_FAMILY and e.sha256 and bool(e.hparams.get("cond_channels")) == sequence]
-    best = None
-    for name, hp in candidates:
-        if int(hp.get("channels", 1)) != bands or (budget is not None and 2 * n_params(hp) > budget):
-            continue
-        score = abs(int(hp.get("data_bits", 16)) - 8 * itemsize)
-        if best is None or score < best[0]:
-            best = (score, name)
-    return best[1] if best else None
 
 
 def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
@@ -81,22 +57,6 @@ def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
         probe.unlink()
     except OSError as exc:
         raise FitError(f"cannot write the model file {out}: {exc.strerror or exc}; choose a writable --out") from exc
-
-
-FAMILY_WHY = {"msp": "a sequence: each frame coded given the one before",
-              "causal": "independent images: each pixel given its whole causal neighbourhood, few weights"}
-
-
-def auto_family(sequence: bool, start: LosslessModel | None = None) -> str:
-    """The family `fit` trains when not told (`--family auto`): the starting model's, else msp for the frames of
-    a sequence (only msp sees the previous frame) and causal for independent images. Measured with 20-minute
-    fits (README, "Fitted models"): causal beat msp on the aerial scene (0.92 against 1.06 x JPEG-XL with the
-    weights counted) and on Landsat 8; msp with the previous frame reached 0.78 x on the sea-surface series.
-    A starting model of a family fit does not train (idf, vae, ...) does not choose: the data's family does, and
-    the start is then refused as of another family."""
-    if start is not None and start.family in FIT_FAMILIES:
-        return start.family
-    return "msp" if sequence else "causal"
 
 
 def fit(src: str, out: str, *, name: str | None = None, arrays: list[str] | None = None, start: str = "auto",
@@ -198,15 +158,8 @@ def _fit_data(src_url: str, root, arrays: list[str] | None, frames: str, family:
         raise FitError("--frames sequence: the arrays have no frame axis first (layout "
                        f"{'/'.join(sorted(layouts))}); set their shardzip_layout attribute (e.g. TYX)")
     sequence = frames == "sequence" or (frames == "auto" and all(is_sequence(a, lay) for _, a, lay in chosen))
-    if family == "auto":
-        family = auto_family(sequence, None if start in ("auto", "scratch") else load_model(start, cat)[0])
-        log(f"  family {family} ({FAMILY_WHY[family]})")
-    if family == "causal" and sequence:
-        if frames == "sequence":
-            raise FitError("--family causal codes each frame on its own (no previous-frame context): use "
-                           "--frames independent, or --family msp for a sequence")
-        log("  causal models code each frame on its own: the frames are fitted as independent images")
-        sequence = False
+    starting = None if family != "auto" or start in ("auto", "scratch") else load_model(start, cat)[0]
+    family, sequence = fit_family(family, sequence, frames, starting, log)
     return _FitData(chosen, "/".join(sorted(layouts)), channels_of(tuple(chosen[0][1].shape), chosen[0][2]),
                     max(np.dtype(a.dtype).itemsize for _, a, _ in chosen),
                     sum(int(np.prod(a.shape)) for _, a, _ in chosen), sequence, family)
@@ -218,8 +171,7 @@ def _start_model(start: str, data: _FitData, cat, budget: int | None) -> tuple[s
     from shardzip.pipeline.refs import load_model
 
     if start == "auto":
-        name = closest_start(data.bands, data.itemsize, cat, data.sequence, budget) if data.family == FIT_FAMILY \
-            else None
+        name = closest_start(data.bands, data.itemsize, cat, data.sequence, budget, data.family)
     else:
         name = None if start == "scratch" else start
     if name is None:

@@ -81,13 +81,27 @@ def _progress(topic: str | None):
     return report
 
 
+def _start(spec: dict):
+    """The model the fit starts from (its checkpoint's bytes travel in `spec`), or None."""
+    from shardzip.models import load_weights
+
+    if not spec.get("start"):
+        return None
+    path = spec["start_path"]  # written anew: an earlier fit in this run directory may have started elsewhere
+    with open(path + ".tmp", "wb") as f:
+        f.write(spec["start"])
+    os.replace(path + ".tmp", path)
+    return load_weights(path)
+
+
 def fit_task(spec: dict, samples: list[dict]) -> dict[str, Any]:
     """Train a model on the sampled tiles (`spec`: settings, start model bytes, run dir, progress queue); the
     fitted checkpoint's bytes, its validation bpd and the run's figures."""
     import torch
 
-    from shardzip.fit import FitSettings, fingerprint, profile_of, run_fit, start_model, validation_bpd
-    from shardzip.models import load_weights, quantize_weights, save_weights
+    from shardzip.fit import FitSettings, fingerprint, profile_of, run_fit, validation_bpd
+    from shardzip.models import quantize_weights, save_weights
+    from shardzip.models.fitting import start_model
 
     train = [s for s in samples if s["role"] == "train" and s["images"] is not None]
     val = [s for s in samples if s["role"] == "validation" and s["images"] is not None]
@@ -97,14 +111,7 @@ def fit_task(spec: dict, samples: list[dict]) -> dict[str, Any]:
     tiles = [s["images"] for s in train + val]
     profile = profile_of(tiles, spec.get("sequence", False))
     os.makedirs(spec["run_dir"], exist_ok=True)
-    start = None
-    if spec.get("start"):
-        path = spec["start_path"]  # written anew: an earlier fit in this run directory may have started elsewhere
-        with open(path + ".tmp", "wb") as f:
-            f.write(spec["start"])
-        os.replace(path + ".tmp", path)
-        start = load_weights(path)
-    model, how = start_model(profile, start, settings.seed, spec.get("size"))
+    model, how = start_model(profile, _start(spec), settings.seed, spec.get("size"))
     if how == "from scratch":  # data-dependent normalisation (a fine-tuned model keeps its start's)
         model.calibrate([torch.from_numpy(s["images"]).long() for s in train])
     sample = fingerprint([s["key"] for s in train + val], tiles)

@@ -142,7 +142,7 @@ def test_msp_sequence_model_codes_frames_given_the_previous_one(sweeps):
 
 
 def test_msp_adapting_model_codes_each_images_scale_offsets_and_round_trips(landsat):
-    from shardzip.models.msp import ADAPT_OFFSETS
+    from shardzip.models.msp_adapt import ADAPT_OFFSETS
 
     values = landsat[:3, 300:364, 100:164]
     x = torch.from_numpy(raster_symbols(values, _packing(landsat), 8)[0])[None]

@@ -21,10 +21,11 @@ import zarr
 from shardzip.catalog import load_catalog, load_user_models
 from shardzip.cli import main
 from shardzip.errors import CatalogError, FitError
-from shardzip.fit import FitSettings, fitted_hparams, profile_of, start_model
+from shardzip.fit import FitSettings, profile_of
 from shardzip.models import load_catalog_model, load_weights, read_checkpoint, read_model_info
+from shardzip.models.fitting import closest_start, fitted_hparams, start_model
 from shardzip.pipeline import jobs
-from shardzip.pipeline.fit import closest_start, fit
+from shardzip.pipeline.fit import fit
 from shardzip.pipeline.fit_sample import fit_layout, plan_sample
 from shardzip.pipeline.plan import plan_array
 
