@@ -30,30 +30,49 @@ FAMILIES: dict[str, type[LosslessModel]] = {cls.family: cls for cls in (IDF, BBA
 CHECKPOINT_FORMAT = 1
 
 
-def _family(family: str) -> type[LosslessModel]:
+BUILTIN = frozenset(FAMILIES)
+
+
+def _family(family: str, reference: str | None = None) -> type[LosslessModel]:
+    """The class of `family`: shipped, declared by an installed package (entry-point group `shardzip.models`), or
+    imported from `reference` (`package.module:Class`, as a checkpoint of a class no entry point declares records
+    it); found once, then kept in FAMILIES."""
     from shardzip.errors import CatalogError
+    from shardzip.models import plugins
 
     if family not in FAMILIES:
-        raise CatalogError(f"unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}")
+        cls = plugins.entry_point_family(family)
+        if cls is None and reference:
+            cls = plugins.import_family(reference)
+            if cls.family != family:
+                raise CatalogError(f"model class {reference} is of family {cls.family!r}, the checkpoint says "
+                                   f"{family!r}")
+        if cls is None:
+            known = sorted(set(FAMILIES) | set(plugins.plugin_names()))
+            raise CatalogError(f"unknown model family {family!r}; known: {', '.join(known)} (a family of another "
+                               "package is found once the package is installed: entry-point group "
+                               f"{plugins.GROUP!r})")
+        FAMILIES[family] = cls
     return FAMILIES[family]
 
 
-def build_model(family: str, hparams: dict[str, Any] | None = None) -> LosslessModel:
-    """A freshly initialised model of `family` with `hparams`."""
+def build_model(family: str, hparams: dict[str, Any] | None = None, reference: str | None = None) -> LosslessModel:
+    """A freshly initialised model of `family` with `hparams` (`reference`: where its class is, when no installed
+    package declares it)."""
     from shardzip.errors import CatalogError
 
     try:
-        return _family(family)(**(hparams or {}))
+        return _family(family, reference)(**(hparams or {}))
     except TypeError as exc:
         raise CatalogError(f"hyper-parameters {hparams} do not fit family {family!r}: {exc}") from exc
 
 
-def model_spec(family: str, hparams: dict[str, Any] | None = None) -> ModelSpec:
+def model_spec(family: str, hparams: dict[str, Any] | None = None, reference: str | None = None) -> ModelSpec:
     """`build_model(family, hparams).spec` without building the model: the family's signature fills in the
     hyper-parameters not given (every family passes channels and data_bits to `LosslessModel` unchanged)."""
     from shardzip.errors import CatalogError
 
-    cls = _family(family)
+    cls = _family(family, reference)
     try:
         bound = inspect.signature(cls).bind(**(hparams or {}))
     except TypeError as exc:
@@ -168,6 +187,10 @@ def save_weights(model: LosslessModel, path: str | Path, extra: dict[str, Any] |
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     blob: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "family": model.family, "hparams": model.hparams}
+    if model.family not in BUILTIN:  # another package's family: where its class is, for readers without the entry
+        from shardzip.models.plugins import reference_of
+
+        blob["class"] = reference_of(type(model))
     if precision == "float32":
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         blob.update(state_dict=state, weights_digest=weights_digest(state))
@@ -239,7 +262,7 @@ def read_verified(path: str | Path, sha256: str | None = None) -> dict[str, Any]
 def load_weights(path: str | Path, sha256: str | None = None, device: str | torch.device = "cpu") -> LosslessModel:
     """Load a checkpoint written by `save_weights`, after checking its sha256 when one is given."""
     blob = read_verified(path, sha256)
-    model = build_model(blob["family"], blob["hparams"])
+    model = build_model(blob["family"], blob["hparams"], blob.get("class"))
     packed = blob.get("packed")
     model.load_state_dict(_unpack(packed) if packed is not None else blob["state_dict"])
     return model.to(device).eval()
@@ -248,7 +271,7 @@ def load_weights(path: str | Path, sha256: str | None = None, device: str | torc
 def checkpoint_spec(path: str | Path, sha256: str | None = None) -> ModelSpec:
     """The `ModelSpec` of a checkpoint checked as `load_weights` checks it, without building its model."""
     blob = read_verified(path, sha256)
-    return model_spec(blob["family"], blob["hparams"])
+    return model_spec(blob["family"], blob["hparams"], blob.get("class"))
 
 
 def read_model_info(path: str | Path) -> dict[str, Any]:

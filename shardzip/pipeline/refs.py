@@ -24,12 +24,21 @@ def load_model(name: str, catalog=None, build: bool = True) -> tuple[Any, ModelR
     """(model, its ModelRef) for `name`: a model file given by path (a checkpoint `save_weights` wrote: `shardzip
     fit --out FILE`, or `shardzip train NAME --no-ship`'s RUN_DIR/weights.pt: family, hyper-parameters and
     weights, so it needs no catalog entry), a shipped catalog model, or a model the user fitted and named
-    (`shardzip fit --name NAME`, in $SHARDZIP_HOME/catalog.yaml). Not `build`: its `ModelSpec` instead of the
+    (`shardzip fit --name NAME`, in $SHARDZIP_HOME/catalog.yaml), or a model another package ships (its family's
+    name, declared in the `shardzip.models` entry-point group, or `package.module:Class`: `shardzip.models.plugins`).
+    Not `build`: its `ModelSpec` instead of the
     model, all that planning needs (a client that only plans builds no network): a shipped model's from its
     catalog entry, once its file's sha256 is checked; another's from its checkpoint, checked as for loading."""
     from shardzip.catalog import load_catalog, load_user_models, user_catalog_path
     from shardzip.digest import sha256_file
-    from shardzip.models import catalog_checkpoint, checked_checkpoint, checkpoint_spec, load_weights, model_spec
+    from shardzip.models import (
+        catalog_checkpoint,
+        checked_checkpoint,
+        checkpoint_spec,
+        load_weights,
+        model_spec,
+        plugins,
+    )
 
     described = load_weights if build else checkpoint_spec
     file = Path(name).expanduser()
@@ -43,12 +52,16 @@ def load_model(name: str, catalog=None, build: bool = True) -> tuple[Any, ModelR
                                   "give a catalog model name or a file written by `shardzip train --no-ship`"
                                   ) from exc
         return model, ModelRef(name, model.family, sha256_file(file), file)
+    if plugins.is_reference(name) and not file.exists():  # package.module:Class with its pretrained() weights
+        return _plugin_model(plugins.import_family(name), name, described)
     cat = catalog or load_catalog()
     user = load_user_models() if name not in cat.models else {}
     if name in user:  # a model the user fitted and named (`shardzip fit --name`): its file, sha256-checked
         found = user[name]
         path = checked_checkpoint(found.path, found.sha256)
         return described(path), ModelRef(name, found.family, found.sha256, path)
+    if name not in cat.models and name in plugins.plugin_names():  # a family another package declares
+        return _plugin_model(plugins.entry_point_family(name), name, described)
     if name not in cat.models:
         hint = (f"; no model file {file} either" if name.endswith(".pt") or "/" in name else "")
         mine = f"; your fitted models ({user_catalog_path()}): {', '.join(sorted(user))}" if user else ""
@@ -58,3 +71,17 @@ def load_model(name: str, catalog=None, build: bool = True) -> tuple[Any, ModelR
     path = catalog_checkpoint(name, cat)
     model = load_weights(path) if build else model_spec(entry.family, entry.hparams)
     return model, ModelRef(name, entry.family, entry.sha256, path)
+
+
+def _plugin_model(cls, name: str, described) -> tuple[Any, ModelRef]:
+    """A model another package ships: its class's `pretrained()` checkpoint, loaded (or described) as a model
+    file is."""
+    from shardzip.digest import sha256_file
+    from shardzip.models import plugins
+
+    path = plugins.pretrained(cls, name)
+    model = described(path)
+    if model.family != cls.family:
+        raise CheckpointError(f"model {name!r}: the checkpoint {path} its class ships is of family {model.family!r}, "
+                              f"not {cls.family!r}")
+    return model, ModelRef(name, cls.family, sha256_file(path), path)
