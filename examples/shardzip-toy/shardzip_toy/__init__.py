@@ -28,7 +28,8 @@ class ToyPixel(LosslessModel):
 
     @classmethod
     def pretrained(cls) -> Path | None:
-        """The weights this package ships: none (train some, save them with `shardzip.models.save_weights`)."""
+        """The weights this package ships (`train_toy.py`: the first 400 MNIST training digits), which make the
+        family's name a model name: `--model toy-pixel`."""
         path = Path(__file__).with_name("toy-pixel.pt")
         return path if path.is_file() else None
 

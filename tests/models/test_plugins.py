@@ -1,0 +1,87 @@
+"""Model families from other packages (`shardzip.models.plugins`) and the rules check (`shardzip.models.check`),
+with the example plugin `examples/shardzip-toy`, which `make install` installs as a researcher's package would be.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from conftest import ROOT, TEST_DATA
+
+from shardzip.errors import CatalogError
+from shardzip.models import build_model, load_weights, save_weights
+from shardzip.models.check import check_model
+from shardzip.models.plugins import import_family, plugin_names
+
+MNIST = np.load(TEST_DATA / "mnist_test_64.npy")
+sys.path.insert(0, str(ROOT / "examples" / "shardzip-toy"))
+
+
+def _trained(steps: int = 15):
+    import train_toy
+
+    return train_toy.train(train_toy.mnist_train_head(400), steps=steps)[0]
+
+
+def test_the_example_plugin_is_a_family_found_by_its_entry_point():
+    assert "toy-pixel" in plugin_names()
+    model = build_model("toy-pixel", {})
+    assert type(model).__module__ == "shardzip_toy" and model.family == "toy-pixel"
+    assert import_family("shardzip_toy:ToyPixel") is type(model)
+    with pytest.raises(CatalogError, match="not a shardzip.models.LosslessModel subclass"):
+        import_family("torch.nn:Linear")
+    with pytest.raises(CatalogError, match="cannot be imported"):
+        import_family("no_such_package.models:Model")
+    with pytest.raises(CatalogError, match="unknown model family 'nope'.*toy-pixel"):
+        build_model("nope", {})
+
+
+def test_a_trained_plugin_model_keeps_the_rules_and_its_file_loads_by_family(tmp_path):
+    model = _trained()
+    check = check_model(model, torch.from_numpy(MNIST[:16]).long())
+    assert check.ok and check.codes, check.problems
+    assert 0 < check.nll_bpd and abs(check.coded_bpd / check.nll_bpd - 1) < 0.1  # coded from integer CDFs
+    save_weights(model, tmp_path / "toy.pt")
+    back = load_weights(tmp_path / "toy.pt")
+    x = torch.from_numpy(MNIST[:4]).long()
+    assert torch.equal(back.nll_bits(x), model.nll_bits(x))
+
+
+def test_a_plugin_whose_probabilities_depend_on_the_batch_is_caught():
+    from shardzip_toy import ToyPixel
+
+    class BatchDependent(ToyPixel):  # what batch statistics or cross-image padding do
+        family = "toy-batch-dependent"
+
+        def _row_logits(self, ctx):
+            return super()._row_logits(ctx) * (1 + 0.05 * ctx.shape[0])
+
+        def train_bits(self, x):
+            return super().train_bits(x) * (1 + 0.05 * x.shape[0])
+
+    model = BatchDependent()
+    model.load_state_dict(_trained(steps=5).state_dict())
+    check = check_model(model, torch.from_numpy(MNIST[:8]).long())
+    assert not check.ok and "depends on the batch" in check.problems[0]
+
+
+def test_eval_and_compress_code_with_the_plugin_by_name_and_zarr_reads_it_back(scheduler_address, tmp_path):
+    from shardzip.pipeline import jobs
+    from shardzip.pipeline.evaluate import evaluate
+
+    src = tmp_path / "mnist.zarr"
+    zarr.open_group(str(src), mode="w").create_array("images", data=MNIST, chunks=(16, 1, 28, 28))
+    report = evaluate([str(src)], ["toy-pixel"], baselines=("zstd",), scheduler=scheduler_address, progress=False,
+                      command=["test"])
+    row = next(r for r in report["rows"] if r["codec"] == "toy-pixel")
+    assert row["applicable"] and row["verified"] and row["dims"] == MNIST.size
+    dst = tmp_path / "m.szip"
+    jobs.compress(str(src), str(dst), "toy-pixel", scheduler=scheduler_address, progress=False, log=lambda *_: None)
+    on_disk = sum(p.stat().st_size for p in (dst / "images" / "c").rglob("*") if p.is_file())
+    assert row["bpd"] == pytest.approx(8 * on_disk / MNIST.size, rel=1e-12)  # eval's rate is the bytes written
+    assert row["bpd"] < 0.9 * next(r for r in report["rows"] if r["codec"] == "zstd")["bpd"]
+    assert np.array_equal(zarr.open_group(str(dst), mode="r")["images"][...], MNIST)
