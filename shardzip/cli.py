@@ -159,7 +159,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
                          "report); repeatable, one row each (default: auto)")
     _catalog_option(ev)
     ev.add_argument("--baselines", help="comma-separated subset of png,webp,jpegxl,jpegls,jpeg2000,zstd,lzma,bz2,"
-                                        "blosc2 (default: all; empty string: none)")
+                                        "blosc2,blosc2-bitshuffle,pcodec (default: all; empty string: none)")
     _dask_options(ev)
     _numerics_option(ev, "what compress writes")
     ev.add_argument("--out", required=True, help="report directory (JSON, Markdown, LaTeX, CSV, HTML, plots)")

@@ -3,9 +3,10 @@
 Every codec codes each image on its own, so a per-image bpd exists for all of them and they compare
 with the learned models image by image. Image codecs (PNG, WebP, JPEG XL, JPEG-LS, JPEG 2000) come
 from `imagecodecs`; stream codecs code each image's raw C-order bytes (zstd from numcodecs, lzma and
-bz2 from the standard library, blosc2 from `imagecodecs`). A codec that cannot take an image's dtype
-or shape is reported as not applicable with the reason — never dropped, never raised — so a report
-row always says why a cell is empty.
+bz2 from the standard library, blosc2 from `imagecodecs`, with byte or bit shuffle); pcodec codes each image's
+values as numbers (the numeric codec zarr users compare with; shardzip's own chunk method 6 uses it too).
+A codec that cannot take an image's dtype or shape is reported as not applicable with the reason — never
+dropped, never raised — so a report row always says why a cell is empty.
 
 Images are numpy arrays [C, H, W] (C = 1 or 3 for the image codecs; a 2-D array is one greyscale
 [H, W] image); stream codecs take any array. Settings are in `BASELINE_SETTINGS`; encoders run on one
@@ -25,7 +26,8 @@ import numpy as np
 
 from shardzip.errors import ReportError
 
-BASELINES: tuple[str, ...] = ("png", "webp", "jpegxl", "jpegls", "jpeg2000", "zstd", "lzma", "bz2", "blosc2")
+BASELINES: tuple[str, ...] = ("png", "webp", "jpegxl", "jpegls", "jpeg2000", "zstd", "lzma", "bz2", "blosc2",
+                               "blosc2-bitshuffle", "pcodec")
 
 BASELINE_SETTINGS: dict[str, str] = {
     "png": "libpng via imagecodecs, zlib level 9",
@@ -37,6 +39,8 @@ BASELINE_SETTINGS: dict[str, str] = {
     "lzma": "xz stream, LZMA2 preset 9 with the dictionary capped at the image size (stdlib), raw C-order bytes",
     "bz2": "bzip2 level 9 (stdlib) on raw C-order bytes",
     "blosc2": "blosc2 zstd clevel 9, byte shuffle (typesize = itemsize) on raw C-order bytes",
+    "blosc2-bitshuffle": "blosc2 zstd clevel 9, bit shuffle (typesize = itemsize) on raw C-order bytes",
+    "pcodec": "pcodec standalone (default level, 8-bit enabled) on the values in C order",
 }
 
 _IMAGE_CODECS = ("png", "webp", "jpegxl", "jpegls", "jpeg2000")
@@ -50,7 +54,7 @@ _IMAGE_DTYPES: dict[str, tuple[str, ...]] = {
     "jpeg2000": ("uint8", "int8", "uint16", "int16"),
 }
 _IMAGECODECS_ATTR = {"png": "PNG", "webp": "WEBP", "jpegxl": "JPEGXL", "jpegls": "JPEGLS", "jpeg2000": "JPEG2K",
-                     "blosc2": "BLOSC2"}
+                     "blosc2": "BLOSC2", "blosc2-bitshuffle": "BLOSC2"}
 _WEBP_MAX_SIDE = 16383
 
 
@@ -200,12 +204,17 @@ def _stream_check(name: str) -> Callable[[np.ndarray], str | None]:
     def check(image: np.ndarray) -> str | None:
         if image.dtype.hasobject:
             return f"{name} codes raw bytes; dtype {image.dtype} holds Python objects, not values"
-        if name == "blosc2":
+        if name.startswith("blosc2"):
             ic = _imagecodecs()
             if ic is None:
                 return "blosc2 needs the imagecodecs package: pip install imagecodecs"
             if not ic.BLOSC2.available:
                 return f"this imagecodecs build ({ic.__version__}) has no blosc2 codec"
+        if name == "pcodec":
+            from shardzip.format.classical import CODECS
+
+            if not CODECS["pcodec"].applies(image.dtype, image.shape, None):
+                return f"pcodec codes (u)int8..64 and float16..64 values, not {image.dtype}"
         return None
 
     return check
@@ -224,7 +233,8 @@ def _stream_codec(name: str) -> _Codec:
             return bz2.compress(raw, compresslevel=9)
         import imagecodecs as ic
 
-        return ic.blosc2_encode(raw, level=9, compressor=ic.BLOSC2.COMPRESSOR.ZSTD, shuffle=ic.BLOSC2.FILTER.SHUFFLE,
+        shuffle = ic.BLOSC2.FILTER.BITSHUFFLE if name == "blosc2-bitshuffle" else ic.BLOSC2.FILTER.SHUFFLE
+        return ic.blosc2_encode(raw, level=9, compressor=ic.BLOSC2.COMPRESSOR.ZSTD, shuffle=shuffle,
                                 typesize=max(1, itemsize), numthreads=1)
 
     def decompress(data: bytes) -> bytes:
@@ -249,15 +259,35 @@ def _stream_codec(name: str) -> _Codec:
     return _Codec(_stream_check(name), encode, decode)
 
 
+def _pcodec_codec() -> _Codec:
+    """pcodec on an image's values (the chunk codec's own pcodec, `shardzip.format.classical`)."""
+    from shardzip.format.classical import CODECS
+
+    pc = CODECS["pcodec"]
+
+    def encode(image: np.ndarray) -> bytes:
+        data = pc.encode(image, None)
+        if data is None:
+            raise ValueError("pcodec refused the values")
+        return data
+
+    return _Codec(_stream_check("pcodec"), encode, lambda data, image: pc.decode(data, image.shape, image.dtype, None))
+
+
 def _codec(name: str) -> _Codec:
     if name not in BASELINES:
         raise ReportError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+    if name == "pcodec":
+        return _pcodec_codec()
     return _image_codec(name) if name in _IMAGE_CODECS else _stream_codec(name)
 
 
 def _same_bits(decoded: np.ndarray, image: np.ndarray, name: str) -> bool:
     """Bit-exact equality (dtype, shape, bytes), after the same byte-order normalisation the encoder saw."""
-    expected = _native(_as_chw(image)) if name in _IMAGE_CODECS else image
+    if name in _IMAGE_CODECS:
+        expected = _native(_as_chw(image))
+    else:  # pcodec codes values (native byte order back), the byte codecs the bytes as stored
+        expected = _native(image) if name == "pcodec" else image
     decoded = np.asarray(decoded)
     return (decoded.dtype == expected.dtype and decoded.shape == expected.shape
             and np.ascontiguousarray(decoded).tobytes() == np.ascontiguousarray(expected).tobytes())

@@ -26,7 +26,7 @@ from shardzip.report.schema import validate_report
 
 DATA = TEST_DATA
 IMAGE_CODECS = ("png", "webp", "jpegxl", "jpegls", "jpeg2000")
-STREAM_CODECS = ("zstd", "lzma", "bz2", "blosc2")
+STREAM_CODECS = ("zstd", "lzma", "bz2", "blosc2", "blosc2-bitshuffle", "pcodec")
 
 
 def _mnist(n: int = 16) -> list[np.ndarray]:
