@@ -167,9 +167,11 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_report(commands: argparse._SubParsersAction) -> None:
-    """`report STORE ... --out DIR`."""
-    rp = commands.add_parser("report", help="the evaluation report of finished compress jobs (their manifests)")
-    rp.add_argument("stores", nargs="+", help="compressed stores")
+    """`report STORE|REPORT ... --out DIR`."""
+    rp = commands.add_parser("report", help="one evaluation report of finished compress jobs (their manifests) and "
+                                            "earlier eval runs (their report.json), merged")
+    rp.add_argument("stores", nargs="+", metavar="STORE_OR_REPORT",
+                    help="compressed stores, and report.json files (or report directories) of `shardzip eval` runs")
     rp.add_argument("--storage-option", action="append", metavar="KEY=VALUE", default=[])
     rp.add_argument("--out", required=True, help="report directory")
     rp.set_defaults(handler=run_report)

@@ -267,11 +267,18 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    """`report`: the evaluation report of finished compress jobs, from their manifests."""
+    """`report`: one evaluation report of finished compress jobs (from their manifests) and of earlier `eval` runs
+    (their report.json), merged."""
     from shardzip.pipeline.evaluate import from_manifests
+    from shardzip.report.merge import is_report_file, merge_reports, read_report
     from shardzip.report.render import write_report
 
-    report = from_manifests(args.stores, storage_options(args.storage_option), ["shardzip", *sys.argv[1:]])
+    command = ["shardzip", *sys.argv[1:]]
+    runs = [read_report(ref) for ref in args.stores if is_report_file(ref)]
+    stores = [ref for ref in args.stores if not is_report_file(ref)]
+    if stores:
+        runs.append(from_manifests(stores, storage_options(args.storage_option), command))
+    report = merge_reports(runs)
     paths = write_report(report, args.out)
     print(f"report written to {args.out}:")
     _print_written(paths)

@@ -8,7 +8,16 @@ import html
 from collections.abc import Mapping, Sequence
 
 from shardzip.report.plots import Plot
-from shardzip.report.tables import COLUMNS, baseline_settings, best_bpd, by_dataset, is_best, repro_items
+from shardzip.report.tables import (
+    COLUMNS,
+    baseline_settings,
+    best_bpd,
+    by_dataset,
+    is_best,
+    repro_items,
+    summary,
+    summary_cell,
+)
 
 __all__ = ["render_html"]
 
@@ -54,6 +63,21 @@ def _html_table(rows: list[Mapping]) -> str:
     return "\n".join(out)
 
 
+def _summary_table(rows: list[Mapping]) -> list[str]:
+    """The table across datasets (`tables.summary`), with its heading."""
+    if not rows:
+        return []
+    datasets, codecs, cells = summary(rows)
+    head = '<th class="t">codec</th><th class="t">kind</th>' + "".join(f'<th class="n">{html.escape(d)}</th>'
+                                                                       for d in datasets)
+    body = [f'<tr class="{html.escape(kind)}"><td class="t">{html.escape(name)}</td><td class="t">{kind}</td>'
+            + "".join(f'<td class="n">{html.escape(summary_cell(cells[(d, name)]))}</td>' for d in datasets) + "</tr>"
+            for name, kind in codecs]
+    return ['<h2>Summary</h2>', f'<table class="summary">\n<thead><tr>{head}</tr></thead>\n<tbody>', *body,
+            "</tbody>\n</table>", "<p>Bits per dimension over the arrays each codec coded (arrays coded / arrays "
+            "of the dataset).</p>"]
+
+
 def render_html(report: Mapping, plots: Sequence[Plot]) -> str:
     """One self-contained page: tables, plots as data: URIs, baseline settings, reproducibility; no outside loads."""
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -62,6 +86,7 @@ def render_html(report: Mapping, plots: Sequence[Plot]) -> str:
              "<p>Bits per dimension (bpd): coded bits / values, lower is better; best per array in <strong>bold"
              "</strong>; learned models shaded. Overhead: coded bpd over the model's NLL. Ratio: raw bytes / coded "
              "bytes. 95% CI: normal approximation over per-image bpd.</p>"]
+    parts += _summary_table(report["rows"])
     for dataset, rows in by_dataset(report["rows"]).items():
         parts += [f"<h2>{html.escape(dataset)}</h2>", _html_table(rows)]
     if plots:

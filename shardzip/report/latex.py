@@ -14,6 +14,8 @@ from shardzip.report.tables import (
     number_text,
     reason_text,
     repro_items,
+    summary,
+    summary_cell,
 )
 
 __all__ = ["render_latex", "tex_escape"]
@@ -112,7 +114,25 @@ def render_latex(report: Mapping) -> str:
                     cells[2] += r"$^\dagger$"
             lines.append(" & ".join(cells) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    lines += _summary_table(report["rows"])
     if any(not r["applicable"] and r["bpd"] is not None for r in report["rows"]):
         lines += ["", r"% \dagger: the codec did not apply to that array; the bpd is that of the fallback that "
                       r"stored it (reason in report.md)"]
     return "\n".join(lines) + "\n"
+
+
+def _summary_table(rows) -> list[str]:
+    """The table across datasets (`tables.summary`): a codec per row, a dataset per column; only for two or more
+    datasets (with one, the dataset's own table says it all)."""
+    datasets, codecs, cells = summary(rows)
+    if len(datasets) < 2:
+        return []
+    out = ["", r"\begin{table}[t]", r"\centering", r"\small",
+           r"\caption{Lossless compression across datasets: bits per dimension over the arrays each codec coded "
+           r"(arrays coded / arrays of the dataset); learned models in \emph{italic}.}",
+           r"\label{tab:shardzip-summary}", rf"\begin{{tabular}}{{l{'r' * len(datasets)}}}", r"\toprule",
+           " & ".join(["Codec"] + [tex_escape(d) for d in datasets]) + r" \\", r"\midrule"]
+    for name, kind in codecs:
+        label = rf"\emph{{{tex_escape(name)}}}" if kind == "model" else tex_escape(name)
+        out.append(" & ".join([label] + [tex_escape(summary_cell(cells[(d, name)])) for d in datasets]) + r" \\")
+    return out + [r"\bottomrule", r"\end{tabular}", r"\end{table}"]

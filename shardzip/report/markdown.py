@@ -5,7 +5,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from shardzip.report.tables import COLUMNS, baseline_settings, best_bpd, by_dataset, is_best, repro_items
+from shardzip.report.tables import (
+    COLUMNS,
+    baseline_settings,
+    best_bpd,
+    by_dataset,
+    is_best,
+    repro_items,
+    summary,
+    summary_cell,
+)
 
 __all__ = ["render_markdown"]
 
@@ -24,7 +33,7 @@ def _md_code(text: str) -> str:
 
 def render_markdown(report: Mapping) -> str:
     """One table per dataset (best bpd per array in bold), baseline settings, then the reproducibility block."""
-    lines = ["# shardzip evaluation report", ""]
+    lines = ["# shardzip evaluation report", ""] + _summary(report["rows"])
     for dataset, rows in by_dataset(report["rows"]).items():
         best = best_bpd(rows)
         lines += [f"## {_md_cell(dataset)}", "", "| " + " | ".join(h for h, _ in COLUMNS) + " |",
@@ -51,3 +60,17 @@ def render_markdown(report: Mapping) -> str:
         else:
             lines.append(f"- **{label}**: {_md_code(text)}")
     return "\n".join(lines) + "\n"
+
+
+def _summary(rows) -> list[str]:
+    """The table across datasets: bpd per codec and dataset over the arrays each codec coded."""
+    datasets, codecs, cells = summary(rows)
+    if not rows:
+        return []
+    out = ["## Summary", "", "| codec | kind | " + " | ".join(_md_cell(d) for d in datasets) + " |",
+           "|---|---|" + "---:|" * len(datasets)]
+    for name, kind in codecs:
+        out.append(f"| {_md_cell(name)} | {kind} | " + " | ".join(summary_cell(cells[(d, name)]) for d in datasets)
+                   + " |")
+    return out + ["", "Bits per dimension over the arrays each codec coded (arrays coded / arrays of the dataset).",
+                  ""]

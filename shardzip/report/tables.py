@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["COLUMNS", "number_text", "reason_text", "by_dataset", "best_bpd", "is_best", "baseline_settings",
-           "repro_items"]
+           "repro_items", "summary", "summary_cell"]
 
 
 def number_text(v: Any, fmt: str) -> str:
@@ -96,3 +96,28 @@ def repro_items(repro: Mapping) -> list[tuple[str, str]]:
     order = ["command", "code_version", "date", "hardware", "models", "datasets", "libraries"]
     keys = order + [k for k in repro if k not in order]
     return [(k.replace("_", " "), flat(repro[k])) for k in keys if k in repro]
+
+
+def summary(rows: Sequence[Mapping]) -> tuple[list[str], list[tuple[str, str]], dict[tuple[str, str], tuple]]:
+    """The table across datasets: (datasets, codecs as (name, kind), cells). A cell (bpd, arrays coded, arrays) per
+    codec and dataset: its coded bits over the values of the arrays it applies to, on how many of the dataset's
+    arrays (a codec compared on fewer arrays than another is compared on other data: the count says so)."""
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    codecs = list(dict.fromkeys((r["codec"], r["kind"]) for r in rows))
+    codecs.sort(key=lambda c: c[1] != "model")  # models first, in their order, then the baselines
+    arrays = {ds: len({r["array"] for r in rows if r["dataset"] == ds}) for ds in datasets}
+    cells = {}
+    for ds in datasets:
+        for name, _ in codecs:
+            got = [r for r in rows if r["dataset"] == ds and r["codec"] == name and r["applicable"]
+                   and r["bpd"] is not None and r["dims"]]
+            dims = sum(int(r["dims"]) for r in got)
+            bpd = sum(float(r["bpd"]) * int(r["dims"]) for r in got) / dims if dims else None
+            cells[(ds, name)] = (bpd, len(got), arrays[ds])
+    return datasets, codecs, cells
+
+
+def summary_cell(cell: tuple) -> str:
+    """"1.213 (3/3 arrays)", or "-" where the codec coded none of the dataset's arrays."""
+    bpd, coded, total = cell
+    return "-" if bpd is None else f"{bpd:.3f} ({coded}/{total})"

@@ -87,6 +87,14 @@ def test_report_from_manifests_and_cli_eval_write_all_formats(cluster, sources, 
     for name in ("report.json", "report.md", "report.tex", "report.csv", "report.html"):
         assert (out2 / name).is_file(), name
     assert "data:image/png;base64," in (out2 / "report.html").read_text()
+    # one report of the eval run and the store, merged: the eval's rows, then the store's that the eval lacks
+    out3 = tmp_path / "merged"
+    assert main(["report", str(out2 / "report.json"), str(dst), "--out", str(out3)]) == 0
+    merged = json.loads((out3 / "report.json").read_text())
+    ran = json.loads((out2 / "report.json").read_text())
+    assert merged["rows"][:len(ran["rows"])] == ran["rows"] and len(merged["reproducibility"]["runs"]) == 2
+    assert {r["codec"] for r in merged["rows"]} >= {"idf-mnist", "png", "zstd"}
+    assert "## Summary" in (out3 / "report.md").read_text()
 
 
 def test_eval_reports_float_arrays_with_nans_whatever_method_coded_them(cluster, tmp_path):

@@ -224,7 +224,9 @@ def _best_per_array(report: dict) -> dict[tuple[str, str], float]:
 def test_latex_has_booktabs_tables_bold_best_and_escaped_names(written):
     report, out, _ = written
     tex = (out / "report.tex").read_text()
-    assert tex.count(r"\begin{table}") == 2 and tex.count(r"\toprule") == 2 and tex.count(r"\bottomrule") == 2
+    # a table per dataset, then the summary across the two datasets
+    assert tex.count(r"\begin{table}") == 3 and tex.count(r"\toprule") == 3 and tex.count(r"\bottomrule") == 3
+    assert r"\label{tab:shardzip-summary}" in tex and r"\emph{bbans\_mnist} & 1.410 (1/1) & - \\" in tex
     assert r"\midrule" in tex
     best = _best_per_array(report)
     bold = re.findall(r"\\textbf\{([0-9.]+)\}", tex)
@@ -233,6 +235,7 @@ def test_latex_has_booktabs_tables_bold_best_and_escaped_names(written):
     body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
     assert r"mnist\_test" in body and r"bbans\_mnist" in body
     assert not re.search(r"(?<!\\)[_#$%]", body), "unescaped LaTeX special character"
+    body = body.split(r"\label{tab:shardzip-summary}")[0]  # the tables per dataset
     rows = [line for line in body.splitlines() if line.endswith(r"\\")]
     assert len(rows) == len(report["rows"]) + 2  # + one header per table
     ncols = len(re.search(r"\\begin\{tabular\}\{(\w+)\}", body).group(1))
@@ -271,7 +274,13 @@ def test_markdown_tables_show_na_with_reason_and_best_in_bold(written):
     assert f"n/a ({webp['reason']})" in md
     assert "n/a (model idf_photos takes uint8 images; array 'image' is uint16 \\| stored with zstd)" in md
     assert "| **1.410** |" in md
-    table_lines = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    summary, _, per_dataset = md.partition("\n## mnist_test")
+    # the table across datasets: a codec's bpd over the arrays it coded, per dataset
+    assert "## Summary" in summary and "| bbans_mnist | model | 1.410 (1/1) | - |" in summary
+    codecs = {r["codec"] for r in report["rows"]}
+    assert len([line for line in summary.splitlines() if line.startswith("| ") and "---" not in line]) == \
+        len(codecs) + 1
+    table_lines = [line for line in per_dataset.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(table_lines) == len(report["rows"]) + 2  # one header per dataset
     assert all(len(re.split(r"(?<!\\)\|", line)) == 15 + 2 for line in table_lines)  # 15 columns everywhere
     assert "## Reproducibility" in md and "ab" * 32 in md
@@ -354,3 +363,27 @@ def test_extra_keys_are_kept_and_numpy_values_are_written(tmp_path):
     assert back["rows"][0]["chunks_by_method"] == {"model": 3, "zstd": 1}
     assert back["rows"][0]["images"] == 4 and back["rows"][0]["bpd"] == 1.41
     assert r"\textbf{1.410}" in render_latex(report)
+
+
+def test_merged_reports_keep_every_run_and_drop_repeated_rows(tmp_path):
+    from shardzip.report.merge import merge_reports, read_report
+
+    a = _report()
+    b = _report()
+    for row in b["rows"]:
+        row["codec"] = row["codec"] + "_v2" if row["kind"] == "model" else row["codec"]
+    models = {r["codec"] for r in a["rows"] if r["kind"] == "model"}
+    for shard in b["shards"]:
+        shard["codec"] += "_v2" if shard["codec"] in models else ""
+    b["reproducibility"]["command"] = "shardzip eval second-run"
+    merged = merge_reports([a, b])
+    models_b = [r for r in b["rows"] if r["kind"] == "model"]
+    assert merged["rows"] == a["rows"] + models_b  # b's baselines repeat a's (same data): left out
+    assert merged["shards"] == a["shards"] + [s for s in b["shards"] if s["codec"].endswith("_v2")]
+    assert merged["reproducibility"]["runs"] == [a["reproducibility"], b["reproducibility"]]
+    assert "second-run" in merged["reproducibility"]["command"]
+    assert f"{len(b['rows']) - len(models_b)} repeated row(s) left out" in merged["reproducibility"]["merged"]
+    write_report(merged, tmp_path / "m")
+    assert read_report(str(tmp_path / "m")) == json.loads((tmp_path / "m" / "report.json").read_text())
+    with pytest.raises(ReportError, match="not a readable report.json"):
+        read_report(str(tmp_path / "missing.json"))
