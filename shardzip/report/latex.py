@@ -11,6 +11,7 @@ from shardzip.report.tables import (
     best_bpd,
     by_dataset,
     is_best,
+    model_chunks,
     number_text,
     reason_text,
     repro_items,
@@ -52,6 +53,7 @@ _TEX_COLUMNS: list[tuple[str, str, Callable[[Mapping], str]]] = [
     ("Enc.", "r", lambda r: number_text(r["encode_mbps"], ".3g")),
     ("Dec.", "r", lambda r: number_text(r["decode_mbps"], ".3g")),
     ("Device", "l", lambda r: r["device"] or "--"),
+    ("Chunks", "r", lambda r: "--" if model_chunks(r) is None else "{}/{}".format(*model_chunks(r))),
     ("Ver.", "c", lambda r: {True: "yes", False: r"\textbf{NO}", None: "--"}[r["verified"]]),
 ]
 _TEX_REASON_CHARS = 56

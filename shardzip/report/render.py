@@ -23,6 +23,7 @@ from shardzip.report.latex import render_latex
 from shardzip.report.markdown import render_markdown
 from shardzip.report.plots import make_plots
 from shardzip.report.schema import validate_report
+from shardzip.report.tables import model_chunks
 
 __all__ = ["write_report", "render_json", "render_csv"]
 
@@ -31,7 +32,7 @@ __all__ = ["write_report", "render_json", "render_csv"]
 
 _CSV_FIELDS = ["dataset", "array", "codec", "kind", "applicable", "reason", "bpd", "nll_bpd", "overhead_pct", "ratio",
                "bpd_std", "bpd_ci95_lo", "bpd_ci95_hi", "images", "dims", "encode_mbps", "decode_mbps", "device",
-               "verified"]
+               "chunks_model", "chunks", "parameters", "weight_bytes", "verified"]
 
 
 def render_csv(report: Mapping) -> str:
@@ -41,7 +42,9 @@ def render_csv(report: Mapping) -> str:
     writer.writerow(_CSV_FIELDS)
     for r in report["rows"]:
         ci = r["bpd_ci95"] or (None, None)
-        values = {**{k: r[k] for k in _CSV_FIELDS if k in r}, "bpd_ci95_lo": ci[0], "bpd_ci95_hi": ci[1]}
+        counted = model_chunks(r) or (None, None)
+        values = {**{k: r.get(k) for k in _CSV_FIELDS}, "bpd_ci95_lo": ci[0], "bpd_ci95_hi": ci[1],
+                  "chunks_model": counted[0], "chunks": counted[1]}
         writer.writerow(["" if values[k] is None else values[k] for k in _CSV_FIELDS])
     return buf.getvalue()
 

@@ -7,8 +7,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["COLUMNS", "number_text", "reason_text", "by_dataset", "best_bpd", "is_best", "baseline_settings",
-           "repro_items", "summary", "summary_cell"]
+__all__ = ["COLUMNS", "MODEL_METHODS", "model_chunks", "number_text", "reason_text", "by_dataset", "best_bpd",
+           "is_best", "baseline_settings", "repro_items", "summary", "summary_cell"]
 
 
 def number_text(v: Any, fmt: str) -> str:
@@ -29,8 +29,37 @@ def reason_text(row: Mapping) -> str:
     return " ".join(str(row.get("reason") or "no reason given").split())
 
 
+MODEL_METHODS = ("model", "masked-model")  # chunk methods that hold the model's code (others: a fallback)
+
+
+def model_chunks(row: Mapping) -> tuple[int, int] | None:
+    """(chunks the model coded, chunks) of a model row that counted its chunks by method, else None."""
+    methods = row.get("chunks_by_method")
+    if not methods:
+        return None
+    return sum(int(n) for m, n in methods.items() if m in MODEL_METHODS), sum(int(n) for n in methods.values())
+
+
+def _chunks_text(row: Mapping) -> str:
+    """"19/30": chunks the model coded of all (the rest went to the fallback), or "-"."""
+    found = model_chunks(row)
+    return "-" if found is None else f"{found[0]}/{found[1]}"
+
+
+def _size_text(row: Mapping) -> str:
+    """A model's parameters and the bytes of its weights file, e.g. "193k / 780 KB", or "-"."""
+    n, b = row.get("parameters"), row.get("weight_bytes")
+    if n is None:
+        return "-"
+    count = f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)
+    return count if b is None else f"{count} / {b / 1e3:.0f} KB"
+
+
 def _bpd_text(row: Mapping) -> str:
-    """The bpd cell: the value, or "n/a (reason)" for a codec that does not apply."""
+    """The bpd cell: the value, or "n/a (reason)" for a codec that does not apply or a model that codes nothing
+    (an NLL-only model: its NLL stands in its own column)."""
+    if row["applicable"] and row["bpd"] is None:
+        return f"n/a ({reason_text(row)})"
     if row["applicable"]:
         return number_text(row["bpd"], ".3f")
     if row["bpd"] is None:
@@ -54,6 +83,8 @@ COLUMNS: list[tuple[str, Callable[[Mapping], str]]] = [
     ("enc MB/s", lambda r: number_text(r["encode_mbps"], ".3g")),
     ("dec MB/s", lambda r: number_text(r["decode_mbps"], ".3g")),
     ("device", lambda r: r["device"] or "-"),
+    ("model chunks", _chunks_text),
+    ("params / weights", _size_text),
     ("verified", lambda r: _verified(r["verified"])),
 ]
 
@@ -102,6 +133,7 @@ def summary(rows: Sequence[Mapping]) -> tuple[list[str], list[tuple[str, str]], 
     """The table across datasets: (datasets, codecs as (name, kind), cells). A cell (bpd, arrays coded, arrays) per
     codec and dataset: its coded bits over the values of the arrays it applies to, on how many of the dataset's
     arrays (a codec compared on fewer arrays than another is compared on other data: the count says so)."""
+    rows = [r for r in rows if r["array"] != "(all)"]  # the aggregates would count their arrays twice
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     codecs = list(dict.fromkeys((r["codec"], r["kind"]) for r in rows))
     codecs.sort(key=lambda c: c[1] != "model")  # models first, in their order, then the baselines

@@ -23,6 +23,7 @@ from shardzip.report.latex import render_latex
 from shardzip.report.markdown import render_markdown
 from shardzip.report.render import write_report
 from shardzip.report.schema import validate_report
+from shardzip.report.tables import COLUMNS
 
 DATA = TEST_DATA
 IMAGE_CODECS = ("png", "webp", "jpegxl", "jpegls", "jpeg2000")
@@ -155,14 +156,18 @@ def _report() -> dict:
     rows = [{"dataset": "mnist_test", "array": "/", "codec": "bbans_mnist", "kind": "model", "applicable": True,
              "reason": None, "bpd": 1.41, "nll_bpd": 1.40, "overhead_pct": 0.71, "ratio": 5.67, "bpd_std": 0.2,
              "bpd_ci95": [1.36, 1.46], "per_image_bpd": [1.2, 1.4, 1.6, 1.45], "images": 4, "dims": 3136,
-             "encode_mbps": 0.8, "decode_mbps": 0.7, "device": "cuda", "verified": True}]
+             "encode_mbps": 0.8, "decode_mbps": 0.7, "device": "cuda", "verified": True,
+             "chunks_by_method": {"model": 5, "zstd": 1}, "parameters": 193_412, "weight_bytes": 780_100}]
     rows += [_row("mnist_test", "/", baseline_bytes(n, _mnist(8))) for n in ("png", "jpegxl", "zstd")]
     rows += [_row("camera16", "image", baseline_bytes(n, _uint16())) for n in ("webp", "png", "lzma")]
     rows.append({**rows[0], "dataset": "camera16", "array": "image", "codec": "idf_photos", "applicable": False,
                  "reason": "model idf_photos takes uint8 images; array 'image' is uint16 | stored with zstd",
                  "bpd": None, "nll_bpd": None, "overhead_pct": None, "ratio": None, "bpd_std": None,
                  "bpd_ci95": None, "per_image_bpd": [], "images": 0, "dims": 0, "encode_mbps": None,
-                 "decode_mbps": None, "device": None, "verified": None})
+                 "decode_mbps": None, "device": None, "verified": None, "chunks_by_method": {}})
+    rows.append({**rows[-1], "dataset": "mnist_test", "array": "/", "codec": "bfn_nll_only", "applicable": True,
+                 "reason": "NLL only: the model has no coder", "nll_bpd": 1.05, "images": 4, "dims": 3136,
+                 "parameters": 12_000_000, "weight_bytes": None})
     shards = [{"dataset": "mnist_test", "array": "/", "codec": "bbans_mnist", "grid": [2, 3], "index": [i, j],
                "bpd": 1.3 + 0.05 * i + 0.01 * j} for i in range(2) for j in range(3)]
     shards += [{"dataset": "camera16", "array": "image", "codec": "lzma", "grid": [4], "index": [i], "bpd": 4.0}
@@ -282,7 +287,10 @@ def test_markdown_tables_show_na_with_reason_and_best_in_bold(written):
         len(codecs) + 1
     table_lines = [line for line in per_dataset.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(table_lines) == len(report["rows"]) + 2  # one header per dataset
-    assert all(len(re.split(r"(?<!\\)\|", line)) == 15 + 2 for line in table_lines)  # 15 columns everywhere
+    assert all(len(re.split(r"(?<!\\)\|", line)) == len(COLUMNS) + 2 for line in table_lines)  # every column
+    # the model's share of chunks and its size; an NLL-only model's row: its NLL, and why it has no coded rate
+    assert "| 5/6 | 193k / 780 KB |" in md
+    assert "| n/a (NLL only: the model has no coder) | 1.050 |" in md and "| 12.00M |" in md
     assert "## Reproducibility" in md and "ab" * 32 in md
 
 
