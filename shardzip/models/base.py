@@ -59,7 +59,38 @@ class ModelSpec:
 
 
 class LosslessModel(nn.Module):
-    """Base class of shardzip's learned lossless models (IDF, BB-ANS VAE, HiLLoC)."""
+    """Base class of every learned lossless model: shardzip's families and other packages' (plugins).
+
+    The protocol. A family is a subclass with a class attribute `family` (its name, stored in checkpoints and
+    containers) whose constructor takes its hyper-parameters as keyword arguments (`channels` and `data_bits`
+    among them) and passes them to `LosslessModel.__init__`. It implements:
+
+    - `nll_bits(x)`: -log2 p(x) per image, float64 [B], for int64 images [B, C, H, W] in [0, 2**data_bits)
+      (-1 where a value is missing, if the class sets `codes_missing`). Required: it is the NLL of every report.
+    - `encode(message, x)` and `decode(message, shape)`: push the batch onto a `shardzip.coding.Message` and pop
+      it back. Optional: a model without them is NLL-only (its report rows say "coded: n/a"). `encode` may
+      return the per-image bits of the pass that built the CDFs (else None).
+    - `train_bits(x)` (default `nll_bits`): the differentiable bits `loss` trains on.
+    - optionally `fits`, `coding_batch`, `coding_lanes`, `sequence`, `bits_back` with `initial_words`,
+      `training_sampler`, `calibrate`, and a classmethod `pretrained()` returning the path of a checkpoint
+      its package ships (`shardzip.models.plugins`).
+
+    The rules a coding model must keep (DESIGN.md, "Rules that make decoding possible"); a break is data loss:
+
+    1. The decoder rebuilds every CDF the encoder used from what it has decoded so far, bit for bit. Build the
+       coder's entropy models with `shardzip.coding` (integer CDFs from quantized parameters) and compute what
+       feeds them under shardzip's exact numerics (`shardzip.models.codec` runs `encode`/`decode` under them),
+       or from integers and parameters only: never from float arithmetic whose rounding may differ with thread
+       count, CPU kernels, device or library version.
+    2. An image's probabilities must not depend on the other images of its batch, nor on the batch size (no
+       batch statistics, no padding or normalisation across images): the decoder's batches are not the
+       encoder's.
+    3. Pop in exactly the reverse order of the pushes, with models of the same shapes; the same images must
+       give the same bytes on every run (no random state outside bits-back's coded choices).
+
+    `shardzip.models.check.check_model` tests a model against rules 2 and 3 and that its bytes decode under
+    another thread count; `tools/cross_decode.py` tests rule 1 across machines for the shipped models.
+    """
 
     family: ClassVar[str] = ""
     bits_back: ClassVar[bool] = False  # True: decoding needs initial bits (Message.with_clean_bits)
