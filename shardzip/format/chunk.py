@@ -136,8 +136,11 @@ def _masked_candidate(chunk: np.ndarray, raw: bytes, packing: Packing | None, zs
 
 
 def _model_candidate(chunk: np.ndarray, model, layout: str | None, packing: Packing | None, batch: int | None,
-                     zstd_level: int, numerics: str) -> tuple[int, bytes, list[float]] | None:
-    """(method, payload, per-image NLL bits) of the model's code of the chunk, or None where it does not fit."""
+                     zstd_level: int, numerics: str) -> tuple[int | None, bytes | None, list[float]] | None:
+    """(method, payload, per-image NLL bits) of the model's code of the chunk, or None where it does not fit; an
+    NLL-only model (no coder) scores the chunk and codes nothing: (None, None, NLL bits)."""
+    if not model.has_coder():
+        return learned.score_only(chunk, model, layout, packing, batch)
     if learned.masked_model(model):
         coded = learned.encode_masked_model(chunk, model, layout, packing, batch, zstd_level, numerics)
         return None if coded is None else (MASKED_MODEL, *coded)
@@ -176,13 +179,14 @@ def encode_chunk(chunk: np.ndarray, model=None, layout: str | None = None, batch
         candidates[CLASSICAL] = found[0]
     coded = _model_candidate(chunk, model, layout, packing, batch, zstd_level, numerics) \
         if model is not None and chunk.size else None
-    if coded is not None:
+    if coded is not None and coded[0] is not None:
         candidates[coded[0]] = coded[1]
     method = min(candidates, key=lambda m: (len(candidates[m]), -m))
     out = _HEAD.pack(MAGIC, VERSION, method, zlib.crc32(raw)) + candidates[method]
     image_nll = coded[2] if coded is not None else None
     stats = ChunkStats(len(raw), len(out), METHODS[method], None if coded is None else sum(image_nll),
-                       None if coded is None else len(coded[1]), len(candidates[ZSTD]), time.perf_counter() - t0,
+                       None if coded is None or coded[1] is None else len(coded[1]), len(candidates[ZSTD]),
+                       time.perf_counter() - t0,
                        image_nll, found[1] if method == CLASSICAL else None, found[2] if found is not None else None)
     return out, stats
 

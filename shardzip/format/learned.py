@@ -96,6 +96,21 @@ def masked_model_payload(chunk: np.ndarray, model, layout: str, packing: Packing
     return head + kind_bytes + coded, nll
 
 
+def score_only(chunk: np.ndarray, model, layout: str, packing: Packing | None,
+               batch: int | None) -> tuple[None, None, list[float]] | None:
+    """An NLL-only model's per-image bits for the chunk (its rows in reports), coding nothing: (None, None,
+    bits), or None where the values do not fit it."""
+    if masked_model(model):
+        found = raster_symbols(chunk, packing, model.data_bits)
+        if found is None:
+            return None
+        images = torch.from_numpy(to_images(found[0], layout))
+    else:
+        images = torch.from_numpy(to_images(chunk, layout).astype(np.int64))
+    b = batch or model.coding_batch(images.shape[0], images[0].numel())
+    return None, None, image_nll(model, images, b)
+
+
 def decode_model(payload: memoryview, target) -> bytes:
     from shardzip.models.codec import decompress, read_header
 

@@ -79,7 +79,8 @@ def model_spec(family: str, hparams: dict[str, Any] | None = None, reference: st
         raise CatalogError(f"hyper-parameters {hparams} do not fit family {family!r}: {exc}") from exc
     bound.apply_defaults()
     given = bound.arguments
-    return ModelSpec(family, int(given.get("channels", 1)), int(given.get("data_bits", 8)), cls.codes_missing)
+    return ModelSpec(family, int(given.get("channels", 1)), int(given.get("data_bits", 8)), cls.codes_missing,
+                     cls.has_coder())
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:

@@ -41,6 +41,7 @@ class ModelSpec:
     channels: int
     data_bits: int
     codes_missing: bool
+    codes: bool = True  # False: an NLL-only model (no encode/decode): rates in reports, nothing to store
 
     def fits(self, dtype: np.dtype | str, bands: int) -> str | None:
         """Why the model cannot code images of `dtype` with `bands` bands per image; None when it can.
@@ -138,7 +139,12 @@ class LosslessModel(nn.Module):
 
     @property
     def spec(self) -> ModelSpec:
-        return ModelSpec(self.family, self.channels, self.data_bits, self.codes_missing)
+        return ModelSpec(self.family, self.channels, self.data_bits, self.codes_missing, self.has_coder())
+
+    @classmethod
+    def has_coder(cls) -> bool:
+        """Whether the family implements `encode` and `decode` (else it is NLL-only)."""
+        return cls.encode is not LosslessModel.encode and cls.decode is not LosslessModel.decode
 
     def fits(self, dtype: np.dtype | str, bands: int) -> str | None:
         """Why this model cannot code images of `dtype` with `bands` bands per image; None when it can

@@ -38,12 +38,6 @@ class ModelCheck:
         return not self.problems
 
 
-def has_coder(model: LosslessModel) -> bool:
-    """Whether the model's class implements `encode` and `decode` (else it is NLL-only)."""
-    cls = type(model)
-    return cls.encode is not LosslessModel.encode and cls.decode is not LosslessModel.decode
-
-
 def check_model(model: LosslessModel, images: torch.Tensor, numerics: str = EXACT,
                 rtol: float = 1e-6) -> ModelCheck:
     """Check `model` on `images` [N, C, H, W] (N >= 2: the batch rule needs two images)."""
@@ -51,7 +45,7 @@ def check_model(model: LosslessModel, images: torch.Tensor, numerics: str = EXAC
 
     model.eval()
     x = images.long()
-    out = ModelCheck(codes=has_coder(model))
+    out = ModelCheck(codes=model.has_coder())
     with torch.no_grad():
         whole = model.nll_bits(x).double().cpu()
         alone = torch.cat([model.nll_bits(x[i:i + 1]).double().cpu() for i in range(x.shape[0])])

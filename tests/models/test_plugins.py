@@ -4,6 +4,7 @@ with the example plugin `examples/shardzip-toy`, which `make install` installs a
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -13,7 +14,7 @@ import zarr
 from conftest import ROOT, TEST_DATA
 
 from shardzip.errors import CatalogError
-from shardzip.models import build_model, load_weights, save_weights
+from shardzip.models import LosslessModel, build_model, load_weights, save_weights
 from shardzip.models.check import check_model
 from shardzip.models.plugins import import_family, plugin_names
 
@@ -85,3 +86,32 @@ def test_eval_and_compress_code_with_the_plugin_by_name_and_zarr_reads_it_back(s
     assert row["bpd"] == pytest.approx(8 * on_disk / MNIST.size, rel=1e-12)  # eval's rate is the bytes written
     assert row["bpd"] < 0.9 * next(r for r in report["rows"] if r["codec"] == "zstd")["bpd"]
     assert np.array_equal(zarr.open_group(str(dst), mode="r")["images"][...], MNIST)
+
+
+class NllOnly(LosslessModel):
+    """A model with a likelihood and no coder yet (a Bayesian Flow Network's loss is such a rate)."""
+
+    family = "test-nll-only"
+
+    def __init__(self, channels: int = 1, data_bits: int = 8) -> None:
+        super().__init__(channels=channels, data_bits=data_bits)
+        self.logits = torch.nn.Parameter(torch.linspace(2, -2, 256))
+
+    def nll_bits(self, x):
+        x = self.check_input(x)
+        return -torch.log_softmax(self.logits, 0)[x].flatten(1).sum(1).double() / math.log(2)
+
+
+def test_an_nll_only_model_scores_chunks_and_codes_none():
+    from shardzip.format.chunk import decode_chunk, encode_chunk
+
+    model = NllOnly()
+    assert not model.has_coder() and not model.spec.codes and build_model("toy-pixel", {}).spec.codes
+    check = check_model(model, torch.from_numpy(MNIST[:4]).long())
+    assert check.ok and not check.codes and check.coded_bpd is None and check.nll_bpd > 0
+    data, stats = encode_chunk(MNIST[:4], model, "NCHW")
+    assert stats.method in ("zstd", "raw") and stats.model_bytes is None  # stored by the fallback
+    expected = model.nll_bits(torch.from_numpy(MNIST[:4]).long())
+    assert stats.image_nll_bits == pytest.approx(expected.tolist()) and stats.nll_bits == pytest.approx(
+        float(expected.sum()))
+    assert np.array_equal(decode_chunk(data, MNIST[:4].shape, MNIST.dtype, "NCHW"), MNIST[:4])
