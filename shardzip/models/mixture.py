@@ -31,7 +31,7 @@ from shardzip.models.base import (
     mixture_params,
 )
 from shardzip.models.score import _log2prob
-from shardzip.numerics import exact
+from shardzip.numerics import dispatch, exact
 from shardzip.numerics.compiled import _exp64, _njit, exp_constants
 
 _POSITIONS = 512  # positions per block: their J log-scales go through exp together, their scores are one block
@@ -121,12 +121,12 @@ class MixtureHead:
         found = self._compiled(raw, alphabet_size, symbols)
         if found is not None:
             return found
-        with exact.suspended():  # a reported figure: plain floats are enough and cheaper
+        with dispatch.suspended():  # a reported figure: plain floats are enough and cheaper
             bits = mixture_log2prob(symbols.float(), *self.params(raw), alphabet_size).flatten(1).sum(1)
         return self.coder(raw, alphabet_size), bits.double()
 
     def _compiled(self, raw: torch.Tensor, alphabet_size: int, symbols: torch.Tensor | None = None):
-        if not (raw.dtype == torch.float32 and raw.dim() == 4 and not raw.requires_grad and exact.active()
+        if not (raw.dtype == torch.float32 and raw.dim() == 4 and not raw.requires_grad and dispatch.active()
                 and native.available() and K_.scripted.use_native(raw.device)):
             return None
         b, _, h, w = raw.shape

@@ -37,7 +37,7 @@ from torch import nn
 from shardzip.coding import Message, categorical, uniform
 from shardzip.models.base import LN2, MIN_LOG_SCALE, PARAM_GAIN, LosslessModel, mixture_coder, mixture_log2prob
 from shardzip.models.layers import ConvNet
-from shardzip.numerics import exact
+from shardzip.numerics.dispatch import suspended
 
 MISSING = -1
 MAX_LOG_SCALE_SYMBOLS = 12.0
@@ -310,7 +310,7 @@ class MSP(LosslessModel):
         if truth is not None:
             pick = torch.full((1,), UNADAPTED, dtype=torch.long, device=sel.device)
             if choose:
-                with torch.no_grad(), exact.suspended():
+                with torch.no_grad(), suspended():
                     m, ls, lg = (t.detach()[sel].float() for t in (means, log_scales, logits))
                     v = truth[sel].float()
                     costs = []
@@ -375,7 +375,7 @@ class MSP(LosslessModel):
         chosen = [params[n].requires_grad_(True) for n in ADAPTED]
         start = [p.detach().clone() for p in chosen]
         opt = torch.optim.Adam(chosen, lr=ADAPT_LR)
-        with exact.suspended():
+        with suspended():
             with torch.enable_grad():
                 for _ in range(ADAPT_FIT_STEPS):
                     loss = work._bits(x, choose=False).sum()
@@ -471,7 +471,7 @@ class MSP(LosslessModel):
                 pushes, total = [], [torch.zeros(xs.shape[0], device=x.device)]
 
                 def take(kind, params, sel, truth, pushes=pushes, total=total):
-                    with exact.suspended():  # a reported figure: plain floats are enough and cheaper
+                    with suspended():  # a reported figure: plain floats are enough and cheaper
                         model._score(total, kind, params, sel, truth)
                     pushes.append((truth, model._coder(kind, params, tuple(truth.shape))))
                     return truth

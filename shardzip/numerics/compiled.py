@@ -251,7 +251,7 @@ def pixel_norm32(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
                  silu: bool = False) -> np.ndarray | None:
     """PixelNorm of a float32 [N, C, H, W] array as exact numerics (version >= 2) computes it, followed by SiLU
     (`sigmoid32(..., silu=True)`) where `silu`; `grid(amax, n)` gives the fraction bits of a sum of n values up
-    to amax (`exact._grid_bits`). None where a value is not finite (the torch path then says so)."""
+    to amax (`sums._grid_bits`). None where a value is not finite (the torch path then says so)."""
     n, c = x.shape[:2]
     x3 = np.ascontiguousarray(x, np.float32).reshape(n, c, -1)
     top = float(_abs_max(x3)) if x3.size else 0.0

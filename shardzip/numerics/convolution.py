@@ -1,5 +1,5 @@
 """Exact convolutions on the CPU: drivers that quantize, cut and scale around the micro-kernels of
-`shardzip.numerics.direct`, bit for bit the sums of `shardzip.numerics.exact.exact_convolution`.
+`shardzip.numerics.direct`, bit for bit the sums of `shardzip.numerics.sums.exact_convolution`.
 
 Both drivers compute sums of integer products that are exact in any order, so they equal torch's convolution
 of the same integers (tested), whatever the vector width, the thread count or the CPU:
@@ -264,7 +264,7 @@ def conv2d_pairs(x: np.ndarray, weights: np.ndarray, threads: int = 1, padding: 
     """`conv2d` on int16 operands (exact-3): x put on the grid 2**-in_bits must give |values| < 2**15 and
     `weights` [Cout, Cin, kh, kw] be integers with |w| < 2**15, such that the sum over any `chunk` pairs of
     input channels (or all of them where chunk covers them) stays below 2**31; the caller's grid rule
-    (`exact._pair_grids`) guarantees it. Each sum of output channel c is scaled by 2**-bits[c], the float64
+    (`sums._pair_grids`) guarantees it. Each sum of output channel c is scaled by 2**-bits[c], the float64
     bias added, and rounded to `dtype`. `packed`: `pack_pairs(weights)`, where the caller keeps it."""
     cout, cin = weights.shape[:2]
     b = np.zeros(cout) if bias is None else np.ascontiguousarray(bias, np.float64)

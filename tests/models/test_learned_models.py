@@ -408,7 +408,7 @@ def test_mixture_head_codes_the_same_integers_in_one_compiled_pass(mixtures):
     from shardzip.coding.native import available
     from shardzip.models.base import mixture_coder, mixture_log2prob
     from shardzip.models.mixture import MixtureHead
-    from shardzip.numerics import exact
+    from shardzip.numerics import dispatch, exact
 
     if not available():
         pytest.skip("numba is not importable here: the torch path is the only one")
@@ -430,7 +430,7 @@ def test_mixture_head_codes_the_same_integers_in_one_compiled_pass(mixtures):
         symbols = torch.randint(0, 1536, (2, groups, 29, 70), generator=gen)
         model, log2p = head.coder_scored(raw, symbols, 1536)  # the same model, and the float model's score
         assert all(torch.equal(a, b) for a, b in zip(model.params, fused.params, strict=True))
-        with exact.suspended():
+        with dispatch.suspended():
             want = mixture_log2prob(symbols.float(), *head.params(raw), 1536).double().flatten(1).sum(1)
             assert log2p.shape == (2,) and torch.allclose(log2p, want, rtol=1e-5)
         bad = raw.clone()
