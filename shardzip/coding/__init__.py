@@ -4,7 +4,8 @@ Knows nothing of neural networks, Dask or zarr. Models turn parameters into inte
 (`shardzip.coding.models`); `Message` pushes and pops symbols under them.
 """
 
-from shardzip.coding.message import Message, decode, default_lanes, describe, encode, ideal_bits
+from shardzip.coding.container import decode, describe, encode, ideal_bits
+from shardzip.coding.message import Message, default_lanes
 from shardzip.coding.models import (
     EntropyModel,
     bucket_centres,

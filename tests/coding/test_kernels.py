@@ -36,7 +36,7 @@ from shardzip.coding import (
     tables,
     uniform,
 )
-from shardzip.coding.message import _CRC, _HEADER, LOWER, MAGIC, VERSION
+from shardzip.coding.message_format import _CRC, _HEADER, LOWER, MAGIC, VERSION
 from shardzip.errors import MessageUnderflowError
 
 
