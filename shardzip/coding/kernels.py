@@ -288,9 +288,9 @@ class _Scripted:
         """Whether a message on `device` codes with the compiled loops."""
         if not (self.native and device.type == "cpu"):
             return False
-        from shardzip.coding import native
+        from shardzip.coding import jit
 
-        return native.available()
+        return jit.available()
 
     @property
     def push_loop(self):

@@ -216,11 +216,12 @@ def categorical(probs: torch.Tensor | None = None, logits: torch.Tensor | None =
     rows = source.reshape(-1, K)
     shift = max(0, TABLE_BITS + (K - 1).bit_length() + precision - 62)
     if K_.scripted.use_native(rows.device):
-        from shardzip.coding import native  # one compiled pass per row, the same integers (tested)
+        from shardzip.coding import native_params  # one compiled pass per row, the same integers (tested)
 
         with torch.no_grad():
-            found = native.categorical_weights(rows.detach().to(torch.float64).numpy(), probs is not None, shift,
-                                               float(ONE), EXP_FRAC, table("exp_neg", rows.device).numpy())
+            found = native_params.categorical_weights(rows.detach().to(torch.float64).numpy(), probs is not None,
+                                                      shift, float(ONE), EXP_FRAC,
+                                                      table("exp_neg", rows.device).numpy())
         if found is not None:
             return EntropyModel(K_.TABLE, K, precision, tuple(source.shape[:-1]),
                                 (torch.from_numpy(found).reshape(source.shape[:-1] + (K + 1,)),), device=rows.device)
@@ -252,11 +253,11 @@ def _quantize_loc_scale(mean, scale, loc_frac: int) -> tuple[torch.Tensor, torch
     limit = _LOC_LIMIT[loc_frac]
     if (isinstance(mean, torch.Tensor) and isinstance(scale, torch.Tensor) and mean.shape == scale.shape
             and mean.device == scale.device and K_.scripted.use_native(mean.device)):
-        from shardzip.coding import native  # one compiled pass, the same integers (tested)
+        from shardzip.coding import native_params  # one compiled pass, the same integers (tested)
 
         with torch.no_grad():
-            found = native.quantize_loc_scale(mean.detach().to(torch.float64).numpy(),
-                                              scale.detach().to(torch.float64).numpy(), loc_frac, lo, hi, limit)
+            found = native_params.quantize_loc_scale(mean.detach().to(torch.float64).numpy(),
+                                                     scale.detach().to(torch.float64).numpy(), loc_frac, lo, hi, limit)
         if found is not None:
             return torch.from_numpy(found[0]), torch.from_numpy(found[1])
     mean = _finite64("mean", mean, None)
@@ -344,11 +345,11 @@ def _compiled_mixture_weights(logit_weights, loc_q: torch.Tensor) -> torch.Tenso
     if not (isinstance(logit_weights, torch.Tensor) and logit_weights.shape == loc_q.shape
             and K_.scripted.use_native(loc_q.device)):
         return None
-    from shardzip.coding import native
+    from shardzip.coding import native_params
 
     with torch.no_grad():
         rows = logit_weights.detach().to(torch.float64).reshape(-1, loc_q.shape[-1]).numpy()
-        found = native.mixture_weights(rows, EXP_FRAC, table("exp_neg", loc_q.device).numpy(), K_.MIX_BITS)
+        found = native_params.mixture_weights(rows, EXP_FRAC, table("exp_neg", loc_q.device).numpy(), K_.MIX_BITS)
     return None if found is None else torch.from_numpy(found).view(loc_q.shape)
 
 

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from shardzip.coding.native import available
+from shardzip.coding.jit import available
 from shardzip.models.base import LN2
 from shardzip.numerics.compiled import _exp64, _njit, exp_constants  # the same numba settings and exp
 

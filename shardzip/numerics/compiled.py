@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from shardzip.coding.native import available
+from shardzip.coding.jit import available
 from shardzip.numerics.elementary import EXP_MAX, EXP_MIN
 
 if available():

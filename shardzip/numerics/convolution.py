@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from shardzip.coding.native import available
+from shardzip.coding.jit import available
 from shardzip.numerics.compiled import _njit
 from shardzip.numerics.direct import Kernels, kernels
 
