@@ -21,6 +21,7 @@ import torch
 
 from shardzip.coding import jit, native_params
 from shardzip.coding import kernels as K_
+from shardzip.coding.jit import njit
 from shardzip.coding.models import EntropyModel, mixture_from_integers, quantization_limits
 from shardzip.coding.tables import EXP_FRAC, table
 from shardzip.models.base import (
@@ -33,12 +34,12 @@ from shardzip.models.base import (
 )
 from shardzip.models.score import _log2prob
 from shardzip.numerics import dispatch, exact
-from shardzip.numerics.compiled import _exp64, _njit, exp_constants
+from shardzip.numerics.compiled import _exp64, exp_constants
 
 _POSITIONS = 512  # positions per block: their J log-scales go through exp together, their scores are one block
 
 
-@_njit
+@njit
 def _coder_arrays(raw, offsets, mean_offset, mean_scale, gain, scale_offset, ls_lo, ls_hi, exp_args, mult, lo, hi,
                   limit, exp_neg, loc_q, inv_q, w_q, symbols, top, bits):
     """loc_q, inv_q, w_q [B * G * P, J] (int64) of raw [B, 3, J, G, P] (float32): `base.mixture_params`' float32
