@@ -204,7 +204,7 @@ if hasattr(os, "register_at_fork"):
 SEGMENT = 1024  # output positions per segment (the segment's input rows on their grid stay in L2)
 PAIR_SEGMENT = 2048  # the same for `conv2d_pairs`, whose int16 grid takes a quarter of the room: fewer halo rows
 # quantized twice (measured on idf's 64-channel 128 x 128 convolutions: 10-20 % faster than 1024; 4096 no better)
-PAIR_CHUNK = 8  # channel pairs per int32 sum of `conv2d_pairs` by default: 16 input channels (exact.PAIR_CHANNELS)
+PAIR_CHUNK = 8  # channel pairs per int32 sum of `conv2d_pairs` by default: 16 input channels (sums.PAIR_CHANNELS)
 
 
 def _packed(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
