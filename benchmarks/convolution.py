@@ -1,7 +1,7 @@
 """Exact convolutions: GF/s of shardzip's micro-kernels next to torch's float64 and float32 convolutions.
 
 Under exact numerics a convolution is an exact integer sum of products
-(`shardzip.numerics.exact.exact_convolution`). On CPUs `shardzip.numerics.convolution` computes it with the
+(`shardzip.numerics.sums.exact_convolution`). On CPUs `shardzip.numerics.convolution` computes it with the
 register-blocked micro-kernels of `shardzip.numerics.direct`: float64 products below 2**53 (`conv2d`, exact-2)
 or int16 products summed into int32 (`conv2d_pairs`, exact-3: 14-bit activations, 12-bit weights, sums over
 16 input channels below 2**31). Two peers run on the same shapes in the same run:

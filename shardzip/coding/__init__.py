@@ -4,15 +4,14 @@ Knows nothing of neural networks, Dask or zarr. Models turn parameters into inte
 (`shardzip.coding.models`); `Message` pushes and pops symbols under them.
 """
 
-from shardzip.coding.message import Message, decode, default_lanes, describe, encode, ideal_bits
+from shardzip.coding.buckets import bucket_centres, bucket_edges, gaussian_buckets
+from shardzip.coding.container import decode, describe, encode, ideal_bits
+from shardzip.coding.message import Message, default_lanes
 from shardzip.coding.models import (
     EntropyModel,
-    bucket_centres,
-    bucket_edges,
     categorical,
     discretized_gaussian,
     discretized_logistic,
-    gaussian_buckets,
     mixture_discretized_logistic,
     uniform,
 )

@@ -276,8 +276,7 @@ class _Scripted:
     ones. All write identical bytes. SHARDZIP_CODER=torch (or scripted/eager) turns the compiled loops off."""
 
     def __init__(self) -> None:
-        self._push = None
-        self._pop = None
+        self._loops: dict[str, object] = {}  # the scripted loops, by name
         choice = os.environ.get("SHARDZIP_CODER", "native").strip().lower()
         if choice not in ("native", "torch", "scripted", "eager"):
             raise ValueError(f"SHARDZIP_CODER={choice!r}: expected native, torch, scripted or eager")
@@ -288,25 +287,25 @@ class _Scripted:
         """Whether a message on `device` codes with the compiled loops."""
         if not (self.native and device.type == "cpu"):
             return False
-        from shardzip.coding import native
+        from shardzip.coding import jit
 
-        return native.available()
+        return jit.available()
+
+    def _loop(self, fn):
+        """`fn` scripted (on first use), or as it is where scripting is off."""
+        if not self.enabled:
+            return fn
+        if fn.__name__ not in self._loops:
+            self._loops[fn.__name__] = _try_script(fn)
+        return self._loops[fn.__name__]
 
     @property
     def push_loop(self):
-        if not self.enabled:
-            return push_loop
-        if self._push is None:
-            self._push = _try_script(push_loop)
-        return self._push
+        return self._loop(push_loop)
 
     @property
     def pop_loop(self):
-        if not self.enabled:
-            return pop_loop
-        if self._pop is None:
-            self._pop = _try_script(pop_loop)
-        return self._pop
+        return self._loop(pop_loop)
 
 
 scripted = _Scripted()

@@ -16,46 +16,33 @@ Two kinds of lanes:
   bits of payload (seeded clean bits, or another message's bytes), refill whenever the state
   drops below 2**31, and so invert any sequence of pushes and pops: what bits-back needs.
 
-Serialized layout (little endian), version 1::
-
-    b"SZAN" | version u8 | flags u8 (1: always warm) | lanes u32 | ops i64 | words u64
-    | tail bytes u32 | tail (bit-packed per lane) | words (u32 each) | crc32 u32 of all before
+A message's bytes (`to_bytes`, `from_bytes`) are laid out in `shardzip.coding.message_format`; `encode` and
+`decode` of `shardzip.coding.container` code one batch of symbols as checked, self-delimiting bytes.
 """
 
 from __future__ import annotations
 
 import functools
-import struct
-import sys
 import threading
 import time
-import zlib
 
 import numpy as np
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
 from shardzip.coding import kernels as K_
-from shardzip.coding import native
-from shardzip.coding.bitio import BitReader, BitWriter
-from shardzip.coding.models import EntropyModel, check_symbols
-from shardzip.errors import DecodeMismatchError, MessageFormatError, MessageUnderflowError, ModelParameterError
+from shardzip.coding import message_format, native
+from shardzip.coding.message_format import LOWER, MAX_LANES
+from shardzip.coding.models import EntropyModel
+from shardzip.errors import DecodeMismatchError, MessageUnderflowError, ModelParameterError
 
-MAGIC = b"SZAN"
-VERSION = 1
-_HEADER = struct.Struct("<4sBBIqQI")
-ALWAYS_WARM = 1
-MAX_OPS = 1 << 62
-_CRC = struct.Struct("<I")
 LANE_OVERHEAD_BITS = 26  # measured: a lane's cold start and serialized tail cost ~26 bits
 TARGET_OVERHEAD = 0.0006  # default lane counts keep lane overhead near 0.06 % of the payload
 MAX_DEFAULT_LANES = 4096
 _COLD = 1 << 62
 _ALWAYS = -(1 << 62)
-LOWER = 1 << K_.LOWER_BITS
 PAYLOAD_BITS = 62
 PAYLOAD_BASE = 1 << PAYLOAD_BITS
-BOOTSTRAPPED_LANE_BITS = 9  # measured overhead of a warm-started lane of `encode`, prefix lanes included
 
 
 def default_lanes(n_symbols: int, ideal_bits: float, lane_bits: float = LANE_OVERHEAD_BITS) -> int:
@@ -110,8 +97,8 @@ class Message:
     """A stack of rANS-coded symbols over `lanes` interleaved states on one device."""
 
     def __init__(self, lanes: int, device: torch.device | str = "cpu") -> None:
-        if not 1 <= lanes <= 1 << 24:
-            raise ModelParameterError(f"lane count {lanes} is outside 1..{1 << 24}")
+        if not 1 <= lanes <= MAX_LANES:
+            raise ModelParameterError(f"lane count {lanes} is outside 1..{MAX_LANES}")
         self.lanes = lanes
         self.device = torch.device(device)
         self.always_warm = False
@@ -127,9 +114,10 @@ class Message:
         """Encode `symbols` (shape = model.shape) on top of the message."""
         self._check_device(model)
         start, freq = model.start_freq(symbols)
-        self._push_coded(start, freq, model.precision)
+        self.push_coded(start, freq, model.precision)
 
-    def _push_coded(self, start: torch.Tensor, freq: torch.Tensor, precision: int) -> None:
+    def push_coded(self, start: torch.Tensor, freq: torch.Tensor, precision: int) -> None:
+        """Encode symbols already turned into their flat (start, frequency) under `precision` bits."""
         n = start.numel()
         if n == 0:
             return
@@ -163,7 +151,7 @@ class Message:
 
     def _push_native(self, start: torch.Tensor, freq: torch.Tensor, precision: int, full: int, rest: int,
                      track: bool) -> None:
-        """`_push_coded` with the compiled loops: the same states, words and warm ops."""
+        """`push_coded` with the compiled loops: the same states, words and warm ops."""
         lanes, n = self.lanes, start.numel()
         x = self.state.numpy().copy()
         st, fr = start.numpy(), freq.numpy()
@@ -345,79 +333,27 @@ class Message:
 
     # ------------------------------------------------------------ serialization
     def to_bytes(self) -> bytes:
-        """Self-delimiting bytes of this message (see module docstring)."""
-        state = self.state.cpu().tolist()
-        warm = self.warm.cpu().tolist()
-        writer = BitWriter()
-        for x, w in zip(state, warm, strict=True):
-            length = x.bit_length()
-            writer.write(length, 6)
-            writer.write(x - (1 << (length - 1)), length - 1)
-            if x >= LOWER and not self.always_warm:
-                writer.write_gamma(w + 1)
-        tail = writer.getvalue()
-        stack = self._stack[: self._top].cpu().numpy()
-        # each word is the low 32 bits of an int64: on a little-endian machine the first half of its 8 bytes
-        words = stack.view("<u4")[::2].tobytes() if sys.byteorder == "little" else stack.astype("<u4").tobytes()
-        flags = ALWAYS_WARM if self.always_warm else 0
-        head = _HEADER.pack(MAGIC, VERSION, flags, self.lanes, self.ops, self._top, len(tail))
-        crc = zlib.crc32(words, zlib.crc32(tail, zlib.crc32(head)))  # = crc32(head + tail + words), no copy
-        return b"".join((head, tail, words, _CRC.pack(crc)))
+        """Self-delimiting bytes of this message (`shardzip.coding.message_format`)."""
+        return message_format.pack(self.lanes, self.always_warm, self.ops, self.state.cpu().tolist(),
+                                   self.warm.cpu().tolist(), self._stack[: self._top].cpu().numpy())
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview, device: torch.device | str = "cpu") -> tuple[Message, int]:
         """Parse a message at the start of `data`; returns it and the number of bytes it took."""
-        data = memoryview(data)
-        if len(data) < _HEADER.size:
-            raise MessageFormatError(f"message truncated: {len(data)} bytes, the header alone needs {_HEADER.size}")
-        magic, version, flags, lanes, ops, n_words, tail_len = _HEADER.unpack_from(data)
-        if magic != MAGIC:
-            raise MessageFormatError(f"not a shardzip rANS message (magic {bytes(magic)!r}, expected {MAGIC!r})")
-        if version != VERSION:
-            raise MessageFormatError(
-                f"message format version {version} is not supported (this shardzip reads {VERSION}); upgrade shardzip"
-            )
-        total = _HEADER.size + tail_len + 4 * n_words + _CRC.size
-        if len(data) < total:
-            raise MessageFormatError(f"message truncated: it declares {total} bytes but only {len(data)} are present")
-        body = data[: total - _CRC.size]
-        (crc,) = _CRC.unpack_from(data, total - _CRC.size)
-        if zlib.crc32(body) != crc:
-            raise MessageFormatError("message corrupted: its CRC32 does not match its bytes")
-        always_warm = bool(flags & ALWAYS_WARM)
-        ops_ok = -MAX_OPS < ops < MAX_OPS and (ops >= 0 or always_warm)
-        if flags & ~ALWAYS_WARM or not 1 <= lanes <= 1 << 24 or not ops_ok:
-            raise MessageFormatError(f"message header is impossible (flags {flags}, {lanes} lanes, {ops} ops)")
-        reader = BitReader(bytes(data[_HEADER.size: _HEADER.size + tail_len]))
-        state, warm = [], []
-        try:
-            for _ in range(lanes):
-                length = reader.read(6)
-                if not 1 <= length <= 63:
-                    raise MessageFormatError(f"message corrupted: lane state of bit length {length}")
-                x = (1 << (length - 1)) + reader.read(length - 1)
-                if always_warm:
-                    if x < LOWER:
-                        raise MessageFormatError("message corrupted: an always-warm lane below 2**31")
-                    w = 0
-                else:
-                    w = reader.read_gamma() - 1 if x >= LOWER else -1
-                    if w > ops:
-                        raise MessageFormatError("message corrupted: a lane turned warm after the last op")
-                state.append(x)
-                warm.append(w)
-        except EOFError as exc:
-            raise MessageFormatError("message corrupted: lane tail shorter than its lane count") from exc
-        msg = cls(lanes, device)
-        msg.always_warm = always_warm
-        msg.state = torch.tensor(state, dtype=torch.int64, device=msg.device)
-        msg.warm = torch.tensor(warm, dtype=torch.int64, device=msg.device)
-        msg.ops = ops
-        start = _HEADER.size + tail_len
-        words = np.frombuffer(data[start: start + 4 * n_words], dtype="<u4").astype(np.int64)
-        msg._stack = torch.from_numpy(np.concatenate([words, np.zeros(1, np.int64)])).to(msg.device)
-        msg._top = n_words
+        fields, total = message_format.unpack(data)
+        msg = cls(fields.lanes, device)
+        msg.always_warm = fields.always_warm
+        msg.state = torch.tensor(fields.state, dtype=torch.int64, device=msg.device)
+        msg.warm = torch.tensor(fields.warm, dtype=torch.int64, device=msg.device)
+        msg.ops = fields.ops
+        msg._stack = torch.from_numpy(np.concatenate([fields.words, np.zeros(1, np.int64)])).to(msg.device)
+        msg._top = fields.words.shape[0]
         return msg, total
+
+    @property
+    def word_count(self) -> int:
+        """32-bit words on the stack."""
+        return self._top
 
     def num_bits(self) -> int:
         """Exact size of `to_bytes()` in bits."""
@@ -436,157 +372,4 @@ def _clean_bits(lanes: int, words_per_lane: int, seed: int) -> tuple[torch.Tenso
     return (hi << 31) | lo, words
 
 
-_CONTAINER = struct.Struct("<4sBBQQI")
-CONTAINER_MAGIC = b"SZEN"
-PLAIN, BOOTSTRAPPED = 0, 1
-PREFIX_LANE_RATIO = 16  # the prefix message that seeds the lanes has 1/16 as many lanes
-MIN_BOOTSTRAP_LANES = 8
-
-
-def _payload_to_bytes(payload: torch.Tensor) -> bytes:
-    values = payload.cpu().numpy().astype(np.uint64)
-    shifts = np.arange(PAYLOAD_BITS - 1, -1, -1, dtype=np.uint64)
-    bits = ((values[:, None] >> shifts) & np.uint64(1)).astype(np.uint8).reshape(-1)
-    return np.packbits(bits).tobytes()[: len(bits) // 8]
-
-
-def _bytes_to_payload(data: bytes, lanes: int) -> torch.Tensor:
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
-    bits = np.concatenate([bits, np.zeros(lanes * PAYLOAD_BITS - len(bits), np.uint8)]).reshape(lanes, PAYLOAD_BITS)
-    weights = np.uint64(1) << np.arange(PAYLOAD_BITS - 1, -1, -1, dtype=np.uint64)
-    return torch.from_numpy((bits.astype(np.uint64) * weights).sum(1).astype(np.int64))
-
-
-def symbols_crc(flat: torch.Tensor) -> int:
-    """CRC32 of symbols as little-endian int64: what decode verifies its output against."""
-    values = np.ascontiguousarray(flat.reshape(-1).to(torch.int64).cpu().numpy())
-    return zlib.crc32(values if sys.byteorder == "little" else values.astype("<i8").tobytes())  # little-endian int64s
-
-
-def encode(symbols: torch.Tensor, model: EntropyModel, lanes: int | None = None) -> bytes:
-    """Encode one batch of symbols into self-delimiting bytes that `decode` checks end to end.
-
-    With 8 or more lanes the lanes are bootstrapped: a small cold message (1/16 of the lanes)
-    codes a prefix of the symbols, and its bytes become the 62-bit initial states of the main
-    lanes, which the decoder gets back after decoding the rest. A lane then costs ~9 bits
-    instead of ~26, so `default_lanes` can use three times as many for the same overhead.
-
-    Layout: b"SZEN" | version u8 | mode u8 | symbols u64 | prefix symbols u64 | crc32 of the
-    symbols u32 | crc32 u32 of the header | main message | the rest of the prefix message.
-    """
-    flat = check_symbols(symbols, model)
-    start, freq = model.start_freq_flat(flat)
-    n = freq.numel()
-    info = freq.double().log2_().neg_().add_(model.precision)  # precision - log2 f, bit for bit, in place
-    total = float(info.sum()) if n else 0.0
-    if lanes is None:
-        lanes = default_lanes(n, total, BOOTSTRAPPED_LANE_BITS)
-        if lanes < MIN_BOOTSTRAP_LANES:
-            lanes = default_lanes(n, total)
-    prefix = _prefix_length(info, lanes) if lanes >= MIN_BOOTSTRAP_LANES else n
-    head = _container(n, symbols_crc(flat))
-    if prefix >= n:
-        msg = Message(lanes, model.device)
-        msg._push_coded(start, freq, model.precision)
-        return head(PLAIN, 0) + msg.to_bytes()
-    seed = Message(max(1, lanes // PREFIX_LANE_RATIO), model.device)
-    seed._push_coded(start[:prefix], freq[:prefix], model.precision)
-    seed_bytes = seed.to_bytes()
-    capacity = lanes * PAYLOAD_BITS // 8
-    main = Message.warm_started(_bytes_to_payload(seed_bytes[:capacity], lanes), model.device)
-    main._push_coded(start[prefix:], freq[prefix:], model.precision)
-    return b"".join((head(BOOTSTRAPPED, prefix), main.to_bytes(), seed_bytes[capacity:]))
-
-
-def _prefix_length(info: torch.Tensor, lanes: int) -> int:
-    """Symbols whose cold-coded message roughly fills the lanes' 62-bit initial states."""
-    seed_lanes = max(1, lanes // PREFIX_LANE_RATIO)
-    need = torch.tensor([float(max(lanes * PAYLOAD_BITS - seed_lanes * LANE_OVERHEAD_BITS
-                                   - 8 * (_HEADER.size + _CRC.size), 1))], dtype=info.dtype, device=info.device)
-    # the running sum of a growing head of `info` (the same sequential sums as over all of it): the prefix is
-    # a few thousand symbols, the batch may be millions
-    size = 1 << 14
-    while True:
-        cumulative = torch.cumsum(info[:size], 0)
-        if size >= info.numel() or bool(cumulative[-1] >= need[0]):
-            return int(torch.searchsorted(cumulative, need)[0]) + 1
-        size *= 4
-
-
-def _container(count: int, crc: int):
-    def head(mode: int, prefix: int) -> bytes:
-        fields = _CONTAINER.pack(CONTAINER_MAGIC, VERSION, mode, count, prefix, crc)
-        return fields + _CRC.pack(zlib.crc32(fields))
-    return head
-
-
-def _read_container(view: memoryview) -> tuple[int, int, int, int]:
-    """Mode, symbol count, prefix length and symbol CRC of `encode`'s output, header checked."""
-    size = _CONTAINER.size + _CRC.size
-    if len(view) < size:
-        raise MessageFormatError(f"encoded data truncated: {len(view)} bytes, the header alone needs {size}")
-    magic, version, mode, count, prefix, crc = _CONTAINER.unpack_from(view)
-    if magic != CONTAINER_MAGIC:
-        raise MessageFormatError(f"not shardzip encoded data (magic {bytes(magic)!r}, expected {CONTAINER_MAGIC!r})")
-    if version != VERSION:
-        raise MessageFormatError(f"encoded-data version {version} is not supported (this shardzip reads {VERSION})")
-    if _CRC.unpack_from(view, _CONTAINER.size)[0] != zlib.crc32(view[: _CONTAINER.size]):
-        raise MessageFormatError("encoded data corrupted: its header CRC32 does not match")
-    if mode not in (PLAIN, BOOTSTRAPPED) or (mode == BOOTSTRAPPED and not 0 < prefix < count):
-        raise MessageFormatError(f"encoded data has an impossible header (mode {mode}, prefix {prefix} of {count})")
-    return mode, count, prefix, crc
-
-
-def describe(data: bytes) -> dict[str, int | str]:
-    """What `encode` produced: mode, symbols, lanes, prefix symbols and sizes (for reports and `info`)."""
-    view = memoryview(data)
-    mode, count, prefix, _ = _read_container(view)
-    msg, _ = Message.from_bytes(view[_CONTAINER.size + _CRC.size:])
-    return {"mode": "bootstrapped" if mode == BOOTSTRAPPED else "plain", "symbols": count, "lanes": msg.lanes,
-            "prefix_symbols": prefix, "steps": msg.ops, "words": msg._top, "bytes": len(view)}
-
-
-def decode(data: bytes, model: EntropyModel) -> torch.Tensor:
-    """Decode bytes made by `encode` with the same model.
-
-    Raises MessageFormatError for damaged or truncated bytes and DecodeMismatchError when the
-    model does not reproduce the encoder's (wrong model, shape or precision): decoded symbols are
-    checked against the CRC32 the encoder stored, so wrong data is never returned silently.
-    """
-    view = memoryview(data)
-    mode, count, prefix, crc = _read_container(view)
-    n = model.numel
-    if count != n:
-        raise DecodeMismatchError(f"the data holds {count} symbols but the model describes {n} (shape {model.shape})")
-    size = _CONTAINER.size + _CRC.size
-    msg, used = Message.from_bytes(view[size:], model.device)
-    end = size + used
-    try:
-        if mode == PLAIN:
-            symbols = msg.pop(model)
-            msg.check_empty()
-        else:
-            rest = msg.pop(model.slice(prefix, n))
-            capacity = msg.lanes * PAYLOAD_BITS // 8
-            seed_bytes = _payload_to_bytes(msg.take_payload())[:capacity] + bytes(view[end:])
-            seed, seed_used = Message.from_bytes(seed_bytes, model.device)
-            end += max(0, seed_used - capacity)
-            first = seed.pop(model.slice(0, prefix))
-            seed.check_empty()
-            symbols = torch.cat([first, rest])
-    except (MessageUnderflowError, MessageFormatError) as exc:
-        # these arise from what the model decoded (lane states, the prefix message rebuilt from them)
-        raise DecodeMismatchError(f"decoding with this model does not retrace the encoder: {exc}") from exc
-    if end != len(view):
-        raise MessageFormatError(f"{len(view) - end} unexpected bytes after the encoded data")
-    if symbols_crc(symbols) != crc:
-        raise DecodeMismatchError("decoded symbols fail their CRC32: the model differs from the encoder's")
-    return symbols.reshape(model.shape)
-
-
-def ideal_bits(symbols: torch.Tensor, model: EntropyModel) -> float:
-    """sum(-log2 p) of the symbols under the quantized model: the bound the coder approaches."""
-    return float(-model.log2_prob(symbols).sum())
-
-
-__all__ = ["Message", "coder_seconds", "decode", "default_lanes", "describe", "encode", "ideal_bits"]
+__all__ = ["Message", "coder_seconds", "default_lanes", "same_device"]

@@ -7,7 +7,7 @@ IEEE division, rounding); everything after that is integer arithmetic and table 
 outlier can always be coded.
 
 Constructors: `uniform`, `categorical`, `discretized_logistic`, `mixture_discretized_logistic`,
-`discretized_gaussian`, `gaussian_buckets` (BB-ANS latents: buckets of equal prior mass).
+`discretized_gaussian`; `shardzip.coding.buckets.gaussian_buckets` (BB-ANS latents: buckets of equal prior mass).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from shardzip.coding import kernels as K_
-from shardzip.coding.tables import EXP_FRAC, EXP_LEN, ONE, TABLE_BITS, Z_FRAC, signed_table, table
+from shardzip.coding.tables import EXP_FRAC, EXP_LEN, ONE, TABLE_BITS, signed_table, table
 from shardzip.errors import ModelParameterError, SymbolRangeError
 
 DEFAULT_PRECISION = 24
@@ -216,11 +216,12 @@ def categorical(probs: torch.Tensor | None = None, logits: torch.Tensor | None =
     rows = source.reshape(-1, K)
     shift = max(0, TABLE_BITS + (K - 1).bit_length() + precision - 62)
     if K_.scripted.use_native(rows.device):
-        from shardzip.coding import native  # one compiled pass per row, the same integers (tested)
+        from shardzip.coding import native_params  # one compiled pass per row, the same integers (tested)
 
         with torch.no_grad():
-            found = native.categorical_weights(rows.detach().to(torch.float64).numpy(), probs is not None, shift,
-                                               float(ONE), EXP_FRAC, table("exp_neg", rows.device).numpy())
+            found = native_params.categorical_weights(rows.detach().to(torch.float64).numpy(), probs is not None,
+                                                      shift, float(ONE), EXP_FRAC,
+                                                      table("exp_neg", rows.device).numpy())
         if found is not None:
             return EntropyModel(K_.TABLE, K, precision, tuple(source.shape[:-1]),
                                 (torch.from_numpy(found).reshape(source.shape[:-1] + (K + 1,)),), device=rows.device)
@@ -252,11 +253,11 @@ def _quantize_loc_scale(mean, scale, loc_frac: int) -> tuple[torch.Tensor, torch
     limit = _LOC_LIMIT[loc_frac]
     if (isinstance(mean, torch.Tensor) and isinstance(scale, torch.Tensor) and mean.shape == scale.shape
             and mean.device == scale.device and K_.scripted.use_native(mean.device)):
-        from shardzip.coding import native  # one compiled pass, the same integers (tested)
+        from shardzip.coding import native_params  # one compiled pass, the same integers (tested)
 
         with torch.no_grad():
-            found = native.quantize_loc_scale(mean.detach().to(torch.float64).numpy(),
-                                              scale.detach().to(torch.float64).numpy(), loc_frac, lo, hi, limit)
+            found = native_params.quantize_loc_scale(mean.detach().to(torch.float64).numpy(),
+                                                     scale.detach().to(torch.float64).numpy(), loc_frac, lo, hi, limit)
         if found is not None:
             return torch.from_numpy(found[0]), torch.from_numpy(found[1])
     mean = _finite64("mean", mean, None)
@@ -269,8 +270,10 @@ def _quantize_loc_scale(mean, scale, loc_frac: int) -> tuple[torch.Tensor, torch
     return loc_q, inv_q
 
 
-def _loc_scale_model(mean, scale, alphabet_size: int, precision: int | None, table_name: str, guess_id: int,
-                     edges: torch.Tensor | None = None, loc_frac: int = K_.LOC_FRAC) -> EntropyModel:
+def loc_scale_model(mean, scale, alphabet_size: int, precision: int | None, table_name: str, guess_id: int,
+                    edges: torch.Tensor | None = None, loc_frac: int = K_.LOC_FRAC) -> EntropyModel:
+    """A location-scale model of shape `table_name` (a CDF table of `shardzip.coding.tables`) on the bins between
+    `edges` (default: unit bins k +- 1/2 with open ends), locations in 2**-loc_frac units."""
     precision = precision or default_precision(alphabet_size)
     _check_common(alphabet_size, precision)
     loc_q, inv_q = _quantize_loc_scale(mean, scale, loc_frac)
@@ -281,12 +284,12 @@ def _loc_scale_model(mean, scale, alphabet_size: int, precision: int | None, tab
 
 def discretized_logistic(mean, scale, alphabet_size: int = 256, precision: int | None = None) -> EntropyModel:
     """Logistic(mean, scale) on bins [k - 1/2, k + 1/2), with open edge bins at 0 and K-1."""
-    return _loc_scale_model(mean, scale, alphabet_size, precision, "sigmoid", K_.GUESS_LOGISTIC)
+    return loc_scale_model(mean, scale, alphabet_size, precision, "sigmoid", K_.GUESS_LOGISTIC)
 
 
 def discretized_gaussian(mean, scale, alphabet_size: int = 256, precision: int | None = None) -> EntropyModel:
     """Gaussian(mean, scale) on bins [k - 1/2, k + 1/2), with open edge bins at 0 and K-1."""
-    return _loc_scale_model(mean, scale, alphabet_size, precision, "normal_cdf", K_.GUESS_GAUSSIAN)
+    return loc_scale_model(mean, scale, alphabet_size, precision, "normal_cdf", K_.GUESS_GAUSSIAN)
 
 
 def mixture_discretized_logistic(means, scales, weights=None, logit_weights=None, alphabet_size: int = 256,
@@ -344,61 +347,20 @@ def _compiled_mixture_weights(logit_weights, loc_q: torch.Tensor) -> torch.Tenso
     if not (isinstance(logit_weights, torch.Tensor) and logit_weights.shape == loc_q.shape
             and K_.scripted.use_native(loc_q.device)):
         return None
-    from shardzip.coding import native
+    from shardzip.coding import native_params
 
     with torch.no_grad():
         rows = logit_weights.detach().to(torch.float64).reshape(-1, loc_q.shape[-1]).numpy()
-        found = native.mixture_weights(rows, EXP_FRAC, table("exp_neg", loc_q.device).numpy(), K_.MIX_BITS)
+        found = native_params.mixture_weights(rows, EXP_FRAC, table("exp_neg", loc_q.device).numpy(), K_.MIX_BITS)
     return None if found is None else torch.from_numpy(found).view(loc_q.shape)
-
-
-def _bucket_positions(alphabet_size: int, numerators: torch.Tensor, device) -> torch.Tensor:
-    """Standard-normal quantiles at numerators / (2K), in 2**-BUCKET_FRAC units, from the exact table.
-
-    Integer-only: the quantile is the first table entry reaching ceil(q * ONE), mirrored for q < 1/2.
-    """
-    two_k = 2 * alphabet_size
-    upper = numerators >= alphabet_size
-    mirrored = torch.where(upper, numerators, two_k - numerators)
-    z = torch.searchsorted(table("normal_cdf", device), (mirrored * ONE + two_k - 1) // two_k)
-    return torch.where(upper, z, -z) << (BUCKET_FRAC - Z_FRAC)
-
-
-def bucket_edges(alphabet_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Edges of K buckets of equal N(0, 1) mass (fixed point, 2**-16 units; ends are open sentinels)."""
-    num = torch.arange(0, 2 * alphabet_size + 1, 2, device=device, dtype=torch.int64)
-    edges = _bucket_positions(alphabet_size, num, device)
-    edges[0], edges[-1] = -EDGE_SENTINEL, EDGE_SENTINEL
-    return edges
-
-
-def bucket_centres(alphabet_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Latent value of each bucket (the N(0, 1) median of its mass), float32, identical everywhere."""
-    num = torch.arange(1, 2 * alphabet_size, 2, device=device, dtype=torch.int64)
-    return _bucket_positions(alphabet_size, num, device).to(torch.float32) / (1 << BUCKET_FRAC)
-
-
-def gaussian_buckets(mean, scale, alphabet_size: int = 256, precision: int | None = None) -> EntropyModel:
-    """Gaussian(mean, scale) over K buckets of equal standard-normal mass (BB-ANS latents).
-
-    The prior over these buckets is `uniform(K)`; a posterior is this model with the encoder
-    network's mean and scale. Bucket k stands for the latent value `bucket_centres(K)[k]`.
-    """
-    device = torch.as_tensor(mean).device
-    edges = bucket_edges(alphabet_size, device)
-    return _loc_scale_model(mean, scale, alphabet_size, precision, "normal_cdf", K_.GUESS_GAUSSIAN_BUCKETS,
-                            edges=edges, loc_frac=BUCKET_FRAC)
 
 
 __all__ = [
     "EntropyModel",
-    "bucket_centres",
-    "bucket_edges",
     "categorical",
     "check_symbols",
     "discretized_gaussian",
     "discretized_logistic",
-    "gaussian_buckets",
     "mixture_discretized_logistic",
     "mixture_from_integers",
     "quantization_limits",

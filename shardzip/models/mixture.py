@@ -7,7 +7,8 @@ passes over permuted views, three float64 copies, exp, quantization and the mixt
 numerics on the CPU where the compiled loops run, one compiled pass (`_coder_arrays`) that does the same IEEE
 steps per element in the same order: the float32 head arithmetic (Python scalars rounded to float32, as torch
 rounds them), elementary's float64 exp (`compiled._exp64`) and the coder's quantization and weights
-(`coding.native`). The integers are the same (tested against the torch path, bit for bit), so the coded bytes are.
+(`coding.native_params`). The integers are the same (tested against the torch path, bit for bit), so the coded
+bytes are.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import math
 import numpy as np
 import torch
 
+from shardzip.coding import jit, native_params
 from shardzip.coding import kernels as K_
-from shardzip.coding import native
+from shardzip.coding.jit import njit
 from shardzip.coding.models import EntropyModel, mixture_from_integers, quantization_limits
 from shardzip.coding.tables import EXP_FRAC, table
 from shardzip.models.base import (
@@ -31,21 +33,21 @@ from shardzip.models.base import (
     mixture_params,
 )
 from shardzip.models.score import _log2prob
-from shardzip.numerics import exact
-from shardzip.numerics.compiled import _exp64, _njit, exp_constants
+from shardzip.numerics import dispatch, exact
+from shardzip.numerics.compiled import _exp64, exp_constants
 
 _POSITIONS = 512  # positions per block: their J log-scales go through exp together, their scores are one block
 
 
-@_njit
+@njit
 def _coder_arrays(raw, offsets, mean_offset, mean_scale, gain, scale_offset, ls_lo, ls_hi, exp_args, mult, lo, hi,
                   limit, exp_neg, loc_q, inv_q, w_q, symbols, top, bits):
     """loc_q, inv_q, w_q [B * G * P, J] (int64) of raw [B, 3, J, G, P] (float32): `base.mixture_params`' float32
     steps, the float64 exp of the log-scales and `coding.models.mixture_discretized_logistic`'s integers
-    (`native._quantize_one`, `native.mixture_block_weights`), per element; False where a value is bad (the torch
-    path then reports it). Where `symbols` [B * G * P] is not empty, also bits[b] = sum of log2 P(symbol) over
-    image b under the float model (`score._log2prob` of the same float64 parameters, `top` = K - 1): reported,
-    never coded. A block of _POSITIONS positions at a time, component-major ([J, _POSITIONS])."""
+    (`native_params._quantize_one`, `native_params.mixture_block_weights`), per element; False where a value is
+    bad (the torch path then reports it). Where `symbols` [B * G * P] is not empty, also bits[b] = sum of log2
+    P(symbol) over image b under the float model (`score._log2prob` of the same float64 parameters, `top` = K - 1):
+    reported, never coded. A block of _POSITIONS positions at a time, component-major ([J, _POSITIONS])."""
     b_, _, j_, g_, p_ = raw.shape
     means, logs = np.empty((j_, _POSITIONS)), np.empty((j_, _POSITIONS))
     scales, logits = np.empty((j_, _POSITIONS)), np.empty((j_, _POSITIONS))
@@ -75,11 +77,11 @@ def _coder_arrays(raw, offsets, mean_offset, mean_scale, gain, scale_offset, ls_
                     _exp64(lj, sj, *exp_args)
                     for q in range(m):
                         at = (first + q) * j_ + j
-                        locs[at], invs[at], fine = native._quantize_one(mj[q], sj[q], mult, lo, hi, limit)
+                        locs[at], invs[at], fine = native_params._quantize_one(mj[q], sj[q], mult, lo, hi, limit)
                         ok &= fine
                 if not ok:
                     return False
-                native.mixture_block_weights(fixed, _POSITIONS, m, j_, exp_neg, K_.MIX_BITS,
+                native_params.mixture_block_weights(fixed, _POSITIONS, m, j_, exp_neg, K_.MIX_BITS,
                                              ws[first * j_:(first + m) * j_])
                 if symbols.shape[0] > 0:
                     for q in range(m):
@@ -121,13 +123,13 @@ class MixtureHead:
         found = self._compiled(raw, alphabet_size, symbols)
         if found is not None:
             return found
-        with exact.suspended():  # a reported figure: plain floats are enough and cheaper
+        with dispatch.suspended():  # a reported figure: plain floats are enough and cheaper
             bits = mixture_log2prob(symbols.float(), *self.params(raw), alphabet_size).flatten(1).sum(1)
         return self.coder(raw, alphabet_size), bits.double()
 
     def _compiled(self, raw: torch.Tensor, alphabet_size: int, symbols: torch.Tensor | None = None):
-        if not (raw.dtype == torch.float32 and raw.dim() == 4 and not raw.requires_grad and exact.active()
-                and native.available() and K_.scripted.use_native(raw.device)):
+        if not (raw.dtype == torch.float32 and raw.dim() == 4 and not raw.requires_grad and dispatch.active()
+                and jit.available() and K_.scripted.use_native(raw.device)):
             return None
         b, _, h, w = raw.shape
         j, g = self.mixtures, self.groups
@@ -157,7 +159,7 @@ def compile_all() -> float:
     import time
 
     t0 = time.perf_counter()
-    if native.available():
+    if jit.available():
         with exact.exact_numerics():
             head = MixtureHead(1, 2, 0.0, 1.0, 0.0)
             head.coder(torch.zeros(1, 6, 1, 1), 4)

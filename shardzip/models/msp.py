@@ -37,7 +37,7 @@ from shardzip.models.base import LN2, MIN_LOG_SCALE, PARAM_GAIN, LosslessModel, 
 from shardzip.models.layers import ConvNet
 from shardzip.models.msp_adapt import MAX_LOG_SCALE_SYMBOLS, Adaptation
 from shardzip.models.msp_pyramid import MISSING, Pyramid
-from shardzip.numerics import exact
+from shardzip.numerics.dispatch import suspended
 
 
 class MSP(Pyramid, Adaptation, LosslessModel):
@@ -223,7 +223,7 @@ class MSP(Pyramid, Adaptation, LosslessModel):
                 pushes, total = [], [torch.zeros(xs.shape[0], device=x.device)]
 
                 def take(kind, params, sel, truth, pushes=pushes, total=total):
-                    with exact.suspended():  # a reported figure: plain floats are enough and cheaper
+                    with suspended():  # a reported figure: plain floats are enough and cheaper
                         model._score(total, kind, params, sel, truth)
                     pushes.append((truth, model._coder(kind, params, tuple(truth.shape))))
                     return truth

@@ -15,7 +15,7 @@ import torch
 
 from shardzip.coding import Message, categorical, uniform
 from shardzip.models.base import MIN_LOG_SCALE, mixture_log2prob
-from shardzip.numerics import exact
+from shardzip.numerics.dispatch import suspended
 
 MAX_LOG_SCALE_SYMBOLS = 12.0
 # adapt=1: per coded batch, phase and band the encoder picks the offset added to every log-scale that codes the phase
@@ -48,7 +48,7 @@ class Adaptation:
         if truth is not None:
             pick = torch.full((1,), UNADAPTED, dtype=torch.long, device=sel.device)
             if choose:
-                with torch.no_grad(), exact.suspended():
+                with torch.no_grad(), suspended():
                     m, ls, lg = (t.detach()[sel].float() for t in (means, log_scales, logits))
                     v = truth[sel].float()
                     costs = []
@@ -89,7 +89,7 @@ class Adaptation:
         chosen = [params[n].requires_grad_(True) for n in ADAPTED]
         start = [p.detach().clone() for p in chosen]
         opt = torch.optim.Adam(chosen, lr=ADAPT_LR)
-        with exact.suspended():
+        with suspended():
             with torch.enable_grad():
                 for _ in range(ADAPT_FIT_STEPS):
                     loss = work._bits(x, choose=False).sum()

@@ -14,20 +14,20 @@ import math
 import numpy as np
 import torch
 
-from shardzip.coding.native import available
+from shardzip.coding.jit import available, njit  # the coder's numba settings
 from shardzip.models.base import LN2
-from shardzip.numerics.compiled import _exp64, _njit, exp_constants  # the same numba settings and exp
+from shardzip.numerics.compiled import _exp64, exp_constants  # the same exp
 
 MIN_ELEMENTS = 4096  # below this the torch operations cost less than a call
 _BLOCK = 512  # elements per block: a block's per-component values stay in L1
 
 
-@_njit
+@njit
 def _log_sigmoid(x):
     return min(x, 0.0) - math.log1p(math.exp(-abs(x)))
 
 
-@_njit
+@njit
 def _log2prob_one(x, means, log_scales, logits, top):
     """log2 P(x) under one mixture, in log space throughout: for probabilities below float64's range."""
     J = means.shape[0]
@@ -56,7 +56,7 @@ def _log2prob_one(x, means, log_scales, logits, top):
     return (best + math.log(np.exp(terms - best).sum())) / LN2
 
 
-@_njit
+@njit
 def _log2prob(v, means, log_scales, logits, top, out, consts):
     """out[i] = log2 P(v[i]) under mixture i, whose J components' parameters are means[:, i] ([J, N] arrays),
     bins [k - 1/2, k + 1/2) with open edge bins at 0 and `top` = K - 1. In probability space, block by block

@@ -5,7 +5,8 @@ kernel set, CPU or CUDA, and torch version (`shardzip.numerics.exact`); `shardzi
 holds the platform-independent exp/log/sigmoid it uses. Knows nothing of models, Dask or zarr.
 """
 
-from shardzip.numerics.exact import EXACT, EXACT_VERSIONS, NUMERICS_VERSION, exact_numerics
+from shardzip.numerics.exact import exact_numerics
+from shardzip.numerics.versions import EXACT, EXACT_VERSIONS, NUMERICS_VERSION
 
 FLOAT = "float"  # plain torch floats: fast, decodes only under the encoder's threads, kernels and device
 NUMERICS = (FLOAT, *EXACT_VERSIONS)  # what a model container's numerics byte indexes (shardzip.models.codec)

@@ -18,16 +18,8 @@ import math
 
 import numpy as np
 
-from shardzip.coding.native import available
+from shardzip.coding.jit import available, inline, njit
 from shardzip.numerics.elementary import EXP_MAX, EXP_MIN
-
-if available():
-    import numba
-
-    _njit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
-else:  # pragma: no cover - without numba nothing here is called
-    def _njit(fn):
-        return fn
 
 MIN_ELEMENTS = 4096  # below this the torch steps cost less than a call
 
@@ -35,7 +27,7 @@ MIN_ELEMENTS = 4096  # below this the torch steps cost less than a call
 _BLOCK = 512  # values per block of the sigmoid's three loops (its scratch stays in L1)
 
 
-@_njit
+@njit
 def _sigmoid_block(xb, ob, silu, inv_step, hi, lo, c0, c1, c2, c3, tab, poly, index, scale, pow2):
     """ob = sigmoid(xb), or xb * sigmoid(xb) (SiLU, as exact numerics computes it) where `silu`, for a block of at
     most _BLOCK values (ob may be xb); poly, index, scale and pow2 are the block's scratch.
@@ -69,13 +61,13 @@ def _sigmoid_block(xb, ob, silu, inv_step, hi, lo, c0, c1, c2, c3, tab, poly, in
         ob[j] = value if x == x else x  # NaN stays NaN
 
 
-@_njit
+@njit
 def _scratch():
     return (np.empty(_BLOCK, np.float32), np.empty(_BLOCK, np.int32), np.empty(_BLOCK, np.float32),
             np.empty(_BLOCK, np.int32))
 
 
-@_njit
+@njit
 def _sigmoid32(xs, out, silu, inv_step, hi, lo, c0, c1, c2, c3, tab):
     """out = sigmoid(xs), or xs * sigmoid(xs) where `silu` (`_sigmoid_block`, a block at a time)."""
     poly, index, scale, pow2 = _scratch()
@@ -108,7 +100,7 @@ def sigmoid32(x: np.ndarray, silu: bool = False) -> np.ndarray:
     return out.reshape(np.shape(x))
 
 
-@_njit
+@njit
 def _exp64(xs, out, inv_step, hi, lo, c0, c1, c2, c3, c4, c5, tab):
     """out = elementary.exp(xs) in float64: its steps per value, in three loops per block (two vectorize): x clamped
     to [EXP_MIN, EXP_MAX], k = rint(x / step), P(r) for r = (x - k hi) - k lo, times 2**(j/64) from the table and
@@ -160,7 +152,7 @@ def exp64(x: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ per-pixel norm
-@_njit
+@njit
 def _abs_max(x):
     """max |x| of a float32 array in one pass; NaN where x holds a NaN."""
     flat = x.reshape(-1)
@@ -179,26 +171,41 @@ def _abs_max(x):
     return top
 
 
-@_njit
+@inline
+def _channel_mean(xs, first, p_, c_, m, mb, centred, scale, inv_scale, acc, out):
+    """out[:m] = float32(sum_c rint(v * scale) * inv_scale / C), v = x or, where `centred`, (x - mean)**2 in float32,
+    for the m positions from flat index `first` of channel 0 (channel c's from first + c * p_): exact numerics'
+    mean over channels, either of PixelNorm's two. The sums are integers in float64 (`acc`), exact in any order."""
+    acc[:] = 0.0
+    for c in range(c_):
+        at = first + c * p_
+        xb = xs[at:at + m]
+        if centred:
+            for p in range(m):
+                d = xb[p] - mb[p]
+                acc[p] += np.rint(np.float64(d * d) * scale)
+        else:
+            for p in range(m):
+                acc[p] += np.rint(np.float64(xb[p]) * scale)
+    count = np.float64(c_)
+    for p in range(m):
+        out[p] = np.float32(acc[p] * inv_scale / count)
+
+
+@njit
 def _pixel_mean(x, scale, inv_scale, mean):
     """mean[n, p] = float32(sum_c rint(x[n, c, p] * scale) * inv_scale / C) (exact numerics' mean over channels);
     returns max |(x - mean)**2| in float32. A block of _BLOCK positions at a time: its channels stay in cache for
     the second look."""
     n_, c_, p_ = x.shape
-    count = np.float64(c_)
+    xs = x.reshape(-1)
     acc = np.empty(_BLOCK)
     peak = np.zeros(_BLOCK, np.float32)  # per position, so that the loop vectorizes (x is finite: no NaN to order)
     for n in range(n_):
         for start in range(0, p_, _BLOCK):
             m = min(_BLOCK, p_ - start)
             mb = mean[n, start:start + m]
-            acc[:] = 0.0
-            for c in range(c_):
-                xb = x[n, c, start:start + m]
-                for p in range(m):
-                    acc[p] += np.rint(np.float64(xb[p]) * scale)
-            for p in range(m):
-                mb[p] = np.float32(acc[p] * inv_scale / count)
+            _channel_mean(xs, n * c_ * p_ + start, p_, c_, m, mb, False, scale, inv_scale, acc, mb)
             for c in range(c_):
                 xb = x[n, c, start:start + m]
                 for p in range(m):
@@ -208,7 +215,7 @@ def _pixel_mean(x, scale, inv_scale, mean):
     return peak.max()
 
 
-@_njit
+@njit
 def _pixel_scale(x, mean, scale, inv_scale, eps, weight, bias, out, silu, inv_step, hi, lo, c0, c1, c2, c3, tab):
     """out = (x - mean) * (1 / sqrt(var + eps)) * weight + bias, var the exact mean over channels of
     (x - mean)**2 on the grid `scale`: float32 operations in PixelNorm's order, sqrt correctly rounded; then, where
@@ -216,7 +223,6 @@ def _pixel_scale(x, mean, scale, inv_scale, eps, weight, bias, out, silu, inv_st
     flat views, which numba knows to be contiguous (the vector loops need it)."""
     n_, c_, p_ = x.shape
     xs, os = x.reshape(-1), out.reshape(-1)
-    count = np.float64(c_)
     one = np.float32(1.0)
     acc = np.empty(_BLOCK)
     rstd = np.empty(_BLOCK, np.float32)
@@ -226,16 +232,9 @@ def _pixel_scale(x, mean, scale, inv_scale, eps, weight, bias, out, silu, inv_st
         for start in range(0, p_, _BLOCK):
             m = min(_BLOCK, p_ - start)
             mb = mean[n, start:start + m]
-            acc[:] = 0.0
-            for c in range(c_):
-                at = (n * c_ + c) * p_ + start
-                xb = xs[at:at + m]
-                for p in range(m):
-                    d = xb[p] - mb[p]
-                    acc[p] += np.rint(np.float64(d * d) * scale)
+            _channel_mean(xs, n * c_ * p_ + start, p_, c_, m, mb, True, scale, inv_scale, acc, rstd)  # the variance
             for p in range(m):
-                var = np.float32(acc[p] * inv_scale / count)
-                rstd[p] = one / np.sqrt(var + eps)  # the hardware's sqrt: IEEE's correctly rounded one
+                rstd[p] = one / np.sqrt(rstd[p] + eps)  # the hardware's sqrt: IEEE's correctly rounded one
             for c in range(c_):
                 w, b = weight[c], bias[c]
                 at = (n * c_ + c) * p_ + start
@@ -251,7 +250,7 @@ def pixel_norm32(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
                  silu: bool = False) -> np.ndarray | None:
     """PixelNorm of a float32 [N, C, H, W] array as exact numerics (version >= 2) computes it, followed by SiLU
     (`sigmoid32(..., silu=True)`) where `silu`; `grid(amax, n)` gives the fraction bits of a sum of n values up
-    to amax (`exact._grid_bits`). None where a value is not finite (the torch path then says so)."""
+    to amax (`sums._grid_bits`). None where a value is not finite (the torch path then says so)."""
     n, c = x.shape[:2]
     x3 = np.ascontiguousarray(x, np.float32).reshape(n, c, -1)
     top = float(_abs_max(x3)) if x3.size else 0.0

@@ -1,5 +1,5 @@
 """Exact convolutions on the CPU: drivers that quantize, cut and scale around the micro-kernels of
-`shardzip.numerics.direct`, bit for bit the sums of `shardzip.numerics.exact.exact_convolution`.
+`shardzip.numerics.direct`, bit for bit the sums of `shardzip.numerics.sums.exact_convolution`.
 
 Both drivers compute sums of integer products that are exact in any order, so they equal torch's convolution
 of the same integers (tested), whatever the vector width, the thread count or the CPU:
@@ -25,8 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from shardzip.coding.native import available
-from shardzip.numerics.compiled import _njit
+from shardzip.coding.jit import available, inline, njit
 from shardzip.numerics.direct import Kernels, kernels
 
 if available():
@@ -49,7 +48,7 @@ else:  # pragma: no cover
         raise RuntimeError("numba is not importable")
 
 
-@_njit
+@njit
 def _conv(fns, x, in_scale, ph, pw, packed, starts, sizes, out, kh, kw, rows, t0, t1, scale, bias, biased):
     """out for the work items [t0, t1) of a stride-1 convolution of x [N, Cin, H, W] zero-padded by (ph, pw): item
     t is image t // S, output rows from (t % S) * rows on, S items per image.
@@ -99,17 +98,62 @@ def _conv(fns, x, in_scale, ph, pw, packed, starts, sizes, out, kh, kw, rows, t0
             oc += k
 
 
-@_njit
+@inline
+def _pair_rows(x, n, y0, nrows, kh, ph, pw, in_scale, grid):
+    """The input rows that output rows y0 .. y0 + nrows - 1 of image n read, on their grid as int16 in `grid`, two
+    input channels interleaved per 32-bit word; rows outside the image zero."""
+    cin, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+    for c in range(cin):
+        half, slot = c // 2, c % 2
+        for r in range(nrows + kh):
+            sy = y0 + r - ph
+            dst = grid[half, r, :, slot]
+            if 0 <= sy < h_:
+                line = x[n, c, sy]
+                for q in range(w_):
+                    dst[pw + q] = np.int16(np.rint(np.float64(line[q]) * in_scale))
+            else:
+                dst[:] = 0
+
+
+@inline
+def _add_chunk(acc, total, k, span, first):
+    """total[:k, :span] = the int32 sums of a first chunk of channel pairs, or += those of a later one (float64:
+    exact, integers far below 2**53)."""
+    for o in range(k):
+        a, tot = acc[o, :span], total[o, :span]
+        if first:
+            for q in range(span):
+                tot[q] = np.float64(a[q])
+        else:
+            for q in range(span):
+                tot[q] += np.float64(a[q])
+
+
+@inline
+def _pair_store(out, n, oc, k, y0, nrows, wp, sums, scales, bias):
+    """Output channels oc .. oc + k - 1 of rows y0 .. y0 + nrows - 1 of image n: each sum s (int32 or float64, a
+    row every wp positions) as s * scales[c] + bias[c] in float64, rounded to out's dtype."""
+    width = out.shape[3]
+    for o in range(k):
+        b, scale = bias[oc + o], scales[oc + o]
+        for i in range(nrows):
+            row, s = out[n, oc + o, y0 + i], sums[o, i * wp:]
+            for q in range(width):
+                row[q] = np.float64(s[q]) * scale + b
+
+
+@njit
 def _conv_pairs(fns, x, in_scale, ph, pw, packed, starts, sizes, out, kh, kw, rows, t0, t1, scales, bias, chunk):
     """`_conv` for int16 operands (exact-3): the input rows go on their grid as int16, two input channels
     interleaved per 32-bit word ([Cin / 2, rows + kh, Wp, 2]); group g's weights are int16 pairs [Cin / 2, kh, kw,
     sizes[g], 2] from packed[starts[g]] (32-bit words). The micro-kernels fns[size - 1] sum `chunk` channel
     pairs at a time into int32; several chunks are added in float64 (exact: integers far below 2**53). Each sum
     of output channel c is written as s * scales[c] + bias[c], rounded to out's dtype."""
-    cin, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+    cin, w_ = x.shape[1], x.shape[3]
     pairs = (cin + 1) // 2
     wp = w_ + 2 * pw
-    height, width = out.shape[2], out.shape[3]
+    height = out.shape[2]
     per_image = (height + rows - 1) // rows
     grid = np.zeros((pairs, rows + kh, wp, 2), np.int16)  # zero borders and odd channel: never written again
     acc = np.empty((8, rows * wp), np.int32)
@@ -120,17 +164,7 @@ def _conv_pairs(fns, x, in_scale, ph, pw, packed, starts, sizes, out, kh, kw, ro
     for t in range(t0, t1):
         n, y0 = t // per_image, (t % per_image) * rows
         nrows = min(rows, height - y0)
-        for c in range(cin):
-            half, slot = c // 2, c % 2
-            for r in range(nrows + kh):
-                sy = y0 + r - ph
-                dst = grid[half, r, :, slot]
-                if 0 <= sy < h_:
-                    line = x[n, c, sy]
-                    for q in range(w_):
-                        dst[pw + q] = np.int16(np.rint(np.float64(line[q]) * in_scale))
-                else:
-                    dst[:] = 0
+        _pair_rows(x, n, y0, nrows, kh, ph, pw, in_scale, grid)
         oc = 0
         for g in range(sizes.shape[0]):
             k = sizes[g]
@@ -140,26 +174,11 @@ def _conv_pairs(fns, x, in_scale, ph, pw, packed, starts, sizes, out, kh, kw, ro
                 _call_block(fns[k - 1], src + 4 * c0 * plane, plane, npairs, kh, kw, wp,
                             weights + 4 * (starts[g] + c0 * taps * k), sums, rows * wp, span)
                 if chunk < pairs:
-                    for o in range(k):
-                        a, tot = acc[o, :span], total[o, :span]
-                        if c0 == 0:
-                            for q in range(span):
-                                tot[q] = np.float64(a[q])
-                        else:
-                            for q in range(span):
-                                tot[q] += np.float64(a[q])
-            for o in range(k):
-                b, scale = bias[oc + o], scales[oc + o]
-                for i in range(nrows):
-                    row = out[n, oc + o, y0 + i]
-                    if chunk < pairs:
-                        s = total[o, i * wp:]
-                        for q in range(width):
-                            row[q] = s[q] * scale + b
-                    else:
-                        a = acc[o, i * wp:]
-                        for q in range(width):
-                            row[q] = np.float64(a[q]) * scale + b
+                    _add_chunk(acc, total, k, span, c0 == 0)
+            if chunk < pairs:
+                _pair_store(out, n, oc, k, y0, nrows, wp, total, scales, bias)
+            else:
+                _pair_store(out, n, oc, k, y0, nrows, wp, acc, scales, bias)
             oc += k
 
 
@@ -185,7 +204,7 @@ if hasattr(os, "register_at_fork"):
 SEGMENT = 1024  # output positions per segment (the segment's input rows on their grid stay in L2)
 PAIR_SEGMENT = 2048  # the same for `conv2d_pairs`, whose int16 grid takes a quarter of the room: fewer halo rows
 # quantized twice (measured on idf's 64-channel 128 x 128 convolutions: 10-20 % faster than 1024; 4096 no better)
-PAIR_CHUNK = 8  # channel pairs per int32 sum of `conv2d_pairs` by default: 16 input channels (exact.PAIR_CHANNELS)
+PAIR_CHUNK = 8  # channel pairs per int32 sum of `conv2d_pairs` by default: 16 input channels (sums.PAIR_CHANNELS)
 
 
 def _packed(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -264,7 +283,7 @@ def conv2d_pairs(x: np.ndarray, weights: np.ndarray, threads: int = 1, padding: 
     """`conv2d` on int16 operands (exact-3): x put on the grid 2**-in_bits must give |values| < 2**15 and
     `weights` [Cout, Cin, kh, kw] be integers with |w| < 2**15, such that the sum over any `chunk` pairs of
     input channels (or all of them where chunk covers them) stays below 2**31; the caller's grid rule
-    (`exact._pair_grids`) guarantees it. Each sum of output channel c is scaled by 2**-bits[c], the float64
+    (`sums._pair_grids`) guarantees it. Each sum of output channel c is scaled by 2**-bits[c], the float64
     bias added, and rounded to `dtype`. `packed`: `pack_pairs(weights)`, where the caller keeps it."""
     cout, cin = weights.shape[:2]
     b = np.zeros(cout) if bias is None else np.ascontiguousarray(bias, np.float64)

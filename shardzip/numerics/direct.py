@@ -109,11 +109,11 @@ class Kind:
 _MADD = {4: "llvm.x86.sse2.pmadd.wd", 8: "llvm.x86.avx2.pmadd.wd", 16: "llvm.x86.avx512.pmaddw.d.512"}
 
 
-def block_ir(o: int, unroll: int, kind: Kind) -> str:
-    """The IR of block_o (see the module docstring) for elements of `kind`."""
-    vt, n, lanes, el, size = kind.vt, o * unroll, kind.lanes, kind.scalar, kind.size
+def _block_entry(o: int, unroll: int, kind: Kind) -> list[str]:
+    """block_o's entry and the head of its loop over runs of `unroll * lanes` positions from %x: the masks of the
+    positions below %span, the o x unroll sums zeroed, %src.x the run's first input."""
+    vt, n, lanes, el = kind.vt, o * unroll, kind.lanes, kind.scalar
     name = "block" if kind.name == "double" else "pairs"
-    step = unroll * lanes
     lines = [f"define void @{name}_{o}(i64 %src.i, i64 %cstride, i64 %cin, i64 %kh, i64 %kw, i64 %wp, i64 %w.i, "
              "i64 %acc.i, i64 %astride, i64 %span) {",
              "entry:",
@@ -129,7 +129,7 @@ def block_ir(o: int, unroll: int, kind: Kind) -> str:
              "  %x.more = icmp slt i64 %x, %span",
              "  br i1 %x.more, label %x.body, label %done",
              "x.body:",
-             f"  %x.end = add i64 %x, {step}",
+             f"  %x.end = add i64 %x, {unroll * lanes}",
              "  %full = icmp sle i64 %x.end, %span",
              *_splat("xv", "%x", lanes, "i64")]
     for u in range(unroll):
@@ -140,6 +140,13 @@ def block_ir(o: int, unroll: int, kind: Kind) -> str:
         lines += [f"  %s{i} = getelementptr [{n} x {vt}], ptr %sums, i64 0, i64 {i}",
                   f"  store {vt} zeroinitializer, ptr %s{i}, align 64"]
     lines.append(f"  %src.x = getelementptr {el}, ptr %src, i64 %x")
+    return lines
+
+
+def _block_tap(o: int, unroll: int, kind: Kind) -> list[str]:
+    """One tap of one input channel: the unroll input vectors at %p (whole, or masked at the run's end), and for
+    each of the o output channels its weight broadcast and multiplied into its sums."""
+    vt, lanes, el, size = kind.vt, kind.lanes, kind.scalar, kind.size
     tap = [f"  %p = getelementptr {el}, ptr %src.ky, i64 %kx",
            "  %t = add i64 %w.ky, %kx",
            f"  %t.o = mul i64 %t, {o}",
@@ -167,15 +174,13 @@ def block_ir(o: int, unroll: int, kind: Kind) -> str:
             tap += [f"  %a{i} = load {vt}, ptr %s{i}, align 64",
                     *kind.multiply_add(f"b{i}", f"a{i}", f"v{u}", f"wb{j}"),
                     f"  store {vt} %b{i}, ptr %s{i}, align 64"]
-    kx = _loop("kx", "kx", "ky.body", "kw", tap, "fma")
-    ky = _loop("ky", "ky", "ic.body", "kh", ["  %ky.off = mul i64 %ky, %wp",
-                                               f"  %src.ky = getelementptr {el}, ptr %src.ic, i64 %ky.off",
-                                               "  %w.ky = mul i64 %ky, %kw", *kx], "kx.exit")
-    ic = _loop("ic", "ic", "x.body", "cin", ["  %ic.off = mul i64 %ic, %cstride",
-                                              f"  %src.ic = getelementptr {el}, ptr %src.x, i64 %ic.off",
-                                              "  %w.ic0 = mul i64 %ic, %taps",
-                                              f"  %w.ic = mul i64 %w.ic0, {o}", *ky], "ky.exit")
-    lines += ic
+    return tap
+
+
+def _block_store(o: int, unroll: int, kind: Kind) -> list[str]:
+    """The run's sums stored (masked) to acc[j * astride + x], the loop's latch and the function's end."""
+    vt, lanes, el, size = kind.vt, kind.lanes, kind.scalar, kind.size
+    lines = []
     for j in range(o):
         lines += [f"  %row{j} = mul i64 %astride, {j}",
                   f"  %at{j} = add i64 %row{j}, %x"]
@@ -186,14 +191,28 @@ def block_ir(o: int, unroll: int, kind: Kind) -> str:
                       f"  %dp{i} = getelementptr {el}, ptr %dst, i64 %di{i}",
                       f"  call void @llvm.masked.store.{kind.suffix}.p0({vt} %r{i}, ptr %dp{i}, i32 {size}, "
                       f"<{lanes} x i1> %mask{u})"]
-    lines += ["  br label %x.stored",
-              "x.stored:",
-              f"  %x.next = add i64 %x, {step}",
-              "  br label %x.loop",
-              "done:",
-              "  ret void",
-              "}"]
-    return "\n".join(lines)
+    return lines + ["  br label %x.stored",
+                    "x.stored:",
+                    f"  %x.next = add i64 %x, {unroll * lanes}",
+                    "  br label %x.loop",
+                    "done:",
+                    "  ret void",
+                    "}"]
+
+
+def block_ir(o: int, unroll: int, kind: Kind) -> str:
+    """The IR of block_o (see the module docstring) for elements of `kind`: per run of positions, loops over the
+    input channels, the kernel's rows and its columns around `_block_tap`."""
+    el = kind.scalar
+    kx = _loop("kx", "kx", "ky.body", "kw", _block_tap(o, unroll, kind), "fma")
+    ky = _loop("ky", "ky", "ic.body", "kh", ["  %ky.off = mul i64 %ky, %wp",
+                                               f"  %src.ky = getelementptr {el}, ptr %src.ic, i64 %ky.off",
+                                               "  %w.ky = mul i64 %ky, %kw", *kx], "kx.exit")
+    ic = _loop("ic", "ic", "x.body", "cin", ["  %ic.off = mul i64 %ic, %cstride",
+                                              f"  %src.ic = getelementptr {el}, ptr %src.x, i64 %ic.off",
+                                              "  %w.ic0 = mul i64 %ic, %taps",
+                                              f"  %w.ic = mul i64 %w.ic0, {o}", *ky], "ky.exit")
+    return "\n".join(_block_entry(o, unroll, kind) + ic + _block_store(o, unroll, kind))
 
 
 def module_ir(lanes: int, registers: int, pairs_madd: str | None = None) -> str:

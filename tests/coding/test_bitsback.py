@@ -25,7 +25,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from shardzip.coding import Message, categorical, discretized_logistic, uniform
-from shardzip.coding.message import _CRC, _HEADER
+from shardzip.coding.message_format import _CRC, _HEADER
 from shardzip.errors import DecodeMismatchError, MessageUnderflowError
 
 

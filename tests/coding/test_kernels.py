@@ -29,14 +29,17 @@ from shardzip.coding import (
     discretized_gaussian,
     discretized_logistic,
     gaussian_buckets,
+    jit,
     kernels,
     mixture_discretized_logistic,
     models,
     native,
+    native_params,
+    native_search,
     tables,
     uniform,
 )
-from shardzip.coding.message import _CRC, _HEADER, LOWER, MAGIC, VERSION
+from shardzip.coding.message_format import _CRC, _HEADER, LOWER, MAGIC, VERSION
 from shardzip.errors import MessageUnderflowError
 
 
@@ -394,17 +397,19 @@ def test_compiled_start_and_frequency_equal_the_torch_cdf(kind):
 
 
 def test_compile_all_leaves_every_loop_compiled():
-    if not native.available():
+    if not jit.available():
         pytest.skip("numba is not importable here: the torch loops code")
     from shardzip.models import mixture
     from shardzip.numerics import compiled
 
     native.compile_all()
     mixture.compile_all()
-    loops = [*native._POPS, *native._FREQS, native.push_loop, native._quantize, native._mixture,
+    loops = [*native_search._POPS, *native_search._FREQS, native.push_loop, native_params._quantize,
+             native_params._categorical, native_params._mixture,
              mixture._coder_arrays, compiled._pixel_scale, compiled._abs_max, compiled._sigmoid32]
     assert all(len(f.signatures) >= 1 for f in loops)
-    assert any(sig[8].dtype.bitwidth == 32 for sig in native._POPS[3].signatures)  # int32 tables, as coding passes
+    # int32 tables, as coding passes
+    assert any(sig[8].dtype.bitwidth == 32 for sig in native_search._POPS[3].signatures)
 
 
 @given(st.integers(1, 12), st.integers(2, 300), st.booleans(), st.integers(0, 2**32 - 1),

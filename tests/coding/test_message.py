@@ -35,7 +35,8 @@ from shardzip.coding import (
     mixture_discretized_logistic,
     uniform,
 )
-from shardzip.coding.message import _CONTAINER, _CRC, _HEADER, BOOTSTRAPPED_LANE_BITS, MIN_BOOTSTRAP_LANES, describe
+from shardzip.coding.container import _CONTAINER, BOOTSTRAPPED_LANE_BITS, MIN_BOOTSTRAP_LANES, describe
+from shardzip.coding.message_format import _CRC, _HEADER
 from shardzip.errors import (
     DecodeMismatchError,
     MessageUnderflowError,

@@ -1,6 +1,6 @@
 """Serialized messages: self-delimiting, versioned, CRC-protected; damaged bytes always raise, never crash.
 
-Layouts (little endian), from the docstrings of `shardzip.coding.message`:
+Layouts (little endian), from the docstrings of `shardzip.coding.message_format` and `shardzip.coding.container`:
 
 - Message: b"SZAN" | version u8 | flags u8 (1: always warm) | lanes u32 | ops i64 | words u64 |
   tail bytes u32 | tail | words (u32 each) | CRC32 u32 of everything before it;
@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from rans_reference import LOWER, ReferenceMessage
 
 from shardzip.coding import Message, decode, describe, discretized_logistic, encode, uniform
-from shardzip.coding.message import _CONTAINER, _CRC, _HEADER, MAGIC, VERSION
+from shardzip.coding.container import _CONTAINER
+from shardzip.coding.message_format import _CRC, _HEADER, MAGIC, VERSION
 from shardzip.errors import DecodeMismatchError, MessageFormatError, ShardzipError
 
 HEADER_FIELDS = ("magic", "version", "flags", "lanes", "ops", "words", "tail_bytes")

@@ -15,7 +15,8 @@ import torch
 from conftest import encode_header_bits
 
 from shardzip.coding import Message, decode, describe, discretized_logistic, encode, ideal_bits
-from shardzip.coding.message import _CONTAINER, _CRC, _HEADER
+from shardzip.coding.container import _CONTAINER
+from shardzip.coding.message_format import _CRC, _HEADER
 
 CONTAINER_BITS = 8 * (_CONTAINER.size + _CRC.size)
 MESSAGE_HEADER_BITS = 8 * (_HEADER.size + _CRC.size)

@@ -377,7 +377,7 @@ def test_compiled_mixture_score_agrees_with_the_torch_one():
     """The compiled scorer (`shardzip.models.score`, probability space, float64) against mixture_log2prob's torch
     operations (log space, float32) under autograd: sharp and wide components, both edge bins, symbols far in
     the tails (scored in log space), per element and summed."""
-    from shardzip.coding.native import available
+    from shardzip.coding.jit import available
     from shardzip.models.base import mixture_log2prob
     from shardzip.models.score import log2prob
 
@@ -407,10 +407,10 @@ def test_mixture_head_codes_the_same_integers_in_one_compiled_pass(mixtures):
     parameters under exact numerics, integer for integer: raw outputs from tiny to beyond the clamps (log-scales
     both sides, locations past the coder's limit, logits far apart), constant rows; coder_scored's score against
     mixture_log2prob; a NaN leaves the torch path to say what is wrong."""
-    from shardzip.coding.native import available
+    from shardzip.coding.jit import available
     from shardzip.models.base import mixture_coder, mixture_log2prob
     from shardzip.models.mixture import MixtureHead
-    from shardzip.numerics import exact
+    from shardzip.numerics import dispatch, exact
 
     if not available():
         pytest.skip("numba is not importable here: the torch path is the only one")
@@ -432,7 +432,7 @@ def test_mixture_head_codes_the_same_integers_in_one_compiled_pass(mixtures):
         symbols = torch.randint(0, 1536, (2, groups, 29, 70), generator=gen)
         model, log2p = head.coder_scored(raw, symbols, 1536)  # the same model, and the float model's score
         assert all(torch.equal(a, b) for a, b in zip(model.params, fused.params, strict=True))
-        with exact.suspended():
+        with dispatch.suspended():
             want = mixture_log2prob(symbols.float(), *head.params(raw), 1536).double().flatten(1).sum(1)
             assert log2p.shape == (2,) and torch.allclose(log2p, want, rtol=1e-5)
         bad = raw.clone()

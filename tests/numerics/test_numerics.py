@@ -5,7 +5,6 @@ code decodes under every thread count, CPU kernel set and oneDNN setting (tools/
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -29,7 +28,7 @@ from shardzip.models import load_catalog_model
 from shardzip.models.codec import compress, decode_notes, decompress, read_header
 from shardzip.numerics import EXACT, FLOAT, exact_numerics
 from shardzip.numerics import elementary as E
-from shardzip.numerics.exact import exact_convolution, exact_matmul, exact_sum, quantize_weights
+from shardzip.numerics.sums import exact_convolution, exact_matmul, exact_sum, quantize_weights
 
 ROOT = ROOT
 sys.path.insert(0, str(ROOT / "tools"))
@@ -133,20 +132,11 @@ def _int_reference_conv(xq: torch.Tensor, wq: torch.Tensor, stride, padding, dil
     return out.reshape(n, o, oh, ow)
 
 
-@contextlib.contextmanager
 def numerics_version(version: int):
     """exact_convolution called directly (outside the dispatch mode) computes as exact-`version` does."""
-    from shardzip.numerics import exact as X
+    from shardzip.numerics.versions import in_force
 
-    before = getattr(X._STATE, "version", None)
-    X._STATE.version = version
-    try:
-        yield
-    finally:
-        if before is None:
-            del X._STATE.version
-        else:
-            X._STATE.version = before
+    return in_force(version)
 
 
 @settings(max_examples=40, deadline=None)
@@ -164,7 +154,7 @@ def test_exact_convolution_is_the_exact_sum_of_products_of_its_quantized_operand
         got = exact_convolution(x, wt, b, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], groups)
     wq, wbits = quantize_weights(wt)
     assert float(wq.abs().max()) <= 2**20
-    from shardzip.numerics.exact import _amax, _grid_bits, _on_grid
+    from shardzip.numerics.sums import _amax, _grid_bits, _on_grid
 
     l1 = float(wq.abs().flatten(1).sum(1).amax())
     xbits = _grid_bits(_amax(x), l1)
@@ -185,7 +175,7 @@ def test_exact_3_convolution_is_the_exact_sum_of_its_int16_operands(
     """exact-3's grids (`_pair_grids`): weights of at most 12 bits per output channel, activations of at most 14
     bits, every sum over a run of 16 input channels below 2**31 even for the worst input (|x| at its maximum
     everywhere, with the weights' signs), and the result the exact integer sum, scaled per output channel."""
-    from shardzip.numerics.exact import PAIR_CHANNELS, _pair_grids
+    from shardzip.numerics.sums import PAIR_CHANNELS, _pair_grids
 
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, cin, h + k, w + k, generator=gen) * 10.0**log_scale
@@ -217,7 +207,7 @@ def test_exact_3_convolution_is_the_exact_sum_of_its_int16_operands(
 def test_exact_3_weight_grids_are_kept_only_while_the_weights_stay_the_same():
     """A weight tensor's exact-3 grid is computed once and kept on it; a change of its values in place (a
     training step, load_state_dict) or of its storage computes it again, so no pass uses stale weights."""
-    from shardzip.numerics.exact import _pair_weights
+    from shardzip.numerics.sums import _pair_weights
 
     conv = torch.nn.Conv2d(4, 3, 3, padding=1)
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
@@ -240,7 +230,7 @@ def test_exact_matmul_equals_integer_arithmetic_and_sums_ignore_order(m, k, n, s
     a, b = torch.randn(m, k, generator=gen, dtype=torch.float64), torch.randn(k, n, generator=gen)
     got = exact_matmul(a, b)
     bq, bbits = quantize_weights(b)
-    from shardzip.numerics.exact import _grid_bits, _on_grid
+    from shardzip.numerics.sums import _grid_bits, _on_grid
 
     abits = _grid_bits(float(a.abs().max()), float(bq.abs().sum(0).max()))
     ref = _on_grid(a, abits).long() @ bq.long()
@@ -473,7 +463,7 @@ def test_sqrt_is_correctly_rounded_at_every_magnitude_whatever_the_first_guess(d
 def test_torch_sqrt_under_exact_numerics_is_the_correctly_rounded_one_and_exact_1_keeps_torchs():
     """exact-2 and later route every sqrt (sqrt, rsqrt, norms) through E.sqrt; exact-1 kept torch's, as its
     stores need."""
-    from shardzip.numerics.exact import version
+    from shardzip.numerics.versions import version
 
     x = torch.rand(100_000, generator=torch.Generator().manual_seed(3)) * 1000
     want = torch.from_numpy(np.sqrt(x.numpy()))
