@@ -45,6 +45,12 @@ def _dask_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _cluster_options(p: argparse.ArgumentParser) -> None:
+    """--scheduler/--workers, --storage-option, --quiet, then --resources."""
+    _dask_options(p)
+    _resources_option(p)
+
+
 def _resources_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resources", default="auto", metavar="NAME=N[,...]",
                    help="Dask worker resources each shard task asks for, e.g. GPU=1 (tasks then run only on workers "
@@ -105,8 +111,7 @@ def _add_compress(commands: argparse._SubParsersAction) -> None:
     co.add_argument("--fit-minutes", type=float, default=10.0, metavar="MIN",
                     help="with --model fit: the fit's time budget (default 10)")
     _catalog_option(co)
-    _dask_options(co)
-    _resources_option(co)
+    _cluster_options(co)
     co.add_argument("--verify", action="store_true", help="decode each shard on its worker after writing it")
     co.add_argument("--resume", action="store_true", help="finish an interrupted job, keeping its committed shards")
     co.add_argument("--overwrite", action="store_true", help="replace an existing destination")
@@ -125,8 +130,7 @@ def _add_decompress(commands: argparse._SubParsersAction) -> None:
     de = commands.add_parser("decompress", help="write a compressed store back as plain zarr (zstd)")
     de.add_argument("src", help="compressed store")
     de.add_argument("dst", help="output zarr store")
-    _dask_options(de)
-    _resources_option(de)
+    _cluster_options(de)
     de.add_argument("--overwrite", action="store_true", help="replace an existing output")
     de.set_defaults(handler=run_decompress)
 
@@ -135,8 +139,7 @@ def _add_verify(commands: argparse._SubParsersAction) -> None:
     """`verify DST`."""
     ve = commands.add_parser("verify", help="decode every shard and compare with the source checksums")
     ve.add_argument("dst", help="compressed store")
-    _dask_options(ve)
-    _resources_option(ve)
+    _cluster_options(ve)
     ve.set_defaults(handler=run_verify)
 
 
@@ -228,8 +231,7 @@ def _add_fit(commands: argparse._SubParsersAction) -> None:
     fi.add_argument("--validate-every", type=int, help="steps between validations (default 250 for msp, 2000 for "
                                                        "causal: a step of pixels is ~10 x shorter)")
     _catalog_option(fi)
-    _dask_options(fi)
-    _resources_option(fi)
+    _cluster_options(fi)
     fi.set_defaults(handler=run_fit)
 
 

@@ -15,17 +15,8 @@ import torch
 from torch import nn
 
 from shardzip.coding import Message
+from shardzip.models import latents as lat
 from shardzip.models.base import LosslessModel, mixture_log2prob
-from shardzip.models.latents import (
-    LATENT_BUCKETS,
-    bucket_of,
-    centres,
-    clean_words_for,
-    gaussian_coder,
-    gaussian_kl_bits,
-    sample,
-    standard_prior,
-)
 from shardzip.models.mixture import MixtureHead
 
 EVAL_SEED = 1234
@@ -72,10 +63,10 @@ class BBANSVAE(LosslessModel):
     def train_bits(self, x: torch.Tensor) -> torch.Tensor:
         self._check_shape(x)
         mu, ls = self.posterior(x)
-        z = sample(mu, ls)
+        z = lat.sample(mu, ls)
         m, s, lg = self.likelihood(z, x.shape[0])
         rec = -mixture_log2prob(x.float(), m, s, lg, self.K).flatten(1).sum(1)
-        return rec + gaussian_kl_bits(mu, ls).sum(1)
+        return rec + lat.gaussian_kl_bits(mu, ls).sum(1)
 
     def nll_bits(self, x: torch.Tensor) -> torch.Tensor:
         x = self.check_input(x)
@@ -83,36 +74,36 @@ class BBANSVAE(LosslessModel):
         gen = torch.Generator().manual_seed(EVAL_SEED)
         with torch.no_grad():
             mu, ls = self.posterior(x)
-            k = bucket_of(sample(mu, ls, gen))
-            m, s, lg = self.likelihood(centres(k), x.shape[0])
+            k = lat.bucket_of(lat.sample(mu, ls, gen))
+            m, s, lg = self.likelihood(lat.centres(k), x.shape[0])
             rec = -mixture_log2prob(x.double(), m.double(), s.double(), lg.double(), self.K).flatten(1).sum(1)
-            q = gaussian_coder(mu, ls).log2_prob(k).sum(1)
-            prior = standard_prior(tuple(k.shape), k.device).log2_prob(k).sum(1)
+            q = lat.gaussian_coder(mu, ls).log2_prob(k).sum(1)
+            prior = lat.standard_prior(tuple(k.shape), k.device).log2_prob(k).sum(1)
         return rec - prior + q
 
     def encode(self, message: Message, x: torch.Tensor) -> None:
         x = self.check_input(x)
         self._check_shape(x)
         with torch.no_grad():
-            k = message.pop(gaussian_coder(*self.posterior(x)))
-            message.push(x, self.head.coder(self.likelihood_raw(centres(k), x.shape[0]), self.K))
-            message.push(k, standard_prior(tuple(k.shape), k.device))
+            k = message.pop(lat.gaussian_coder(*self.posterior(x)))
+            message.push(x, self.head.coder(self.likelihood_raw(lat.centres(k), x.shape[0]), self.K))
+            message.push(k, lat.standard_prior(tuple(k.shape), k.device))
 
     def decode(self, message: Message, shape: tuple[int, ...]) -> torch.Tensor:
         b = shape[0]
         with torch.no_grad():
-            k = message.pop(standard_prior((b, self.latent), message.device))
-            x = message.pop(self.head.coder(self.likelihood_raw(centres(k), b), self.K))
-            message.push(k, gaussian_coder(*self.posterior(x)))
+            k = message.pop(lat.standard_prior((b, self.latent), message.device))
+            x = message.pop(self.head.coder(self.likelihood_raw(lat.centres(k), b), self.K))
+            message.push(k, lat.gaussian_coder(*self.posterior(x)))
         return x
 
     def initial_words(self, shape: tuple[int, ...], lanes: int) -> int:
         # About 4 bits per latent for the first pops; the codec doubles this and retries if it falls short.
-        return clean_words_for(shape[0] * self.latent * 4.0, lanes)
+        return lat.clean_words_for(shape[0] * self.latent * 4.0, lanes)
 
     def coding_lanes(self, shape: tuple[int, ...]) -> int:
         # Four latents per lane per batch: the clean bits (62 + 32 w per lane) stay a small share.
         return max(1, min(256, shape[0] * self.latent // 4))
 
 
-__all__ = ["BBANSVAE", "LATENT_BUCKETS"]
+__all__ = ["BBANSVAE"]

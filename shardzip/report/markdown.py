@@ -5,18 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from shardzip.report.tables import (
-    COLUMNS,
-    baseline_settings,
-    best_bpd,
-    by_dataset,
-    is_best,
-    repro_items,
-    summary,
-    summary_cell,
-)
+from shardzip.report import tables
 
 __all__ = ["render_markdown"]
+
+_TEXT = ("array", "codec", "kind", "device")  # left-aligned columns
 
 
 def _md_cell(text: str) -> str:
@@ -34,14 +27,13 @@ def _md_code(text: str) -> str:
 def render_markdown(report: Mapping) -> str:
     """One table per dataset (best bpd per array in bold), baseline settings, then the reproducibility block."""
     lines = ["# shardzip evaluation report", ""] + _summary(report["rows"])
-    for dataset, rows in by_dataset(report["rows"]).items():
-        best = best_bpd(rows)
-        lines += [f"## {_md_cell(dataset)}", "", "| " + " | ".join(h for h, _ in COLUMNS) + " |",
-                  "|" + "|".join("---" if h in ("array", "codec", "kind", "device") else "---:" for h, _ in COLUMNS)
-                  + "|"]
+    for dataset, rows in tables.by_dataset(report["rows"]).items():
+        best = tables.best_bpd(rows)
+        lines += [f"## {_md_cell(dataset)}", "", "| " + " | ".join(h for h, _ in tables.COLUMNS) + " |",
+                  "|" + "|".join("---" if h in _TEXT else "---:" for h, _ in tables.COLUMNS) + "|"]
         for r in rows:
-            cells = [_md_cell(get(r)) for _, get in COLUMNS]
-            if is_best(r, best):
+            cells = [_md_cell(get(r)) for _, get in tables.COLUMNS]
+            if tables.is_best(r, best):
                 cells[3] = f"**{cells[3]}**"
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
@@ -49,11 +41,11 @@ def render_markdown(report: Mapping) -> str:
                  "Overhead: coded bpd over the model's NLL. Ratio: raw bytes / coded bytes. "
                  "95% CI: normal approximation over per-image bpd.")
     lines.append("")
-    settings = baseline_settings(report["rows"])
+    settings = tables.baseline_settings(report["rows"])
     if settings:
         lines += ["### Baseline settings", ""] + [f"- **{n}**: {_md_cell(s)}" for n, s in settings.items()] + [""]
     lines += ["## Reproducibility", ""]
-    for label, text in repro_items(report["reproducibility"]):
+    for label, text in tables.repro_items(report["reproducibility"]):
         if "\n" in text:  # e.g. a multi-line command: a fenced block inside the list item
             fence = "`" * max(3, max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
             lines += [f"- **{label}**:", "", f"  {fence}text"] + [f"  {t}" for t in text.splitlines()] + [f"  {fence}"]
@@ -64,13 +56,13 @@ def render_markdown(report: Mapping) -> str:
 
 def _summary(rows) -> list[str]:
     """The table across datasets: bpd per codec and dataset over the arrays each codec coded."""
-    datasets, codecs, cells = summary(rows)
+    datasets, codecs, cells = tables.summary(rows)
     if not rows:
         return []
     out = ["## Summary", "", "| codec | kind | " + " | ".join(_md_cell(d) for d in datasets) + " |",
            "|---|---|" + "---:|" * len(datasets)]
     for name, kind in codecs:
-        out.append(f"| {_md_cell(name)} | {kind} | " + " | ".join(summary_cell(cells[(d, name)]) for d in datasets)
-                   + " |")
+        cells_text = [tables.summary_cell(cells[(d, name)]) for d in datasets]
+        out.append(f"| {_md_cell(name)} | {kind} | " + " | ".join(cells_text) + " |")
     return out + ["", "Bits per dimension over the arrays each codec coded (arrays coded / arrays of the dataset).",
                   ""]
