@@ -46,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shardzip.format.chunk import ZSTD_LEVEL  # noqa: E402
+from shardzip.format.records import all_records  # noqa: E402
+from shardzip.format.store import Location  # noqa: E402
 from shardzip.pipeline import jobs  # noqa: E402
 from shardzip.pipeline.cluster import embedded_settings  # noqa: E402
 from shardzip.pipeline.plan import source_arrays  # noqa: E402
@@ -194,7 +196,7 @@ def run_case(model: str, src: str, workers: int, shard_chunks: int, classical: b
         td = time.perf_counter() - t0
         for path, a in arrays:
             assert np.array_equal(zarr.open_array(str(out), path=path, mode="r")[...], a[...], equal_nan=True), path
-        recs = m["records"]
+        recs = [r.as_dict() for r in all_records(Location(str(dst)), m)]
         zw, zr, zbytes = _zstd_peer(src, tmp / f"{model}-z{workers}.zarr")
         plans = list(m["arrays"].values())
         jw, jr, jbytes, jcoded, jchunks = _jxl_peer(src, plans, client)

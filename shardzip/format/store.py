@@ -4,7 +4,12 @@
     <dst>/_shardzip/job.json                               the job: source, model, options, plan
     <dst>/_shardzip/weights/<sha256>.pt                    the model's checkpoint (self-contained store)
     <dst>/_shardzip/records/<array>/<shard>.json           one per shard written (and verified): resume
+    <dst>/_shardzip/tables/<array>.records                 every shard's record, one table per array (commit)
     <dst>/_shardzip/manifest.json                          written last: the commit point
+
+The manifest (version 2) holds the job, a summary per array and a pointer to the array's record table
+(`format.records`); it does not grow with the shard count. Version 1 manifests, which held every record in a
+`records` list, still open: `format.records.read_records` reads both.
 
 A store without `manifest.json` is incomplete, whatever else it holds: `open_store` refuses it and
 `shardzip info` says so. The commit also writes zarr's consolidated metadata into the root `zarr.json`:
@@ -20,6 +25,8 @@ import json
 import os
 import uuid
 import warnings
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,7 @@ STATE = "_shardzip"
 MANIFEST = f"{STATE}/manifest.json"
 JOB = f"{STATE}/job.json"
 FORMAT_NAME = "shardzip"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-shard records in record tables, not in the manifest (1 is still read)
 # zarr warns about every non-zarr folder it meets when listing a group; ours is expected there.
 warnings.filterwarnings("ignore", message=f"Object at {STATE} is not recognized")
 
@@ -82,6 +89,22 @@ class Location:
         else:
             self.fs.pipe_file(path, data)
 
+    def write_parts(self, key: str, parts: Iterable[bytes]) -> None:
+        """Write the concatenation of `parts` as one object, holding one part at a time (local: a temporary file
+        renamed at the end; object stores: one streamed upload, visible once complete)."""
+        path = self.path(key)
+        if is_local(self.url):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                for part in parts:
+                    f.write(part)
+            os.replace(tmp, path)
+        else:
+            with self.fs.open(path, "wb") as f:
+                for part in parts:
+                    f.write(part)
+
     def read_bytes(self, key: str) -> bytes:
         try:
             return self.fs.cat_file(self.path(key))
@@ -120,6 +143,28 @@ class Location:
             return []
         self.fs.invalidate_cache(base)
         return [p[len(self.root) + 1:] for p in self.fs.find(base)]
+
+    def sizes(self, key: str) -> dict[str, int]:
+        """Store-relative path -> size of every file under `key`, from listings (no request per file)."""
+        base = self.path(key)
+        if not self.fs.exists(base):
+            return {}
+        self.fs.invalidate_cache(base)
+        return {p[len(self.root) + 1:]: int(info["size"]) for p, info in self.fs.find(base, detail=True).items()}
+
+    def read_many(self, keys: list[str], batch: int = 256, threads: int = 16) -> Iterator[tuple[str, bytes | None]]:
+        """(key, bytes or None where it is gone) of many small objects, `threads` batches of `batch` in flight: an
+        object store answers them concurrently (s3fs's `cat` of a list runs its GETs at once), a filesystem in
+        threads; one after another they take a round trip each (15-39 ms on moto)."""
+        def cat(part: list[str]) -> list[tuple[str, bytes | None]]:
+            got = self.fs.cat([self.path(k) for k in part], on_error="return")
+            return [(k, v if isinstance(v, bytes) else None) for k, v in
+                    ((k, got.get(self.path(k))) for k in part)]
+
+        parts = [keys[i:i + batch] for i in range(0, len(keys), batch)]
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for done in pool.map(cat, parts):
+                yield from done
 
     def zarr_store(self, read_only: bool = False):
         from zarr.storage import FsspecStore, LocalStore
@@ -209,8 +254,8 @@ def store_sizes(loc: Location, manifest: dict) -> dict[str, int]:
     sizes = loc.fs.du(loc.root, total=False) if loc.exists() else {}
     root = loc.root.rstrip("/") + "/"
     rel = {str(k)[len(root):] if str(k).startswith(root) else str(k): int(v) for k, v in sizes.items()}
-    shard_keys = {r["key"] for r in manifest.get("records", [])}
-    coded = sum(n for k, n in rel.items() if k in shard_keys)
+    shards = tuple(f"{a['path'].strip('/')}/c" if a["path"].strip("/") else "c" for a in manifest["arrays"].values())
+    coded = sum(n for k, n in rel.items() if k in shards or k.startswith(tuple(f"{p}/" for p in shards)))
     weights = sum(n for k, n in rel.items() if k.startswith(f"{STATE}/weights/"))
     total = sum(rel.values())
     return {"coded": coded, "weights": weights, "metadata": total - coded - weights, "total": total}

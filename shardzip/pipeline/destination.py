@@ -7,14 +7,17 @@ zarr metadata while the workers code, and the manifest last: the commit point.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from shardzip.errors import DestinationError
+from shardzip.errors import DestinationError, FormatError
 from shardzip.format.codec import ShardzipCodec
-from shardzip.format.store import MANIFEST, Location, weights_key
+from shardzip.format.records import RecordTable, ShardRecord
+from shardzip.format.shard import shard_key
+from shardzip.format.store import MANIFEST, STATE, Location, weights_key
 from shardzip.pipeline.plan import ArrayPlan
 from shardzip.pipeline.summary import model_family
 
@@ -68,17 +71,27 @@ def layout_writer(dst: Location, src_root, plans: list[ArrayPlan], job: dict) ->
     return write
 
 
-def committed(dst: Location, plans: list[ArrayPlan], need_verified: bool) -> dict[tuple[str, tuple], dict]:
-    """Records of shards already written (and verified if asked) whose objects still have their size."""
-    done = {}
-    for key in dst.find("_shardzip/records"):
-        rec = dst.read_json(key)
-        if not rec or (need_verified and not rec.get("verified")):
+def committed(dst: Location, plans: list[ArrayPlan], need_verified: bool) -> dict[str, RecordTable]:
+    """Per array, a record table holding the shards already written (and verified if asked) whose objects still
+    have their recorded size: what `--resume` keeps. One listing of the records and one of each array's shard
+    objects (their sizes), then the records read many at once (`Location.read_many`), not one after another."""
+    tables = {p.path: RecordTable(p.path, p.shard_grid) for p in plans}
+    keys = dst.find(f"{STATE}/records")
+    sizes: dict[str, int] = {}
+    for p in plans:
+        sizes.update(dst.sizes(shard_key(p.path, ())))
+    for _key, data in dst.read_many(keys):
+        try:
+            rec = ShardRecord.from_dict(json.loads(data)) if data else None
+        except (ValueError, TypeError, KeyError, FormatError):  # a record cut short: its shard is coded again
             continue
-        if dst.size(rec["key"]) == rec["bytes"]:
-            done[(rec["array"], tuple(rec["shard"]))] = rec
-    valid = {(p.path, idx) for p in plans for idx in np.ndindex(*p.shard_grid)}
-    return {k: v for k, v in done.items() if k in valid}
+        if rec is None or (need_verified and not rec.verified) or rec.array not in tables:
+            continue
+        grid = tables[rec.array].grid
+        in_grid = len(rec.shard) == len(grid) and all(0 <= i < g for i, g in zip(rec.shard, grid, strict=True))
+        if in_grid and sizes.get(rec.key) == rec.bytes:
+            tables[rec.array].add(rec)
+    return tables
 
 
 def mark_root(dloc: Location, job_id: str, status: str) -> None:

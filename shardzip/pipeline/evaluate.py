@@ -24,6 +24,7 @@ import numpy as np
 from shardzip import __version__
 from shardzip.errors import SourceError
 from shardzip.format.chunk import ZSTD_LEVEL
+from shardzip.format.records import read_records
 from shardzip.format.store import Location, read_manifest
 from shardzip.format.weights import is_shipped
 from shardzip.numerics import EXACT
@@ -244,10 +245,10 @@ def _model_plan(path: str, arr, name: str, loaded: dict, chosen: dict, shown: st
         return plan_array(path, arr, None, None, chunk_bytes=ev.chunk_bytes), str(exc)
 
 
-def _eval_specs(sources: list, loaded: dict, chosen: dict, ev: _Eval) -> tuple[list[dict], dict, dict[str, str]]:
+def _eval_specs(sources: list, loaded: dict, chosen: dict, ev: _Eval) -> tuple[list, dict, dict[str, str]]:
     """The eval tasks (one per shard per model; the first model's also run the baselines), the plan of each
     (dataset, array, model) with why its model does not code it, and a checksum of each dataset's arrays."""
-    from shardzip.pipeline.plan import array_spec
+    from shardzip.pipeline.plan import EvalTask, array_spec
 
     specs, plans, checksums = [], {}, {}
     for shown, url, arrays in sources:
@@ -258,14 +259,13 @@ def _eval_specs(sources: list, loaded: dict, chosen: dict, ev: _Eval) -> tuple[l
             for path, arr in arrays:
                 plan, why = _model_plan(path, arr, name, loaded, chosen, shown, ev)
                 plans[(shown, path, name)] = (plan, why)
-                base = array_spec(plan, job)
-                base.update(dataset=shown, grid=list(plan.shard_grid), run=ev.run,
-                            baselines=list(ev.baselines) if k == 0 else [], model_name=name)
+                base = EvalTask.of(array_spec(plan, job), dataset=shown, grid=tuple(plan.shard_grid), run=ev.run,
+                                   baselines=tuple(ev.baselines) if k == 0 else (), model_name=name)
                 if why is not None:
-                    base["model"] = None
+                    base = replace(base, model=None)
                     if k > 0:
                         continue  # nothing to run for this model; baselines ran with the first one
-                specs += [{**base, "shard": list(idx)} for idx in np.ndindex(*plan.shard_grid)]
+                specs += [base.at(idx) for idx in np.ndindex(*plan.shard_grid)]
                 if k == 0:
                     h.update(f"{path}:{arr.shape}:{arr.dtype};".encode())
         checksums[shown] = h.hexdigest()[:16]
@@ -326,17 +326,18 @@ def from_manifests(stores: list[str], storage_options: dict[str, Any] | None = N
     """A report dict from committed compress jobs: the model's rows and zstd's, per array."""
     rows, shards, models, datasets = [], [], {}, {}
     for url in stores:
-        m = read_manifest(Location(url, storage_options))
+        loc = Location(url, storage_options)
+        m = read_manifest(loc)
         name = m["model"]["name"]
         models[name] = m["model"]["sha256"] or ",".join(sorted(m.get("models", {})))  # auto: the models it chose
         datasets[m["src"]] = hashlib.sha256("".join(a["checksum"] for a in m["arrays"].values()).encode()
                                             ).hexdigest()[:16]
         for array, a in m["arrays"].items():
-            recs = [r for r in m["records"] if (r["array"] or "/") == array]
+            recs = list(read_records(loc, m, array))
             dims = a["dims"] or 1
-            secs = sum(r["code_seconds"] for r in recs)
+            secs = sum(r.code_seconds for r in recs)
             coded = 8 * a["coded_bytes"]
-            nll = sum(r["nll_bits"] or 0.0 for r in recs) if a.get("model") else None
+            nll = sum(r.nll_bits or 0.0 for r in recs) if a.get("model") else None
             rows.append({"dataset": m["src"], "array": array, "codec": name, "kind": "model",
                          "applicable": bool(a.get("model")), "reason": a.get("reason"), "bpd": coded / dims,
                          "nll_bpd": nll / dims if nll else None,
@@ -344,14 +345,14 @@ def from_manifests(stores: list[str], storage_options: dict[str, Any] | None = N
                          "ratio": a["raw_bytes"] / max(1, a["coded_bytes"]), "bpd_std": None, "bpd_ci95": None,
                          "per_image_bpd": [], "images": 0, "dims": a["dims"],
                          "encode_mbps": a["raw_bytes"] / secs / 1e6 if secs else None, "decode_mbps": None,
-                         "device": m["profile"]["device"], "verified": all(r["verified"] for r in recs)})
+                         "device": m["profile"]["device"], "verified": all(r.verified for r in recs)})
             rows.append({"dataset": m["src"], "array": array, "codec": "zstd", "kind": "baseline",
                          "applicable": True, "reason": None, "bpd": 8 * a["zstd_bytes"] / dims, "nll_bpd": None,
                          "overhead_pct": None, "ratio": a["raw_bytes"] / max(1, a["zstd_bytes"]), "bpd_std": None,
                          "bpd_ci95": None, "per_image_bpd": [], "images": 0, "dims": a["dims"],
                          "encode_mbps": None, "decode_mbps": None, "device": "cpu", "verified": None})
             grid = [math.ceil(s / b) for s, b in zip(a["shape"], a["shards"], strict=True)]
-            shards += [{"dataset": m["src"], "array": array, "codec": name, "grid": grid, "index": r["shard"],
-                        "bpd": r["coded_bits"] / max(1, r["dims"])} for r in recs]
+            shards += [{"dataset": m["src"], "array": array, "codec": name, "grid": grid, "index": list(r.shard),
+                        "bpd": r.coded_bits / max(1, r.dims)} for r in recs]
     return {"schema": SCHEMA, "version": SCHEMA_VERSION, "rows": rows, "shards": shards,
             "reproducibility": reproducibility(command or sys.argv, models, datasets)}

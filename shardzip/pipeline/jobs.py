@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import numpy as np
 from shardzip import __version__
 from shardzip.errors import DestinationError, JobInterrupted, ShardzipError, SourceError
 from shardzip.format.chunk import ZSTD_LEVEL
+from shardzip.format.records import RecordTable, write_table
 from shardzip.format.store import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -44,6 +45,7 @@ from shardzip.pipeline.plan import (
     CHUNK_BYTES,
     SHARD_CHUNKS,
     ArrayPlan,
+    ShardTask,
     array_spec,
     open_source,
     plan_array,
@@ -135,29 +137,38 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
     keep = job["profile"]["device"] if job and not portable(job["profile"]) else None
     with job_cluster(scheduler, workers, resources, keep) as cluster:
         log(f"tasks ask workers for resources {format_resources(cluster.resources)}; device {cluster.device}")
-        if job is None:
-            workdir = None
-            if req.auto:
-                plans, cands, workdir = _auto_plans(req, cluster, arrays, src_paths, cands)
-            try:
-                job = _start_job(req, dloc, entry, cands, plans, cluster.device, src_root, src_paths)
-            finally:  # a fitted model's working directory: its weights are in the store now
-                if workdir is not None:
-                    shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            plans = [ArrayPlan.from_dict(p) for p in job["plans"]]  # on the device kind it was started with
+        job, plans = _job_and_plans(req, cluster, dloc, entry, cands, job, plans, arrays, src_paths, src_root)
         _log_plans(req, plans, job, src)
-        done = committed(dloc, plans, verify) if resume else {}
-        specs = _shard_specs(plans, job, run_id, verify, done)
+        tables = committed(dloc, plans, verify) if resume else {p.path: RecordTable(p.path, p.shard_grid)
+                                                                for p in plans}
+        reused = sum(t.count for t in tables.values())
+        specs = _shard_specs(plans, job, run_id, verify, tables)
         if resume:
-            log(f"resume: {len(done)} of {len(specs) + len(done)} shards already committed; computing {len(specs)}")
-        new, elapsed, interrupted = _code_shards(req, cluster, dloc, src_root, plans, job, specs, len(done),
-                                                 progress)
+            log(f"resume: {reused} of {len(specs) + reused} shards already committed; computing {len(specs)}")
+        elapsed, interrupted = _code_shards(req, cluster, dloc, src_root, plans, job, specs, tables, progress)
     if interrupted:  # counted after the workers stopped: every record on disk is a committed shard
-        kept = len(committed(dloc, plans, verify))
-        raise JobInterrupted(f"interrupted: {kept} of {len(specs) + len(done)} shards of job {job['job_id']} are "
+        kept = sum(t.count for t in committed(dloc, plans, verify).values())
+        raise JobInterrupted(f"interrupted: {kept} of {len(specs) + reused} shards of job {job['job_id']} are "
                              f"committed in {dst} (the store is incomplete); finish it with --resume")
-    return _commit(req, dloc, job, plans, list(done.values()), new, {"this": run_id, "seconds": elapsed})
+    return _commit(req, dloc, job, plans, tables, {"this": run_id, "seconds": elapsed, "computed": len(specs),
+                                                   "reused": reused})
+
+
+def _job_and_plans(req: _Request, cluster: JobCluster, dloc: Location, entry, cands: list, job: dict | None,
+                   plans: list[ArrayPlan] | None, arrays, src_paths: dict[str, str], src_root
+                   ) -> tuple[dict, list[ArrayPlan]]:
+    """The job and its plans: the job being resumed (its plans, on the device kind it was started with), or a new
+    one started in the destination (`--model auto`/`fit`: planned on the workers first)."""
+    if job is not None:
+        return job, [ArrayPlan.from_dict(p) for p in job["plans"]]
+    workdir = None
+    if req.auto:
+        plans, cands, workdir = _auto_plans(req, cluster, arrays, src_paths, cands)
+    try:
+        return _start_job(req, dloc, entry, cands, plans, cluster.device, src_root, src_paths), plans
+    finally:  # a fitted model's working directory: its weights are in the store now
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _existing_job(req: _Request, dloc: Location, entry, resume: bool, overwrite: bool) -> tuple[dict | None,
@@ -279,55 +290,57 @@ def _log_plans(req: _Request, plans: list[ArrayPlan], job: dict, src: str) -> No
                 "fallback codec (see the reasons above)")
 
 
-def _shard_specs(plans: list[ArrayPlan], job: dict, run_id: str, verify: bool, done: dict) -> list[dict]:
-    """One task spec per shard not yet committed."""
+def _shard_specs(plans: list[ArrayPlan], job: dict, run_id: str, verify: bool, tables: dict[str, RecordTable]
+                 ) -> list[ShardTask]:
+    """One task per shard not yet committed (its row of the array's record table not filled)."""
     specs = []
     for p in plans:
-        base = array_spec(p, job)
-        base.update(run=run_id, verify=verify)
-        specs += [{**base, "shard": list(idx)} for idx in np.ndindex(*p.shard_grid)
-                  if (p.path, tuple(idx)) not in done]
+        base = replace(array_spec(p, job), run=run_id, verify=verify)
+        filled = tables[p.path].filled
+        specs += [base.at(idx) for j, idx in enumerate(np.ndindex(*p.shard_grid)) if not filled[j]]
     return specs
 
 
 def _code_shards(req: _Request, cluster: JobCluster, dloc: Location, src_root, plans: list[ArrayPlan], job: dict,
-                 specs: list[dict], done: int, progress: bool) -> tuple[list[dict], float, bool]:
-    """Run the compress tasks (the zarr metadata written meanwhile): (their records, seconds, interrupted)."""
+                 specs: list[ShardTask], tables: dict[str, RecordTable], progress: bool) -> tuple[float, bool]:
+    """Run the compress tasks (the zarr metadata written meanwhile), each record kept in its array's table as it
+    arrives: (seconds, interrupted)."""
     from shardzip.workers.tasks import compress_shard
 
     register_models(cluster.client, preload=tuple(sorted({p.model for p in plans if p.model})), device=cluster.device,
                     store=(req.dst, req.storage_options))
+    done = sum(t.count for t in tables.values())
     total = len(specs) + done
     bar = Progress(total, done, progress, "compress")
     t0 = time.perf_counter()
     try:
-        new = run_tasks(cluster.client, compress_shard, specs, cluster.resources, bar, "compress",
-                        meanwhile=layout_writer(dloc, src_root, plans, job))
+        run_tasks(cluster.client, compress_shard, specs, cluster.resources, bar, "compress",
+                  meanwhile=layout_writer(dloc, src_root, plans, job), collect=lambda r: tables[r.array].add(r))
     except ShardzipError as exc:
         raise type(exc)(f"{req.dst}: job {job['job_id']} stopped before its commit ({bar.done} of {total} shards "
                         f"written; the store is incomplete): {exc}. Fix the cause, then run the same command with "
                         "--resume: committed shards are kept") from exc
     except KeyboardInterrupt:  # Ctrl-C: leave the cluster's context so that it shuts down cleanly first
-        return [], time.perf_counter() - t0, True
+        return time.perf_counter() - t0, True
     finally:
         bar.close()
-    return new, time.perf_counter() - t0, False
+    return time.perf_counter() - t0, False
 
 
-def _commit(req: _Request, dloc: Location, job: dict, plans: list[ArrayPlan], reused: list[dict],
-            new: list[dict], run: dict) -> dict:
-    """Write the manifest (the commit point), mark the root complete and consolidate the metadata."""
-    records = reused + new
-    summary = summarise(plans, records)
+def _commit(req: _Request, dloc: Location, job: dict, plans: list[ArrayPlan], tables: dict[str, RecordTable],
+            run: dict) -> dict:
+    """Write each array's record table, then the manifest (the commit point: a summary per array and a pointer to
+    its table, O(arrays) in size), mark the root complete and consolidate the metadata."""
+    summary = summarise(plans, tables)  # refuses a table with a shard unrecorded
+    for plan in plans:
+        summary[plan.path or "/"]["records"] = write_table(dloc, tables[plan.path])
     models = drop_unused_weights(dloc, job.get("models", {}), summary, req.log)
     manifest = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "job_id": job["job_id"], "code_version": __version__,
         "created": job["created"], "committed": _now(), "src": req.src_url, "dst": req.dst, "model": job["model"],
-        "models": models,
-        "profile": job["profile"], "zstd_level": job["zstd_level"], "verified": all(r["verified"] for r in records),
-        "groups": job["groups"], "src_paths": job.get("src_paths", {}), "arrays": summary,
-        "records": sorted(records, key=lambda r: (r["array"], r["shard"])),
-        "runs": {"this": run["this"], "computed": len(new), "reused": len(reused), "seconds": run["seconds"]},
+        "models": models, "profile": job["profile"], "zstd_level": job["zstd_level"],
+        "verified": all(bool(t.rows["verified"].all()) for t in tables.values()),
+        "groups": job["groups"], "src_paths": job.get("src_paths", {}), "arrays": summary, "runs": run,
     }
     dloc.write_json(MANIFEST, manifest)  # the commit point
     mark_root(dloc, job["job_id"], "complete")

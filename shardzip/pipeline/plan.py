@@ -10,19 +10,21 @@ and JPEG-LS for integer images, pcodec for other numeric arrays).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shardzip.errors import SourceError
+from shardzip.format.chunk import ZSTD_LEVEL
 from shardzip.format.classical import default_candidates
 from shardzip.format.layout import canonical, channels_of, infer_layout
 from shardzip.format.learned import masked_model, model_fits
 from shardzip.format.packing import Packing
 from shardzip.format.store import Location, is_local, local_path
 from shardzip.format.weights import profile_numerics
+from shardzip.numerics import FLOAT
 
 CHUNK_BYTES = 1 << 20     # target raw bytes of one inner chunk of a stack of images (~1 MB): the coder's
                           # fixed costs (lane states, headers) stay well under 1 % of a chunk
@@ -119,15 +121,61 @@ class ArrayPlan:
         return cls(**d)
 
 
-def array_spec(plan: ArrayPlan, job: dict) -> dict:
-    """The task spec (less the shard index) of every shard of `plan` in `job` (source, destination, options, zstd
-    level and the numerics of its profile): what crosses the Dask boundary."""
+@dataclass(frozen=True, slots=True)
+class ShardTask:
+    """One shard's task as it crosses the Dask boundary (compress, verify, decompress): the array's plan facts, where
+    to read and write, and the shard. Its result is a `format.records.ShardRecord` (compress) or a small dict."""
+
+    array: str
+    shape: tuple[int, ...]
+    shards: tuple[int, ...]
+    chunks: tuple[int, ...] = ()
+    dtype: str = "|u1"
+    layout: str | None = None
+    model: str | None = None  # sha256; None: the fallback codecs only
+    packing: dict[str, Any] | None = None
+    classical: tuple[str, ...] = ()
+    numerics: str = FLOAT
+    zstd_level: int = ZSTD_LEVEL
+    src: str = ""
+    src_options: dict[str, Any] = field(default_factory=dict)
+    src_path: str = ""
+    dst: str = ""
+    dst_options: dict[str, Any] = field(default_factory=dict)
+    shard: tuple[int, ...] = ()
+    run: str = ""             # compress: the run that wrote the shard
+    verify: bool = False      # compress: decode the written shard back and compare
+    crc32: int | None = None  # verify, decompress: the source's checksum in the shard's record
+    out: str | None = None    # decompress: the plain zarr store written
+    out_options: dict[str, Any] | None = None
+
+    def at(self, shard, **more) -> ShardTask:
+        """This task for shard `shard` (with `more` fields changed)."""
+        return replace(self, shard=tuple(int(i) for i in shard), **more)
+
+
+@dataclass(frozen=True, slots=True)
+class EvalTask(ShardTask):
+    """`shardzip eval`'s task: a shard coded in memory by one model, with the classical baselines to run on it."""
+
+    dataset: str = ""
+    grid: tuple[int, ...] = ()
+    baselines: tuple[str, ...] = ()
+    model_name: str | None = None
+
+    @classmethod
+    def of(cls, task: ShardTask, **more) -> EvalTask:
+        return cls(**{**{f.name: getattr(task, f.name) for f in fields(ShardTask)}, **more})
+
+
+def array_spec(plan: ArrayPlan, job: dict) -> ShardTask:
+    """The task (less the shard index) of every shard of `plan` in `job` (source, destination, options, zstd level
+    and the numerics of its profile): what crosses the Dask boundary."""
     src_path = job.get("src_paths", {}).get(plan.path, plan.path)  # differs where the source is one array
-    return {"array": plan.path, "src": job["src"], "src_options": job["storage_options"], "src_path": src_path,
-            "dst": job["dst"], "dst_options": job["storage_options"], "shape": list(plan.shape), "dtype": plan.dtype,
-            "chunks": list(plan.chunks), "shards": list(plan.shards), "layout": plan.layout, "model": plan.model,
-            "zstd_level": job["zstd_level"], "packing": plan.packing, "classical": list(plan.classical),
-            "numerics": profile_numerics(job.get("profile", {}))}
+    return ShardTask(plan.path, tuple(plan.shape), tuple(plan.shards), tuple(plan.chunks), plan.dtype, plan.layout,
+                     plan.model, plan.packing, tuple(plan.classical), profile_numerics(job.get("profile", {})),
+                     job["zstd_level"], job["src"], job["storage_options"], src_path, job["dst"],
+                     job["storage_options"])
 
 
 def single_array_name(url: str) -> str:

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from shardzip.errors import DestinationError
+from shardzip.format.records import read_records
 from shardzip.format.store import (
     JOB,
     Location,
@@ -21,24 +23,25 @@ from shardzip.format.store import (
 from shardzip.format.weights import portable
 from shardzip.pipeline.cluster import AUTO, register_models
 from shardzip.pipeline.destination import committed
-from shardzip.pipeline.plan import ArrayPlan, array_spec
+from shardzip.pipeline.plan import ArrayPlan, ShardTask, array_spec
 from shardzip.pipeline.run import job_cluster, run_shards
 
 
-def committed_specs(dloc: Location, manifest: dict, storage_options) -> list[dict]:
-    """One task spec per committed shard of the store, with the CRC its record holds."""
+def committed_specs(dloc: Location, manifest: dict, storage_options) -> list[ShardTask]:
+    """One task spec per committed shard of the store, with the CRC its record holds (`format.records.read_records`:
+    the array's record table, or a version 1 manifest's records)."""
     plans = {p["path"]: ArrayPlan.from_dict({k: v for k, v in p.items() if k in ArrayPlan.__dataclass_fields__})
              for p in manifest["arrays"].values()}
     job = {"src": manifest["src"], "dst": dloc.url, "storage_options": storage_options or {},
            "zstd_level": manifest["zstd_level"], "src_paths": manifest.get("src_paths", {})}
     specs = []
-    for rec in manifest["records"]:
-        base = array_spec(plans[rec["array"]], job)
-        specs.append({**base, "shard": rec["shard"], "crc32": rec["crc32"]})
+    for name, a in manifest["arrays"].items():
+        base = array_spec(plans[a["path"]], job)
+        specs += [base.at(rec.shard, crc32=rec.crc32) for rec in read_records(dloc, manifest, name)]
     return specs
 
 
-def _run_on_store(loc: Location, manifest: dict, fn, specs: list[dict], scheduler: str | None,
+def _run_on_store(loc: Location, manifest: dict, fn, specs: list[ShardTask], scheduler: str | None,
                   workers: int | None, progress: bool, what: str,
                   resources: dict[str, float] | str | None = AUTO) -> list[dict]:
     """Run per-shard tasks `fn` that decode a committed store, on a cluster whose workers hold its model,
@@ -101,7 +104,7 @@ def decompress(src: str, out: str, *, scheduler: str | None = None, workers: int
         zarr.create_array(store=store, name=a["path"] or None, shape=tuple(a["shape"]), dtype=np.dtype(a["dtype"]),
                           chunks=tuple(a["chunks"]), fill_value=a["fill_value"], attributes=a["attributes"],
                           dimension_names=a["dimension_names"], zarr_format=3, overwrite=True)
-    specs = [{**s, "out": out, "out_options": storage_options or {}}
+    specs = [replace(s, out=out, out_options=storage_options or {})
              for s in committed_specs(sloc, manifest, storage_options)]
     t0 = time.perf_counter()
     recs = _run_on_store(sloc, manifest, decompress_shard, specs, scheduler, workers, progress, "decompress",
@@ -128,5 +131,5 @@ def info(dst: str, storage_options: dict[str, Any] | None = None) -> dict:
         plans = [ArrayPlan.from_dict(p) for p in job["plans"]]
         done = committed(dloc, plans, False)
         return {"complete": False, "job_id": job["job_id"], "src": job["src"], "model": job["model"],
-                "shards_done": len(done), "shards_total": sum(p.n_shards for p in plans)}
+                "shards_done": sum(t.count for t in done.values()), "shards_total": sum(p.n_shards for p in plans)}
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from shardzip.errors import ClusterError, ShardTaskError, ShardzipError
 from shardzip.pipeline.cluster import AUTO
+from shardzip.pipeline.plan import ShardTask
 
 TASK_RETRIES = 3
 WORKER_TIMEOUT = 60.0  # seconds a job waits for the first worker of a scheduler that has none
@@ -34,10 +35,12 @@ class Progress:
         self.t0, self.raw, self.bits, self.dims = time.perf_counter(), 0, 0, 0
         self.done = initial
 
-    def update(self, rec: dict) -> None:
-        self.raw += rec.get("raw_bytes", 0)
-        self.bits += rec.get("coded_bits", 0)
-        self.dims += rec.get("dims", 0)
+    def update(self, rec) -> None:
+        """Count one finished task from its record (a `ShardRecord`, or the dict of an eval, verify, ... task)."""
+        get = rec.get if isinstance(rec, dict) else (lambda k, d: getattr(rec, k, d))
+        self.raw += get("raw_bytes", 0)
+        self.bits += get("coded_bits", 0)
+        self.dims += get("dims", 0)
         post = {"MB/s": f"{self.raw / 1e6 / max(1e-9, time.perf_counter() - self.t0):.2f}"}
         if self.dims and self.bits:
             post["bpd"] = f"{self.bits / self.dims:.3f}"
@@ -83,14 +86,14 @@ def job_cluster(scheduler: str | None = None, workers: int | None = None,
         yield JobCluster(client, placed, kind)
 
 
-def task_cost(spec: dict) -> float:
+def task_cost(spec: ShardTask) -> float:
     """A shard task's expected work: its values, a model-coded shard's counting ~20x a fallback one's."""
-    values = math.prod(min(size, full - i * size) for size, full, i in zip(spec["shards"], spec["shape"], spec["shard"],
+    values = math.prod(min(size, full - i * size) for size, full, i in zip(spec.shards, spec.shape, spec.shard,
                                                                           strict=True))
-    return float(values) if spec.get("model") else values / 20.0
+    return float(values) if spec.model else values / 20.0
 
 
-def largest_first(specs: list[dict]) -> list[tuple[int, list[int]]]:
+def largest_first(specs: list[ShardTask]) -> list[tuple[int, list[int]]]:
     """Task indices grouped by Dask priority, larger shards higher (four steps per doubling of the cost): workers
     take the largest shards first and the small ones fill the end, so they finish together (LPT scheduling; with
     a dozen photographs of 5x different sizes on two workers the last large one kept one worker idle). One
@@ -101,8 +104,9 @@ def largest_first(specs: list[dict]) -> list[tuple[int, list[int]]]:
     return sorted(groups.items(), reverse=True)
 
 
-def _submit(client, fn, specs: list[dict], resources: dict | None, what: str) -> tuple[list, dict[str, dict]]:
-    keys = [f"shardzip-{what}-{s['array'] or 'root'}-{'.'.join(map(str, s['shard']))}-{uuid.uuid4().hex[:6]}"
+def _submit(client, fn, specs: list[ShardTask], resources: dict | None, what: str
+            ) -> tuple[list, dict[str, ShardTask]]:
+    keys = [f"shardzip-{what}-{s.array or 'root'}-{'.'.join(map(str, s.shard))}-{uuid.uuid4().hex[:6]}"
             for s in specs]
     futures = []
     for priority, group in largest_first(specs):
@@ -111,9 +115,9 @@ def _submit(client, fn, specs: list[dict], resources: dict | None, what: str) ->
     return futures, dict(zip(keys, specs, strict=True))
 
 
-def _result(fut, spec: dict) -> dict:
+def _result(fut, spec: ShardTask):
     """The record of a finished task; its failure as an error naming the array and the shard."""
-    where = f"array {spec['array'] or '/'} shard {tuple(spec['shard'])}"
+    where = f"array {spec.array or '/'} shard {tuple(spec.shard)}"
     try:
         return fut.result()
     except ShardzipError as exc:
@@ -122,10 +126,12 @@ def _result(fut, spec: dict) -> dict:
         raise ShardTaskError(f"{where} failed after {TASK_RETRIES} retries: {type(exc).__name__}: {exc}") from exc
 
 
-def run_tasks(client, fn, specs: list[dict], resources: dict | None, progress: Progress, what: str,
-              meanwhile: Callable[[], None] | None = None) -> list[dict]:
+def run_tasks(client, fn, specs: list[ShardTask], resources: dict | None, progress: Progress, what: str,
+              meanwhile: Callable[[], None] | None = None, collect: Callable[[object], None] | None = None) -> list:
     """Run `fn` on every spec (largest first), `meanwhile()` in this process once they are submitted; the records
-    as they complete. Tasks still queued when one fails (or on Ctrl-C) are cancelled."""
+    as they complete, or, given `collect`, each record handed to it and none kept here (compress keeps them in
+    compact record tables: a million records as a list would cost the client ~2 GB). Tasks still queued when one
+    fails (or on Ctrl-C) are cancelled."""
     from distributed import as_completed
 
     if not specs:
@@ -140,14 +146,17 @@ def run_tasks(client, fn, specs: list[dict], resources: dict | None, progress: P
         for fut in as_completed(futures):
             rec = _result(fut, by_key[fut.key])
             progress.update(rec)
-            out.append(rec)
+            if collect is None:
+                out.append(rec)
+            else:
+                collect(rec)
     finally:
         for fut in futures:
             fut.cancel()
     return out
 
 
-def run_shards(cluster: JobCluster, fn, specs: list[dict], what: str, progress: bool = True) -> list[dict]:
+def run_shards(cluster: JobCluster, fn, specs: list[ShardTask], what: str, progress: bool = True) -> list[dict]:
     """`run_tasks` on `cluster` with a progress bar of its own."""
     bar = Progress(len(specs), 0, progress, what)
     try:

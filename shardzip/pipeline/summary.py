@@ -4,33 +4,48 @@ from __future__ import annotations
 
 import hashlib
 
-from shardzip.format.chunk import METHODS
+from shardzip.format.records import METHOD_NAMES, RecordTable
 from shardzip.format.weights import portable, profile_numerics
 from shardzip.pipeline.plan import ArrayPlan
 
-METHOD_NAMES = tuple(METHODS.values())
 
-
-def _checksum(records: list[dict]) -> str:
+def _checksum(table: RecordTable) -> str:
+    """sha256 over (shard, crc32, dims) of every shard in shard order (the same digest version 1 manifests hold)."""
     h = hashlib.sha256()
-    for rec in sorted(records, key=lambda r: tuple(r["shard"])):
-        h.update(f"{tuple(rec['shard'])}:{rec['crc32']}:{rec['dims']};".encode())
+    for shards, crcs, dims in table.column_blocks(("crc32", "dims")):
+        h.update("".join(f"{s}:{c}:{d};" for s, c, d in zip(shards, crcs, dims, strict=True)).encode())
     return h.hexdigest()
 
 
-def summarise(plans: list[ArrayPlan], records: list[dict]) -> dict[str, dict]:
+def _nll_bits(table: RecordTable) -> float | None:
+    """The NLL bits of the shards the model coded, added in shard order as version 1 added its records' (None:
+    no shard has any)."""
+    total, seen = 0, False
+    for _, nll in table.column_blocks(("nll_bits",)):
+        kept = [v for v in nll if v == v]  # NaN: coded without a model
+        seen = seen or bool(kept)
+        total = sum(kept, total)
+    return total if seen else None
+
+
+def summarise(plans: list[ArrayPlan], tables: dict[str, RecordTable]) -> dict[str, dict]:
+    """The manifest's summary of each array, from its record table (every shard recorded).
+
+    Computed at the commit from the table in shard order, not as records arrive: float sums (NLL bits) then do not
+    depend on the order the workers finished in, and the figures equal those of the JSON records. Memory: the
+    table's columns plus one block of rows at a time."""
     arrays = {}
     for plan in plans:
-        recs = [r for r in records if r["array"] == plan.path]
-        dims = sum(r["dims"] for r in recs)
-        bits = sum(r["coded_bits"] for r in recs)
-        nll = [r["nll_bits"] for r in recs if r.get("nll_bits") is not None]
+        rows = tables[plan.path].rows
+        dims, bits = int(rows["dims"].sum()), 8 * int(rows["bytes"].sum())
+        nll = _nll_bits(tables[plan.path])
+        chunks = rows["chunks"].sum(axis=0).tolist() if len(rows) else [0] * len(METHOD_NAMES)
         arrays[plan.path or "/"] = {
-            **plan.as_dict(), "coded_bytes": bits // 8, "raw_bytes": sum(r["raw_bytes"] for r in recs),
-            "zstd_bytes": sum(r["zstd_bytes"] for r in recs), "dims": dims,
-            "bpd": bits / dims if dims else None, "nll_bpd": sum(nll) / dims if nll and dims else None,
-            "chunks_by_method": {m: sum(r["chunks"].get(m, 0) for r in recs) for m in METHOD_NAMES},
-            "checksum": _checksum(recs), "shard_count": len(recs)}
+            **plan.as_dict(), "coded_bytes": bits // 8, "raw_bytes": int(rows["raw_bytes"].sum()),
+            "zstd_bytes": int(rows["zstd_bytes"].sum()), "dims": dims,
+            "bpd": bits / dims if dims else None, "nll_bpd": nll / dims if nll is not None and dims else None,
+            "chunks_by_method": dict(zip(METHOD_NAMES, chunks, strict=True)),
+            "checksum": _checksum(tables[plan.path]), "shard_count": len(rows)}
     return arrays
 
 

@@ -2,7 +2,8 @@
 
 Shard bytes never travel through the client: a task reads its source region, codes each inner
 chunk, writes the shard object to the destination, optionally decodes it back and compares, and
-only then writes the shard's record (`_shardzip/records/...`), which is what `--resume` trusts.
+only then writes the shard's record (`_shardzip/records/...`, a `ShardRecord` as JSON), which is what `--resume`
+trusts; the task returns the same `ShardRecord` to the client, which keeps it in the array's record table.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from shardzip.coding.message import coder_seconds
 from shardzip.errors import ChunkChecksumError, CodingError, FormatError, ShardzipError
 from shardzip.format import shard as shardfmt
 from shardzip.format.chunk import METHODS, Packing, decode_chunk, encode_chunk
+from shardzip.format.records import ShardRecord
 from shardzip.format.store import Location, record_key
 from shardzip.models.codec import decode_notes
 from shardzip.numerics import FLOAT
+from shardzip.pipeline.plan import EvalTask, ShardTask
 
 
 def _freeze(options: dict[str, Any] | None) -> str:
@@ -59,10 +62,10 @@ def region_crc(data: np.ndarray) -> int:
     return zlib.crc32(arr.tobytes())
 
 
-def _chunks_of(data: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...], spec: dict):
+def _chunks_of(data: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...], spec: ShardTask):
     """(chunk index within the shard, the chunk's valid values or None) in C order."""
-    chunk = tuple(spec["chunks"])
-    per_shard = tuple(s // c for s, c in zip(spec["shards"], chunk, strict=True))
+    chunk = spec.chunks
+    per_shard = tuple(s // c for s, c in zip(spec.shards, chunk, strict=True))
     for idx in shardfmt.indices(per_shard):
         start = tuple(o + i * c for o, i, c in zip(origin, idx, chunk, strict=True))
         if any(st >= s for st, s in zip(start, shape, strict=True)):
@@ -73,29 +76,29 @@ def _chunks_of(data: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...]
         yield idx, data[local]  # edge chunks are coded as just their valid part (format.chunk method 4)
 
 
-def compress_shard(spec: dict) -> dict:
-    """Code shard `spec["shard"]` of array `spec["array"]` from the source into the destination."""
+def compress_shard(spec: ShardTask) -> ShardRecord:
+    """Code shard `spec.shard` of array `spec.array` from the source into the destination."""
     from shardzip.workers.plugin import worker_model
 
     t0, c0 = time.perf_counter(), coder_seconds()
     if os.environ.get("SHARDZIP_FAULT_DELAY"):  # fault injection for tests: slow shards, to kill a job mid-way
         time.sleep(float(os.environ["SHARDZIP_FAULT_DELAY"]))
-    shape = tuple(spec["shape"])
-    index = tuple(spec["shard"])
-    reg = shardfmt.region(index, tuple(spec["shards"]), shape)
-    data = np.asarray(_array(spec["src"], _freeze(spec["src_options"]), spec["src_path"])[reg])
+    shape = spec.shape
+    index = spec.shard
+    reg = shardfmt.region(index, spec.shards, shape)
+    data = np.asarray(_array(spec.src, _freeze(spec.src_options), spec.src_path)[reg])
     t_read = time.perf_counter() - t0
-    model, device = (worker_model(spec["model"]) if spec["model"] else (None, "cpu"))
-    packing = Packing(**spec["packing"]) if spec.get("packing") else None
+    model, device = (worker_model(spec.model) if spec.model else (None, "cpu"))
+    packing = Packing(**spec.packing) if spec.packing else None
     coded, totals = [], {"nll_bits": 0.0, "zstd_bytes": 0, **{f"{m}_chunks": 0 for m in METHODS.values()}}
     origin = tuple(s.start for s in reg)
     for _, block in _chunks_of(data, origin, shape, spec):
         if block is None:
             coded.append(None)
             continue
-        out, stats = encode_chunk(block, model, spec["layout"], zstd_level=spec["zstd_level"], packing=packing,
-                                  full_shape=tuple(spec["chunks"]), numerics=spec.get("numerics", FLOAT),
-                                  classical=tuple(spec.get("classical") or ()))
+        out, stats = encode_chunk(block, model, spec.layout, zstd_level=spec.zstd_level, packing=packing,
+                                  full_shape=spec.chunks, numerics=spec.numerics,
+                                  classical=tuple(spec.classical or ()))
         coded.append(out)
         totals[f"{stats.method}_chunks"] += 1
         totals["zstd_bytes"] += stats.zstd_bytes
@@ -103,46 +106,42 @@ def compress_shard(spec: dict) -> dict:
             totals["nll_bits"] += stats.nll_bits
     blob = shardfmt.pack_shard(coded)
     t_code, t_coder = time.perf_counter() - t0 - t_read, coder_seconds() - c0
-    dst = _location(spec["dst"], _freeze(spec["dst_options"]))
-    key = shardfmt.shard_key(spec["array"], index)
+    dst = _location(spec.dst, _freeze(spec.dst_options))
+    key = shardfmt.shard_key(spec.array, index)
     dst.write_bytes(key, blob)
     crc = region_crc(data)
     verified = False
-    if spec.get("verify"):
+    if spec.verify:
         back = decode_shard(dst.read_bytes(key), spec, shape, index)
         if region_crc(back) != crc:
-            raise ChunkChecksumError(f"array {spec['array'] or '/'} shard {index}: decoding the written shard "
+            raise ChunkChecksumError(f"array {spec.array or '/'} shard {index}: decoding the written shard "
                                      "does not give back the source values")
         verified = True
-    record = {
-        "array": spec["array"], "shard": list(index), "key": key, "bytes": len(blob), "raw_bytes": int(data.nbytes),
-        "dims": int(data.size), "coded_bits": 8 * len(blob), "nll_bits": totals["nll_bits"] if model else None,
-        "zstd_bytes": totals["zstd_bytes"], "chunks": {m: totals[f"{m}_chunks"] for m in METHODS.values()},
-        "crc32": crc, "verified": verified, "seconds": time.perf_counter() - t0, "read_seconds": t_read,
-        "code_seconds": t_code, "coder_seconds": t_coder, "worker": _worker_name(), "device": device,
-        "run": spec["run"],
-    }
-    dst.write_json(record_key(spec["array"], index), record)
+    record = ShardRecord(
+        spec.array, index, len(blob), int(data.nbytes), int(data.size), totals["nll_bits"] if model else None,
+        totals["zstd_bytes"], {m: totals[f"{m}_chunks"] for m in METHODS.values()}, crc, verified,
+        time.perf_counter() - t0, t_read, t_code, t_coder, _worker_name(), device, spec.run)
+    dst.write_json(record_key(spec.array, index), record.as_dict())
     return record
 
 
-def decode_shard(blob: bytes, spec: dict, shape: tuple[int, ...], index: tuple[int, ...]) -> np.ndarray:
+def decode_shard(blob: bytes, spec: ShardTask, shape: tuple[int, ...], index: tuple[int, ...]) -> np.ndarray:
     """The source values of shard `index`, decoded from its bytes (checks every chunk's CRC32).
 
     Errors name the array, the shard (index and store key) and a damaged chunk by its index in the
     array's chunk grid (and its place in the shard)."""
     from shardzip.workers.plugin import worker_model
 
-    chunk = tuple(spec["chunks"])
-    per_shard = tuple(s // c for s, c in zip(spec["shards"], chunk, strict=True))
-    where = f"array {spec['array'] or '/'} shard {index} (key {shardfmt.shard_key(spec['array'], index)})"
+    chunk = spec.chunks
+    per_shard = tuple(s // c for s, c in zip(spec.shards, chunk, strict=True))
+    where = f"array {spec.array or '/'} shard {index} (key {shardfmt.shard_key(spec.array, index)})"
     try:
         parts = shardfmt.unpack_shard(blob, int(np.prod(per_shard)))
     except ShardzipError as exc:
         raise type(exc)(f"{where}: {exc}") from exc
-    reg = shardfmt.region(index, tuple(spec["shards"]), shape)
-    out = np.empty(tuple(s.stop - s.start for s in reg), dtype=np.dtype(spec["dtype"]))
-    loader = (lambda: worker_model(spec["model"])[0]) if spec["model"] else None
+    reg = shardfmt.region(index, spec.shards, shape)
+    out = np.empty(tuple(s.stop - s.start for s in reg), dtype=np.dtype(spec.dtype))
+    loader = (lambda: worker_model(spec.model)[0]) if spec.model else None
     for part, idx in zip(parts, shardfmt.indices(per_shard), strict=True):
         start = tuple(r.start + i * c for r, i, c in zip(reg, idx, chunk, strict=True))
         if any(st >= s for st, s in zip(start, shape, strict=True)):
@@ -151,8 +150,8 @@ def decode_shard(blob: bytes, spec: dict, shape: tuple[int, ...], index: tuple[i
         if part is None:
             raise FormatError(f"{where}: chunk {grid_index} (inner chunk {idx} of the shard) is missing")
         try:
-            block = decode_chunk(part, chunk, np.dtype(spec["dtype"]), spec["layout"], loader,
-                                 Packing(**spec["packing"]) if spec.get("packing") else None)
+            block = decode_chunk(part, chunk, np.dtype(spec.dtype), spec.layout, loader,
+                                 Packing(**spec.packing) if spec.packing else None)
         except ShardzipError as exc:
             raise type(exc)(f"{where}: chunk {grid_index} (inner chunk {idx} of the shard): {exc}") from exc
         local = tuple(slice(st - r.start, min(st + c, s) - r.start) for st, r, c, s in zip(start, reg, chunk, shape,
@@ -161,15 +160,15 @@ def decode_shard(blob: bytes, spec: dict, shape: tuple[int, ...], index: tuple[i
     return out
 
 
-def verify_shard(spec: dict) -> dict:
+def verify_shard(spec: ShardTask) -> dict:
     """Decode one committed shard and compare its CRC32 with the record written at compression.
 
     A shard that is missing, damaged or decodes to other values is reported (`ok` false, `error` naming
     array, shard and chunk), not raised: verify lists every bad shard."""
     t0 = time.perf_counter()
-    shape, index = tuple(spec["shape"]), tuple(spec["shard"])
-    dst = _location(spec["dst"], _freeze(spec["dst_options"]))
-    key = shardfmt.shard_key(spec["array"], index)
+    shape, index = spec.shape, spec.shard
+    dst = _location(spec.dst, _freeze(spec.dst_options))
+    key = shardfmt.shard_key(spec.array, index)
     error, dims, raw_bytes = None, 0, 0
     try:
         with decode_notes() as notes:
@@ -178,10 +177,10 @@ def verify_shard(spec: dict) -> dict:
         error = str(exc)
     else:
         dims, raw_bytes = int(data.size), int(data.nbytes)
-        if region_crc(data) != spec["crc32"]:
-            error = (f"array {spec['array'] or '/'} shard {index} (key {key}): decodes to values whose CRC32 differs "
+        if region_crc(data) != spec.crc32:
+            error = (f"array {spec.array or '/'} shard {index} (key {key}): decodes to values whose CRC32 differs "
                      "from the source's in the manifest")
-    return {"array": spec["array"], "shard": list(index), "key": key, "ok": error is None, "error": error,
+    return {"array": spec.array, "shard": list(index), "key": key, "ok": error is None, "error": error,
             "dims": dims, "raw_bytes": raw_bytes, "seconds": time.perf_counter() - t0, "worker": _worker_name(),
             "decoded": tally_decodes(notes)}
 
@@ -201,42 +200,41 @@ def tally_decodes(notes: list[dict]) -> dict[str, int]:
     return out
 
 
-def decompress_shard(spec: dict) -> dict:
-    """Decode one shard and write its values into the plain zarr array at spec["out"]."""
+def decompress_shard(spec: ShardTask) -> dict:
+    """Decode one shard and write its values into the plain zarr array at spec.out."""
     import zarr
 
     t0, c0 = time.perf_counter(), coder_seconds()
-    shape, index = tuple(spec["shape"]), tuple(spec["shard"])
-    dst = _location(spec["dst"], _freeze(spec["dst_options"]))
-    blob = dst.read_bytes(shardfmt.shard_key(spec["array"], index))
+    shape, index = spec.shape, spec.shard
+    dst = _location(spec.dst, _freeze(spec.dst_options))
+    blob = dst.read_bytes(shardfmt.shard_key(spec.array, index))
     t_read = time.perf_counter() - t0
     data = decode_shard(blob, spec, shape, index)
     t_code, t_coder = time.perf_counter() - t0 - t_read, coder_seconds() - c0
-    if region_crc(data) != spec["crc32"]:
-        raise ChunkChecksumError(f"array {spec['array'] or '/'} shard {index}: decoded values differ from the "
+    if region_crc(data) != spec.crc32:
+        raise ChunkChecksumError(f"array {spec.array or '/'} shard {index}: decoded values differ from the "
                                  "source's checksum in the manifest")
-    out_loc = _location(spec["out"], _freeze(spec["out_options"]))
-    arr = zarr.open_array(store=out_loc.zarr_store(), path=spec["array"], mode="r+")
-    arr[shardfmt.region(index, tuple(spec["shards"]), shape)] = data
-    return {"array": spec["array"], "shard": list(index), "dims": int(data.size), "raw_bytes": int(data.nbytes),
+    out_loc = _location(spec.out, _freeze(spec.out_options))
+    arr = zarr.open_array(store=out_loc.zarr_store(), path=spec.array, mode="r+")
+    arr[shardfmt.region(index, spec.shards, shape)] = data
+    return {"array": spec.array, "shard": list(index), "dims": int(data.size), "raw_bytes": int(data.nbytes),
             "seconds": time.perf_counter() - t0, "read_seconds": t_read, "code_seconds": t_code,
             "coder_seconds": t_coder, "worker": _worker_name()}
 
 
-def eval_shard(spec: dict) -> dict:
+def eval_shard(spec: EvalTask) -> dict:
     """Code one shard in memory (nothing written): model bits, NLL, timings, a decode check, and the
-    classical baselines on the same images when `spec["baselines"]` names some."""
-    from shardzip.format.layout import to_images
+    classical baselines on the same images when `spec.baselines` names some."""
     from shardzip.workers.plugin import worker_model
 
-    shape, index = tuple(spec["shape"]), tuple(spec["shard"])
-    reg = shardfmt.region(index, tuple(spec["shards"]), shape)
-    data = np.asarray(_array(spec["src"], _freeze(spec["src_options"]), spec["src_path"])[reg])
-    model, device = (worker_model(spec["model"]) if spec["model"] else (None, "cpu"))
-    packing = Packing(**spec["packing"]) if spec.get("packing") else None
-    rec: dict[str, Any] = {"dataset": spec["dataset"], "array": spec["array"], "shard": list(index),
-                           "model_name": spec.get("model_name"),
-                           "grid": list(spec["grid"]), "dims": int(data.size), "raw_bytes": int(data.nbytes),
+    shape, index = spec.shape, spec.shard
+    reg = shardfmt.region(index, spec.shards, shape)
+    data = np.asarray(_array(spec.src, _freeze(spec.src_options), spec.src_path)[reg])
+    model, device = (worker_model(spec.model) if spec.model else (None, "cpu"))
+    packing = Packing(**spec.packing) if spec.packing else None
+    rec: dict[str, Any] = {"dataset": spec.dataset, "array": spec.array, "shard": list(index),
+                           "model_name": spec.model_name,
+                           "grid": list(spec.grid), "dims": int(data.size), "raw_bytes": int(data.nbytes),
                            "coded_bits": 0, "nll_bits": 0.0 if model else None, "encode_seconds": 0.0,
                            "decode_seconds": 0.0, "verified": True, "device": device, "worker": _worker_name(),
                            "image_nll_bits": [], "image_nll_dims": [], "nll_complete": model is not None,
@@ -248,13 +246,13 @@ def eval_shard(spec: dict) -> dict:
         if block is None:
             continue
         t0 = time.perf_counter()
-        full = tuple(spec["chunks"])
-        out, stats = encode_chunk(block, model, spec["layout"], zstd_level=spec["zstd_level"], packing=packing,
-                                  full_shape=full, numerics=spec.get("numerics", FLOAT),
-                                  classical=tuple(spec.get("classical") or ()))
+        full = spec.chunks
+        out, stats = encode_chunk(block, model, spec.layout, zstd_level=spec.zstd_level, packing=packing,
+                                  full_shape=full, numerics=spec.numerics,
+                                  classical=tuple(spec.classical or ()))
         rec["encode_seconds"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        back = decode_chunk(out, full, block.dtype, spec["layout"], (lambda: model) if model else None, packing)
+        back = decode_chunk(out, full, block.dtype, spec.layout, (lambda: model) if model else None, packing)
         rec["decode_seconds"] += time.perf_counter() - t0
         valid = back[tuple(slice(0, s) for s in block.shape)]
         rec["verified"] &= valid.tobytes() == block.tobytes()
@@ -268,19 +266,25 @@ def eval_shard(spec: dict) -> dict:
         elif model is not None:  # coded without the model (masked floats, zstd): the array's NLL is partial
             rec["nll_complete"] = False
     rec["coded_bits"] += 8 * (16 * slots + 4)  # the shard index, as `compress` writes it: same bits
-    if spec["layout"]:
-        images = list(to_images(data, spec["layout"]))
-        rec["image_dims"] = [int(img.size) for img in images]
-    else:
-        images = [data]
-    rec["baselines"] = {}
-    if spec.get("baselines"):
+    rec.update(_eval_baselines(data, spec))
+    return rec
+
+
+def _eval_baselines(data: np.ndarray, spec: EvalTask) -> dict[str, Any]:
+    """The image sizes of a shard's region (layout arrays) and the classical baselines `spec.baselines` names,
+    coded on the same images: the eval record's `image_dims` and `baselines`."""
+    from shardzip.format.layout import to_images
+
+    images = list(to_images(data, spec.layout)) if spec.layout else [data]
+    out: dict[str, Any] = {"image_dims": [int(img.size) for img in images] if spec.layout else [],
+                           "baselines": {}}
+    if spec.baselines:
         from shardzip.report.baselines import baseline_bytes
 
-        for name in spec["baselines"]:
+        for name in spec.baselines:
             r = baseline_bytes(name, images)
-            rec["baselines"][name] = {"applicable": r.applicable, "reason": r.reason,
+            out["baselines"][name] = {"applicable": r.applicable, "reason": r.reason,
                                       "bytes_per_image": list(r.bytes_per_image),
                                       "dims_per_image": list(r.dims_per_image), "encode_seconds": r.encode_seconds,
                                       "decode_seconds": r.decode_seconds, "verified": r.verified}
-    return rec
+    return out

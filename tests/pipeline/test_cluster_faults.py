@@ -34,7 +34,9 @@ from conftest import TEST_DATA, free_port, start_moto_s3
 from shardzip.cli import main
 from shardzip.errors import ShardzipError
 from shardzip.format import shard as shardfmt
+from shardzip.format.records import RecordTable
 from shardzip.format.store import open_store
+from shardzip.pipeline.plan import ShardTask
 
 MNIST = np.load(TEST_DATA / "mnist_test_64.npy")
 LABELS = np.arange(64, dtype=np.int64) % 10
@@ -134,8 +136,14 @@ class S3:
         return self.fs.find(base) if self.fs.exists(base) else []
 
     def manifest(self, url: str) -> dict | None:
+        """The committed manifest, with every shard's record (read from the record tables) as `records`."""
         path = f"{url.removeprefix('s3://')}/_shardzip/manifest.json"
-        return json.loads(self.fs.cat_file(path)) if self.fs.exists(path) else None
+        if not self.fs.exists(path):
+            return None
+        manifest = json.loads(self.fs.cat_file(path))
+        tables = [RecordTable.from_bytes(self.fs.cat_file(f"{url.removeprefix('s3://')}/{a['records']['key']}"), url)
+                  for a in manifest["arrays"].values()]
+        return {**manifest, "records": [r.as_dict() for t in tables for r in t.records()]}
 
 
 @pytest.fixture(scope="module")
@@ -410,8 +418,7 @@ def test_garbage_shard_bytes_raise_on_a_worker_that_keeps_serving(cluster, gpu_j
     worker = cluster.worker("gpu-worker")
     pid = cluster.client.run(os.getpid, workers=[worker])[worker]
     sha = load_catalog().model("idf-mnist").sha256
-    spec = {"array": "images", "chunks": [2, 1, 28, 28], "shards": [4, 1, 28, 28], "dtype": "|u1",
-            "layout": "NCHW", "model": sha, "packing": None}
+    spec = ShardTask("images", MNIST.shape, (4, 1, 28, 28), (2, 1, 28, 28), "|u1", "NCHW", sha)
     model = load_catalog_model("idf-mnist")
     good = shardfmt.pack_shard([encode_chunk(MNIST[i:i + 2], model, "NCHW")[0] for i in (0, 2)])
     rng = np.random.default_rng(3)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,12 @@ import zarr
 from conftest import TEST_DATA, free_port, package_file, start_moto_s3
 
 from shardzip.cli import main
-from shardzip.format.store import open_store, open_zarr
+from shardzip.format.records import all_records
+from shardzip.format.store import Location, open_store, open_zarr, read_manifest
 from shardzip.numerics import EXACT
 from shardzip.pipeline import jobs
 from shardzip.pipeline import run as runner
+from shardzip.pipeline.plan import ShardTask
 
 MNIST = np.load(TEST_DATA / "mnist_test_64.npy")
 LABELS = np.array([7, 2, 1, 0, 4, 1, 4, 9] * 8, dtype=np.int64)  # stand-in labels: a second, non-image array
@@ -100,6 +103,11 @@ def test_radar_volume_round_trips_with_its_no_data_values(cluster, radar_src, tm
     assert (src["DBZH"][...] == -9999).any()
 
 
+def _records(dst: str, storage_options=None) -> list:
+    loc = Location(dst, storage_options)
+    return list(all_records(loc, read_manifest(loc)))
+
+
 def _same_store(a: str, b: str, storage_options=None) -> None:
     ga = zarr.open_group(a, mode="r")
     gb = open_store(b, storage_options)
@@ -139,7 +147,8 @@ def test_compress_decompress_mnist_bit_exact(cluster, mnist_src, tmp_path, monke
         patch.setattr(LosslessModel, "__init__", _no_network_here)
         m = jobs.compress(mnist_src, dst, "idf-mnist", scheduler=client.scheduler.address, verify=True,
                           progress=False, log=lambda *_: None, chunk_bytes=6 * 784, shard_chunks=2)
-    assert m["verified"] and len(m["records"]) == 6 + 1
+    recs = _records(dst)
+    assert m["verified"] and len(recs) == 6 + 1 and m["version"] == 2
     # the worker plugin loaded the model once per worker, not once per task
     loads = client.run(lambda dask_worker: dask_worker.plugins["shardzip-models"].cache.loads)
     assert sorted(loads.values()) == [1, 1]
@@ -148,14 +157,14 @@ def test_compress_decompress_mnist_bit_exact(cluster, mnist_src, tmp_path, monke
     assert set(client.run(torch.get_num_threads).values()) == {max(1, cores // 2)}
     # and let glibc keep a network pass's arrays on the heap (Dask's MALLOC_TRIM_THRESHOLD_ made each a fresh mmap)
     assert set(client.run(_mmapped_bytes_for_a_20_mb_array).values()) == {0}
-    assert len({r["worker"] for r in m["records"]}) >= 1 and all(r["device"] == "cpu" for r in m["records"])
+    assert len({r.worker for r in recs}) >= 1 and all(r.device == "cpu" for r in recs)
     images, labels = m["arrays"]["images"], m["arrays"]["labels"]
     assert images["model"] == m["model"]["sha256"] and images["chunks"] == [6, 1, 28, 28]
     assert labels["model"] is None and "not an image array" in labels["reason"]
     assert images["dims"] == MNIST.size and images["nll_bpd"] > 0
     # coded bits in the manifest are the bytes actually stored
     stored = sum(p.stat().st_size for p in Path(dst, "images", "c").rglob("*") if p.is_file())
-    assert stored * 8 == sum(r["coded_bits"] for r in m["records"] if r["array"] == "images")
+    assert stored * 8 == sum(r.coded_bits for r in recs if r.array == "images")
     g = zarr.open_group(dst, mode="r")
     assert g.attrs["title"] == "MNIST test, first 64" and g["images"].attrs["units"] == "grey level"
     assert np.array_equal(g["images"][5:13], MNIST[5:13]) and np.array_equal(g["labels"][:], LABELS)
@@ -236,7 +245,7 @@ def test_worker_killed_mid_job_still_completes_bit_exact(mnist_src, tmp_path):
         os.kill(pids[victim], signal.SIGKILL)
         job.join(240)
     assert "error" not in result, result.get("error")
-    assert len(result["manifest"]["records"]) == 16 + 1
+    assert len(_records(dst)) == 16 + 1
     _same_store(mnist_src, dst)
 
 
@@ -317,7 +326,7 @@ def test_killed_job_resumes_without_recomputing_committed_shards(mnist_src, tmp_
         in out
     manifest = json.loads(Path(dst, "_shardzip", "manifest.json").read_text())
     assert manifest["runs"]["reused"] == committed_before and manifest["runs"]["computed"] == total - committed_before
-    first_run = {r["run"] for r in manifest["records"]} - {manifest["runs"]["this"]}
+    first_run = {r.run for r in _records(dst)} - {manifest["runs"]["this"]}
     assert len(first_run) == 1 and reused == len(done_before)
     _same_store(mnist_src, dst)
 
@@ -332,7 +341,7 @@ def test_resume_writes_the_zarr_metadata_a_stopped_job_left_unwritten(cluster, m
     Path(dst, "_shardzip", "manifest.json").unlink()  # as if it stopped before its commit and before the metadata
     Path(dst, "images", "zarr.json").unlink()
     again = jobs.compress(mnist_src, str(dst), "idf-mnist", resume=True, **opts)
-    assert again["runs"]["computed"] == 0 and again["runs"]["reused"] == len(first["records"])
+    assert again["runs"]["computed"] == 0 and again["runs"]["reused"] == first["runs"]["computed"] == 4 + 1
     assert np.array_equal(zarr.open_group(str(dst), mode="r")["images"][:], MNIST)
     _same_store(mnist_src, str(dst))
 
@@ -531,10 +540,10 @@ def test_worker_torch_threads_share_the_cores_unless_the_environment_says(monkey
     assert worker_torch_threads(worker, {"127.0.0.1": 1}) == 3
 
 
-def _started_at(spec: dict) -> dict:
+def _started_at(spec: ShardTask) -> dict:
     start = time.time()
     time.sleep(0.3)
-    return {"array": spec["array"], "start": start}
+    return {"array": spec.array, "start": start}
 
 
 def test_workers_take_the_largest_shards_first(cluster):
@@ -543,16 +552,15 @@ def test_workers_take_the_largest_shards_first(cluster):
     scheduler with two workers, the two largest of eight shards start first and the two smallest last."""
     _, client = cluster
     rows = [1, 7, 2, 8, 3, 6, 4, 5]  # array i: one shard of rows[i] x 100 values
-    specs = [{"array": f"a{r}", "shard": [0, 0], "shape": [100 * r, 3], "shards": [100 * r, 3], "model": "m"}
-             for r in rows]
+    specs = [ShardTask(f"a{r}", (100 * r, 3), (100 * r, 3), model="m", shard=(0, 0)) for r in rows]
     assert [runner.task_cost(s) for s in specs] == [300.0 * r for r in rows]
-    assert runner.task_cost({**specs[0], "model": None}) < runner.task_cost(specs[0])  # a fallback shard: less
-    edge = {**specs[1], "shape": [750, 3], "shard": [1, 0]}  # the edge shard of a 750-row array in 700-row shards
+    assert runner.task_cost(replace(specs[0], model=None)) < runner.task_cost(specs[0])  # a fallback shard: less
+    edge = replace(specs[1], shape=(750, 3), shard=(1, 0))  # the edge shard of a 750-row array in 700-row shards
     assert runner.task_cost(edge) == 150.0
     groups = runner.largest_first(specs)
     assert [rows[i] for _, g in groups for i in g] == sorted(rows, reverse=True)
     client.wait_for_workers(2)
-    client.run(_started_at, {"array": "warm"})  # both workers have this module loaded: start times are the order
+    client.run(_started_at, ShardTask("warm", (), ()))  # both workers have this module: start times are the order
     bar = runner.Progress(len(specs), 0, False, "test")
     recs = runner.run_tasks(client, _started_at, specs, None, bar, "test")
     order = [r["array"] for r in sorted(recs, key=lambda r: r["start"])]
