@@ -84,5 +84,9 @@ class ReportError(ShardzipError):
     """A report dict is malformed, or a baseline was asked for by a name that does not exist."""
 
 
+class ModelRulesError(ShardzipError):
+    """A model (another package's family) breaks the rules a coding model must keep: its code cannot be trusted."""
+
+
 class ShardTaskError(ShardzipError):
     """A shard task failed on every attempt."""

@@ -141,6 +141,11 @@ class LosslessModel(nn.Module):
     def spec(self) -> ModelSpec:
         return ModelSpec(self.family, self.channels, self.data_bits, self.codes_missing, self.has_coder())
 
+    @property
+    def codes(self) -> bool:
+        """Whether the model codes (has a coder), as `ModelSpec.codes` says for a spec."""
+        return self.has_coder()
+
     @classmethod
     def has_coder(cls) -> bool:
         """Whether the family implements `encode` and `decode` (else it is NLL-only)."""

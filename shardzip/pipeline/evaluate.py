@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -123,6 +123,28 @@ def _model_row(dataset: str, array: str, codec: str, recs: list[dict], plan: Arr
             "chunks_by_method": {m: sum(r["methods"][m] for r in recs) for m in recs[0]["methods"]} if recs else {}}
 
 
+def _facts(name: str, spec, ref, catalog) -> dict:
+    """What a report says of a model besides its rates: parameters, weight bytes, whether it codes, and the coding
+    rules another package's model breaks ("" when none)."""
+    from shardzip.pipeline.refs import rules_problems, weights_size
+
+    parameters, weight_bytes = weights_size(ref)
+    broken = rules_problems(name, ref, catalog) if spec.codes else []
+    return {"parameters": parameters, "weight_bytes": weight_bytes, "codes": spec.codes,
+            "broken": f"breaks the coding rules: {'; '.join(broken)}" if broken else ""}
+
+
+def _with_facts(row: dict, facts: dict | None) -> dict:
+    """A model row with its size, and for an NLL-only model no coded rate (its chunks went to the fallback)."""
+    if facts is None:  # auto: several models
+        return row
+    row.update(parameters=facts["parameters"], weight_bytes=facts["weight_bytes"])
+    if not facts["codes"] and row["applicable"]:
+        row.update(bpd=None, overhead_pct=None, ratio=None, encode_mbps=None, decode_mbps=None, verified=None,
+                   reason="NLL only: the model has no coder (encode/decode)", chunks_by_method={})
+    return row
+
+
 def _baseline_row(dataset: str, array: str, name: str, recs: list[dict]) -> dict:
     parts = [r["baselines"][name] for r in recs]
     applicable = all(p["applicable"] for p in parts)
@@ -157,6 +179,7 @@ class _Eval:
     chunk_bytes: int
     numerics: str
     run: str
+    facts: dict[str, dict] = field(default_factory=dict)  # model -> parameters, weight bytes, codes, broken rules
 
 
 def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ...] = ALL_BASELINES,
@@ -181,7 +204,7 @@ def evaluate(datasets: list[str], models: list[str], *, baselines: tuple[str, ..
     cands = candidates(catalog, log=lambda *_: None) if auto else []
     sources = [_eval_source(ref, catalog, storage_options) for ref in datasets]
     ev = _Eval(list(models), tuple(baselines), storage_options, chunk_bytes or CHUNK_BYTES, numerics,
-               uuid.uuid4().hex[:8])
+               uuid.uuid4().hex[:8], {name: _facts(name, spec, ref, catalog) for name, (spec, ref) in loaded.items()})
     with job_cluster(scheduler, workers) as cluster:  # GPU=1 where workers with a GPU resource have CUDA
         chosen = _auto_choices(cluster, sources, cands, ev) if auto else {}
         specs, plans, checksums = _eval_specs(sources, loaded, chosen, ev)
@@ -238,8 +261,10 @@ def _model_plan(path: str, arr, name: str, loaded: dict, chosen: dict, shown: st
     if name == AUTO:
         return chosen[(shown, path)], None  # auto always stores the array: model or not
     lmodel, entry = loaded[name]
+    if ev.facts[name]["broken"]:  # another package's model that breaks the coding rules: no row of its code
+        return plan_array(path, arr, None, None, chunk_bytes=ev.chunk_bytes), ev.facts[name]["broken"]
     try:
-        plan = plan_array(path, arr, lmodel, entry.sha256, chunk_bytes=ev.chunk_bytes)
+        plan = plan_array(path, arr, lmodel, entry.sha256, chunk_bytes=ev.chunk_bytes, scoring=True)
         return plan, None if plan.model else plan.reason
     except SourceError as exc:  # the model does not fit this array: a row saying so
         return plan_array(path, arr, None, None, chunk_bytes=ev.chunk_bytes), str(exc)
@@ -282,7 +307,7 @@ def _rows(recs: list[dict], plans: dict, ev: _Eval) -> tuple[list[dict], list[di
     rows, shards = [], []
     for (shown, path, name), (plan, why) in plans.items():
         recs_m = by_key.get((shown, path, name), []) if why is None else []
-        rows.append(_model_row(shown, path or "/", name, recs_m, plan, why))
+        rows.append(_with_facts(_model_row(shown, path or "/", name, recs_m, plan, why), ev.facts.get(name)))
         if name == AUTO:  # what auto chose, and why
             rows[-1]["choice"] = {"picked": (plan.choice or {}).get("picked"), "reason": plan.reason
                                   if plan.model is None else (plan.choice or {}).get("reason")}

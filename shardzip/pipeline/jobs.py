@@ -55,7 +55,7 @@ from shardzip.pipeline.plan import (
     source_groups,
 )
 from shardzip.pipeline.readback import decompress, info, verify
-from shardzip.pipeline.refs import load_model
+from shardzip.pipeline.refs import load_model, require_rules
 from shardzip.pipeline.run import JobCluster, Progress, job_cluster, run_tasks
 from shardzip.pipeline.summary import format_decode_notes, format_summary, model_name, summarise
 
@@ -121,9 +121,9 @@ def compress(src: str, dst: str, model: str, *, scheduler: str | None = None, wo
     src_root = open_source(req.src_url, storage_options)
     if req.auto:  # every shipped and user-named model, scored per array on the workers once the cluster is up
         cands, entry = candidates(catalog, log), None
-    else:  # a ModelSpec: the workers build the model
+    else:  # a ModelSpec (the workers build the model); another package's is checked before anything is written
         lmodel, entry = load_model(model, catalog, build=False)
-        cands = [entry]
+        cands = [require_rules(model, entry, catalog)]
     dloc = Location(dst, storage_options)
     job, finished = _existing_job(req, dloc, entry, resume, overwrite)
     if finished is not None:

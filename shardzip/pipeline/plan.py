@@ -289,9 +289,11 @@ def _bands_as_items(layout: str) -> str | None:
 
 
 def plan_array(path: str, arr, model, model_sha: str | None, layout: str | None = None,
-               chunk_bytes: int = CHUNK_BYTES, shard_chunks: int = SHARD_CHUNKS, classical: bool = True) -> ArrayPlan:
+               chunk_bytes: int = CHUNK_BYTES, shard_chunks: int = SHARD_CHUNKS, classical: bool = True,
+               scoring: bool = False) -> ArrayPlan:
     """Chunks, shards and codec for one source array. An array the model does not fit (not an image, another
-    dtype, channel or band count) is planned for the fallback codec with the reason; it never stops a job.
+    dtype, channel or band count) is planned for the fallback codec with the reason; it never stops a job; so is
+    every array of an NLL-only model (no coder), unless the plan is `scoring` (eval: its NLL is measured).
     With `classical`, the plan names the classical codecs its chunks also try (`default_candidates`)."""
     shape, dtype = tuple(arr.shape), np.dtype(arr.dtype)
     attrs = {k: v for k, v in dict(arr.attrs).items() if k != "_ARRAY_DIMENSIONS"}
@@ -314,6 +316,8 @@ def plan_array(path: str, arr, model, model_sha: str | None, layout: str | None 
         per_band = _bands_as_items(inferred) if rasters and model.channels == 1 else None
         if why is not None and per_band is not None and model_fits(model, dtype, 1) is None:
             inferred, why = per_band, None  # a one-band raster model codes each band as an image of its own
+        if why is None and not (model.codes or scoring):
+            why = f"model {model.family!r} is NLL-only (no encode/decode): `shardzip eval` reports its NLL"
         if why is None:
             use_model = model_sha
         else:  # one image that does not fit (a grey or RGBA image among RGB photos) must not stop the job

@@ -85,3 +85,46 @@ def _plugin_model(cls, name: str, described) -> tuple[Any, ModelRef]:
         raise CheckpointError(f"model {name!r}: the checkpoint {path} its class ships is of family {model.family!r}, "
                               f"not {cls.family!r}")
     return model, ModelRef(name, cls.family, sha256_file(path), path)
+
+
+def weights_size(ref: ModelRef) -> tuple[int, int]:
+    """(parameters, bytes of the checkpoint file) of a model, read from its checkpoint without building it."""
+    import math as _math
+
+    from shardzip.models import read_checkpoint
+
+    blob = read_checkpoint(ref.checkpoint)
+    if "state_dict" in blob:
+        n = sum(t.numel() for t in blob["state_dict"].values() if t.is_floating_point())
+    else:  # packed: its layout names every tensor's shape
+        n = sum(_math.prod(shape) for _, shape, kind in blob["packed"]["layout"] if kind != "other")
+    return int(n), ref.checkpoint.stat().st_size
+
+
+def rules_problems(name: str, ref: ModelRef, catalog=None) -> list[str]:
+    """What `shardzip.models.check.check_model` finds wrong with a model of another package's family, on
+    synthetic images (4 of 32 x 32 with the model's bands and alphabet, seeded); [] for shardzip's own families,
+    which `tools/cross_decode.py` and the tests check on real data."""
+    import torch
+
+    from shardzip.models import BUILTIN
+    from shardzip.models.check import check_model
+
+    if ref.family in BUILTIN:
+        return []
+    model = load_model(name, catalog)[0]
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 1 << min(model.data_bits, 16), (4, model.channels, 32, 32), generator=gen)
+    return check_model(model, images).problems
+
+
+def require_rules(name: str, ref: ModelRef, catalog=None) -> ModelRef:
+    """`ref`, after refusing a model whose code could not be trusted to decode (before a job writes anything)."""
+    from shardzip.errors import ModelRulesError
+
+    problems = rules_problems(name, ref, catalog)
+    if problems:
+        raise ModelRulesError(f"model {name!r} (family {ref.family!r}) breaks the rules a coding model must keep: "
+                              + "; ".join(problems) + ". Fix the model (LosslessModel's docstring lists the rules; "
+                              "shardzip.models.check.check_model tests them), or use another model")
+    return ref

@@ -14,17 +14,41 @@ from shardzip.models import LosslessModel
 BUCKETS = 16  # the pixel above, in 16 buckets of 16 values; bucket BUCKETS: the first row (nothing above)
 
 
-class ToyPixel(LosslessModel):
-    """p(x[r, c] | x[r-1, c]): a categorical per context, for each channel; rows are coded in parallel columns."""
+class _RowContext(LosslessModel):
+    """p(x[r, c] | x[r-1, c]): a categorical per context, for each channel (the likelihood both toys share)."""
 
-    family = "toy-pixel"
     stored_precision = "float32"
 
     def __init__(self, channels: int = 1, data_bits: int = 8) -> None:
         if data_bits != 8:
-            raise ValueError("ToyPixel codes 8-bit images")
+            raise ValueError(f"{type(self).__name__} codes 8-bit images")
         super().__init__(channels=channels, data_bits=data_bits)
         self.logits = nn.Parameter(torch.zeros(channels, BUCKETS + 1, 256))
+
+    def train_bits(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.check_input(x)
+        above = torch.cat([torch.full_like(x[:, :, :1], -1), x[:, :, :-1]], 2)
+        ctx = torch.where(above < 0, torch.full_like(above, BUCKETS), above // (256 // BUCKETS))
+        c = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+        logp = F.log_softmax(self.logits[c, ctx], -1).gather(-1, x.unsqueeze(-1)).squeeze(-1)
+        return -logp.flatten(1).sum(1) / torch.log(torch.tensor(2.0))
+
+    def nll_bits(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.train_bits(x).double()
+
+
+class ToyPixelNLL(_RowContext):
+    """The same likelihood with no coder: an NLL-only model, as a model whose coder is not written yet is (its
+    report rows show the NLL and "coded: n/a")."""
+
+    family = "toy-pixel-nll"
+
+
+class ToyPixel(_RowContext):
+    """p(x[r, c] | x[r-1, c]), coded: rows in parallel columns, each row given the decoded row above."""
+
+    family = "toy-pixel"
 
     @classmethod
     def pretrained(cls) -> Path | None:
@@ -43,18 +67,6 @@ class ToyPixel(LosslessModel):
         """[B, C, W, 256] logits of a row given its contexts."""
         c = torch.arange(ctx.shape[1], device=ctx.device).view(1, -1, 1)
         return self.logits[c, ctx]
-
-    def train_bits(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.check_input(x)
-        above = torch.cat([torch.full_like(x[:, :, :1], -1), x[:, :, :-1]], 2)
-        ctx = torch.where(above < 0, torch.full_like(above, BUCKETS), above // (256 // BUCKETS))
-        c = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
-        logp = F.log_softmax(self.logits[c, ctx], -1).gather(-1, x.unsqueeze(-1)).squeeze(-1)
-        return -logp.flatten(1).sum(1) / torch.log(torch.tensor(2.0))
-
-    def nll_bits(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.train_bits(x).double()
 
     def _coder(self, ctx: torch.Tensor):
         return categorical(logits=self._row_logits(ctx).detach().double())
