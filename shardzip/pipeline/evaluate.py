@@ -29,10 +29,11 @@ from shardzip.format.store import Location, read_manifest
 from shardzip.format.weights import is_shipped
 from shardzip.numerics import EXACT
 from shardzip.pipeline.plan import ArrayPlan, open_source, plan_array, resolve_source, source_arrays
+from shardzip.report.baselines import BASELINES
 
 SCHEMA = "shardzip.report"
 SCHEMA_VERSION = 1
-ALL_BASELINES = ("png", "webp", "jpegxl", "jpegls", "jpeg2000", "zstd", "lzma", "bz2", "blosc2")
+ALL_BASELINES = BASELINES  # every classical codec `shardzip.report.baselines` has
 
 
 def _stats(per_image: list[float]) -> tuple[float | None, list[float] | None]:
