@@ -45,7 +45,7 @@ def tex_escape(text: str) -> str:
 
 
 _TEX_COLUMNS: list[tuple[str, str, Callable[[Mapping], str]]] = [
-    ("bpd", "r", lambda r: number_text(r["bpd"], ".3f")),
+    ("bpd", "r", lambda r: "n/a" if r["bpd"] is None else number_text(r["bpd"], ".3f")),  # n/a: NLL-only
     ("NLL", "r", lambda r: number_text(r["nll_bpd"], ".3f")),
     (r"Ovh.\,\%", "r", lambda r: number_text(r["overhead_pct"], ".2f")),
     (r"95\,\% CI", "c", lambda r: "-" if r["bpd_ci95"] is None else

@@ -395,3 +395,17 @@ def test_merged_reports_keep_every_run_and_drop_repeated_rows(tmp_path):
     assert read_report(str(tmp_path / "m")) == json.loads((tmp_path / "m" / "report.json").read_text())
     with pytest.raises(ReportError, match="not a readable report.json"):
         read_report(str(tmp_path / "missing.json"))
+
+
+def test_an_nll_only_model_has_its_row_in_all_five_formats(written):
+    report, out, _ = written
+    row = next(r for r in report["rows"] if r["codec"] == "bfn_nll_only")
+    assert json.loads((out / "report.json").read_text())["rows"][report["rows"].index(row)] == row
+    with open(out / "report.csv", newline="") as f:
+        line = next(r for r in csv.DictReader(f) if r["codec"] == "bfn_nll_only")
+    assert line["bpd"] == "" and float(line["nll_bpd"]) == 1.05 and line["parameters"] == "12000000"
+    assert "| n/a (NLL only: the model has no coder) | 1.050 |" in (out / "report.md").read_text()
+    tex = (out / "report.tex").read_text()
+    assert r"\emph{bfn\_nll\_only} & n/a & 1.050 &" in tex  # the LaTeX row: no coded bpd, its NLL
+    page = (out / "report.html").read_text()
+    assert "bfn_nll_only" in page and "n/a (NLL only: the model has no coder)" in page
