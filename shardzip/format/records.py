@@ -26,7 +26,7 @@ import json
 import math
 import struct
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -94,6 +94,35 @@ class ShardRecord:
             raise FormatError(f"array {d.get('array') or '/'} shard {tuple(d.get('shard', ()))}: record says "
                               f"{d['coded_bits']} coded bits for {d['bytes']} bytes")
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(slots=True)
+class EvalRecord:
+    """What coding one shard in memory for `shardzip eval` measured (nothing is written): the bits the chunks took
+    (and the shard index, as `compress` writes it), the model's NLL per image where the model coded every chunk,
+    the timings, the decode check, and the classical baselines on the same images (`baselines`: per codec, the
+    figures `shardzip.report.baselines.baseline_bytes` gives)."""
+
+    dataset: str
+    array: str
+    shard: list[int]
+    model_name: str | None
+    grid: list[int]
+    dims: int
+    raw_bytes: int
+    device: str = "cpu"
+    worker: str = ""
+    coded_bits: int = 0
+    nll_bits: float | None = None
+    nll_complete: bool = False  # every chunk carries the model's NLL: the array's NLL is whole
+    encode_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    verified: bool = True
+    image_nll_bits: list[float] = field(default_factory=list)  # per image the model coded, in order
+    image_nll_dims: list[int] = field(default_factory=list)
+    image_dims: list[int] = field(default_factory=list)  # every image of the region (layout arrays)
+    methods: dict[str, int] = field(default_factory=lambda: dict.fromkeys(METHOD_NAMES, 0))
+    baselines: dict[str, dict] = field(default_factory=dict)
 
 
 def _row_dtype(ndim: int) -> np.dtype:

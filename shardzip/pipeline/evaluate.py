@@ -24,7 +24,7 @@ import numpy as np
 from shardzip import __version__
 from shardzip.errors import SourceError
 from shardzip.format.chunk import ZSTD_LEVEL
-from shardzip.format.records import read_records
+from shardzip.format.records import EvalRecord, read_records
 from shardzip.format.store import Location, read_manifest
 from shardzip.format.weights import is_shipped
 from shardzip.numerics import EXACT
@@ -87,41 +87,42 @@ def _split_dataset(ref: str, catalog=None) -> tuple[str, str, str]:
     return ref, resolve_source(name, catalog), sub
 
 
-def _model_measures(recs: list[dict]) -> tuple[float | None, list[float], int]:
+def _model_measures(recs: list[EvalRecord]) -> tuple[float | None, list[float], int]:
     """The model's NLL bits over the array, its NLL bpd per coded image and the number of images it coded.
 
     NLL and per-image figures are (None, []) where any chunk has no NLL: a chunk the model could not take
     (a float field on no grid, coded by the masked float method or zstd) carries none, and figures over only
     the other chunks would understate the array's. Each image's dimensions come from the worker that coded
     it, so tiles of a raster count as the images they are."""
-    per_image = [b / d for r in recs for b, d in zip(r["image_nll_bits"], r["image_nll_dims"], strict=True)]
-    images = sum(len(r["image_nll_dims"]) for r in recs)
-    if not all(r["nll_complete"] for r in recs):
-        return None, [], images or sum(len(r["image_dims"]) for r in recs)
-    return sum(r["nll_bits"] for r in recs), per_image, images
+    per_image = [b / d for r in recs for b, d in zip(r.image_nll_bits, r.image_nll_dims, strict=True)]
+    images = sum(len(r.image_nll_dims) for r in recs)
+    if not all(r.nll_complete for r in recs):
+        return None, [], images or sum(len(r.image_dims) for r in recs)
+    return sum(r.nll_bits for r in recs), per_image, images
 
 
-def _model_row(dataset: str, array: str, codec: str, recs: list[dict], plan: ArrayPlan, why: str | None) -> dict:
+def _model_row(dataset: str, array: str, codec: str, recs: list[EvalRecord], plan: ArrayPlan,
+               why: str | None) -> dict:
     if why is not None:
         return {"dataset": dataset, "array": array, "codec": codec, "kind": "model", "applicable": False,
                 "reason": why, "bpd": None, "nll_bpd": None, "overhead_pct": None, "ratio": None, "bpd_std": None,
                 "bpd_ci95": None, "per_image_bpd": [], "images": 0, "dims": 0, "encode_mbps": None,
                 "decode_mbps": None, "device": None, "verified": None}
-    dims = sum(r["dims"] for r in recs)
-    bits = sum(r["coded_bits"] for r in recs)
+    dims = sum(r.dims for r in recs)
+    bits = sum(r.coded_bits for r in recs)
     nll, per_image, images = _model_measures(recs)
-    raw = sum(r["raw_bytes"] for r in recs)
+    raw = sum(r.raw_bytes for r in recs)
     std, ci = _stats(per_image)
-    enc = sum(r["encode_seconds"] for r in recs)
-    dec = sum(r["decode_seconds"] for r in recs)
+    enc = sum(r.encode_seconds for r in recs)
+    dec = sum(r.decode_seconds for r in recs)
     return {"dataset": dataset, "array": array, "codec": codec, "kind": "model", "applicable": True, "reason": None,
             "bpd": bits / dims, "nll_bpd": nll / dims if nll is not None else None,
             "overhead_pct": 100 * (bits / nll - 1) if nll else None,
             "ratio": 8 * raw / bits, "bpd_std": std, "bpd_ci95": ci, "per_image_bpd": per_image,
             "images": images, "dims": dims,
             "encode_mbps": raw / enc / 1e6 if enc else None, "decode_mbps": raw / dec / 1e6 if dec else None,
-            "device": recs[0]["device"] if recs else None, "verified": all(r["verified"] for r in recs),
-            "chunks_by_method": {m: sum(r["methods"][m] for r in recs) for m in recs[0]["methods"]} if recs else {}}
+            "device": recs[0].device if recs else None, "verified": all(r.verified for r in recs),
+            "chunks_by_method": {m: sum(r.methods[m] for r in recs) for m in recs[0].methods} if recs else {}}
 
 
 def _facts(name: str, spec, ref, catalog) -> dict:
@@ -146,8 +147,8 @@ def _with_facts(row: dict, facts: dict | None) -> dict:
     return row
 
 
-def _baseline_row(dataset: str, array: str, name: str, recs: list[dict]) -> dict:
-    parts = [r["baselines"][name] for r in recs]
+def _baseline_row(dataset: str, array: str, name: str, recs: list[EvalRecord]) -> dict:
+    parts = [r.baselines[name] for r in recs]
     applicable = all(p["applicable"] for p in parts)
     base = {"dataset": dataset, "array": array, "codec": name, "kind": "baseline", "applicable": applicable,
             "nll_bpd": None, "overhead_pct": None, "device": "cpu"}
@@ -158,7 +159,7 @@ def _baseline_row(dataset: str, array: str, name: str, recs: list[dict]) -> dict
                 "verified": None}
     sizes = [b for p in parts for b in p["bytes_per_image"]]
     dims = [d for p in parts for d in p["dims_per_image"]]
-    raw = sum(r["raw_bytes"] for r in recs)
+    raw = sum(r.raw_bytes for r in recs)
     per_image = [8 * b / d for b, d in zip(sizes, dims, strict=True)]
     std, ci = _stats(per_image)
     enc = sum(p["encode_seconds"] for p in parts)
@@ -298,13 +299,13 @@ def _eval_specs(sources: list, loaded: dict, chosen: dict, ev: _Eval) -> tuple[l
     return specs, plans, checksums
 
 
-def _rows(recs: list[dict], plans: dict, ev: _Eval) -> tuple[list[dict], list[dict]]:
+def _rows(recs: list[EvalRecord], plans: dict, ev: _Eval) -> tuple[list[dict], list[dict]]:
     """The report's rows (each model's, then the first model's baselines, then the aggregates) and shards."""
     from shardzip.pipeline.choose import AUTO
 
-    by_key: dict[tuple, list[dict]] = {}
+    by_key: dict[tuple, list[EvalRecord]] = {}
     for rec in recs:
-        by_key.setdefault((rec["dataset"], rec["array"], rec["model_name"]), []).append(rec)
+        by_key.setdefault((rec.dataset, rec.array, rec.model_name), []).append(rec)
     rows, shards = [], []
     for (shown, path, name), (plan, why) in plans.items():
         recs_m = by_key.get((shown, path, name), []) if why is None else []
@@ -312,8 +313,8 @@ def _rows(recs: list[dict], plans: dict, ev: _Eval) -> tuple[list[dict], list[di
         if name == AUTO:  # what auto chose, and why
             rows[-1]["choice"] = {"picked": (plan.choice or {}).get("picked"), "reason": plan.reason
                                   if plan.model is None else (plan.choice or {}).get("reason")}
-        shards += [{"dataset": shown, "array": path or "/", "codec": name, "grid": r["grid"], "index": r["shard"],
-                    "bpd": r["coded_bits"] / r["dims"]} for r in recs_m]
+        shards += [{"dataset": shown, "array": path or "/", "codec": name, "grid": r.grid, "index": r.shard,
+                    "bpd": r.coded_bits / r.dims} for r in recs_m]
     first = ev.models[0]
     for shown, path, name in plans:
         recs_b = by_key.get((shown, path, first), []) if name == first else []

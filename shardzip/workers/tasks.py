@@ -22,7 +22,7 @@ from shardzip.coding.message import coder_seconds
 from shardzip.errors import ChunkChecksumError, CodingError, FormatError, ShardzipError
 from shardzip.format import shard as shardfmt
 from shardzip.format.chunk import METHODS, Packing, decode_chunk, encode_chunk
-from shardzip.format.records import ShardRecord
+from shardzip.format.records import EvalRecord, ShardRecord
 from shardzip.format.store import Location, record_key
 from shardzip.models.codec import decode_notes
 from shardzip.numerics import FLOAT
@@ -222,7 +222,7 @@ def decompress_shard(spec: ShardTask) -> dict:
             "coder_seconds": t_coder, "worker": _worker_name()}
 
 
-def eval_shard(spec: EvalTask) -> dict:
+def eval_shard(spec: EvalTask) -> EvalRecord:
     """Code one shard in memory (nothing written): model bits, NLL, timings, a decode check, and the
     classical baselines on the same images when `spec.baselines` names some."""
     from shardzip.workers.plugin import worker_model
@@ -232,13 +232,9 @@ def eval_shard(spec: EvalTask) -> dict:
     data = np.asarray(_array(spec.src, _freeze(spec.src_options), spec.src_path)[reg])
     model, device = (worker_model(spec.model) if spec.model else (None, "cpu"))
     packing = Packing(**spec.packing) if spec.packing else None
-    rec: dict[str, Any] = {"dataset": spec.dataset, "array": spec.array, "shard": list(index),
-                           "model_name": spec.model_name,
-                           "grid": list(spec.grid), "dims": int(data.size), "raw_bytes": int(data.nbytes),
-                           "coded_bits": 0, "nll_bits": 0.0 if model else None, "encode_seconds": 0.0,
-                           "decode_seconds": 0.0, "verified": True, "device": device, "worker": _worker_name(),
-                           "image_nll_bits": [], "image_nll_dims": [], "nll_complete": model is not None,
-                           "image_dims": [], "methods": {m: 0 for m in METHODS.values()}}
+    rec = EvalRecord(spec.dataset, spec.array, list(index), spec.model_name, list(spec.grid), int(data.size),
+                     int(data.nbytes), device, _worker_name(), nll_bits=0.0 if model else None,
+                     nll_complete=model is not None)
     origin = tuple(s.start for s in reg)
     slots = 0
     for _, block in _chunks_of(data, origin, shape, spec):
@@ -250,41 +246,40 @@ def eval_shard(spec: EvalTask) -> dict:
         out, stats = encode_chunk(block, model, spec.layout, zstd_level=spec.zstd_level, packing=packing,
                                   full_shape=full, numerics=spec.numerics,
                                   classical=tuple(spec.classical or ()))
-        rec["encode_seconds"] += time.perf_counter() - t0
+        rec.encode_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
         back = decode_chunk(out, full, block.dtype, spec.layout, (lambda: model) if model else None, packing)
-        rec["decode_seconds"] += time.perf_counter() - t0
+        rec.decode_seconds += time.perf_counter() - t0
         valid = back[tuple(slice(0, s) for s in block.shape)]
-        rec["verified"] &= valid.tobytes() == block.tobytes()
-        rec["coded_bits"] += 8 * len(out)
-        rec["methods"][stats.method] += 1
+        rec.verified &= valid.tobytes() == block.tobytes()
+        rec.coded_bits += 8 * len(out)
+        rec.methods[stats.method] += 1
         if model is not None and stats.nll_bits is not None and stats.image_nll_bits:
-            rec["nll_bits"] += stats.nll_bits
-            rec["image_nll_bits"] += stats.image_nll_bits  # chunks in C order = images in order
+            rec.nll_bits += stats.nll_bits
+            rec.image_nll_bits += stats.image_nll_bits  # chunks in C order = images in order
             # the images the model saw in this chunk (a tile of a raster is one), all of one size
-            rec["image_nll_dims"] += [block.size // len(stats.image_nll_bits)] * len(stats.image_nll_bits)
+            rec.image_nll_dims += [block.size // len(stats.image_nll_bits)] * len(stats.image_nll_bits)
         elif model is not None:  # coded without the model (masked floats, zstd): the array's NLL is partial
-            rec["nll_complete"] = False
-    rec["coded_bits"] += 8 * (16 * slots + 4)  # the shard index, as `compress` writes it: same bits
-    rec.update(_eval_baselines(data, spec))
+            rec.nll_complete = False
+    rec.coded_bits += 8 * (16 * slots + 4)  # the shard index, as `compress` writes it: same bits
+    rec.image_dims, rec.baselines = _eval_baselines(data, spec)
     return rec
 
 
-def _eval_baselines(data: np.ndarray, spec: EvalTask) -> dict[str, Any]:
+def _eval_baselines(data: np.ndarray, spec: EvalTask) -> tuple[list[int], dict[str, dict]]:
     """The image sizes of a shard's region (layout arrays) and the classical baselines `spec.baselines` names,
     coded on the same images: the eval record's `image_dims` and `baselines`."""
     from shardzip.format.layout import to_images
 
     images = list(to_images(data, spec.layout)) if spec.layout else [data]
-    out: dict[str, Any] = {"image_dims": [int(img.size) for img in images] if spec.layout else [],
-                           "baselines": {}}
+    dims, baselines = [int(img.size) for img in images] if spec.layout else [], {}
     if spec.baselines:
         from shardzip.report.baselines import baseline_bytes
 
         for name in spec.baselines:
             r = baseline_bytes(name, images)
-            out["baselines"][name] = {"applicable": r.applicable, "reason": r.reason,
-                                      "bytes_per_image": list(r.bytes_per_image),
-                                      "dims_per_image": list(r.dims_per_image), "encode_seconds": r.encode_seconds,
-                                      "decode_seconds": r.decode_seconds, "verified": r.verified}
-    return out
+            baselines[name] = {"applicable": r.applicable, "reason": r.reason,
+                               "bytes_per_image": list(r.bytes_per_image), "dims_per_image": list(r.dims_per_image),
+                               "encode_seconds": r.encode_seconds, "decode_seconds": r.decode_seconds,
+                               "verified": r.verified}
+    return dims, baselines
